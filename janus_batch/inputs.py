@@ -1,0 +1,205 @@
+"""Validating what users send (inline items, manifest lines, job params) into item inputs.
+
+Shared by the API (inline items) and the worker's expand task (manifest lines), so a
+manifest line and an inline item are held to the same rules and produce the same rows.
+Every error names the field it is about, e.g. `items[3].n: must be <= 16`.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable, Iterable, Iterator
+from typing import Annotated, Any, Literal
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from janus_batch.items import NewItem
+from janus_batch.states import JobKind
+
+DEFAULT_QUESTION = "Describe this image."
+IMAGE_SCHEMES = ("s3", "https", "http")
+FILE_ID_PREFIX = "file_"
+MAX_SEED = 2**63 - 1
+
+
+class InvalidInput(ValueError):
+    """A user input that cannot be accepted; `field` says where, the message says why."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.message = message
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
+TopP = Annotated[float, Field(gt=0.0, le=1.0)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+CustomId = Annotated[str, Field(min_length=1, max_length=512)]
+
+
+class CaptionParams(_Strict):
+    """Job-wide defaults of a caption job."""
+
+    prompt: str = Field(default=DEFAULT_QUESTION, min_length=1)
+    max_new_tokens: int = Field(default=128, ge=1, le=1024)
+    temperature: Temperature = 0.0
+    top_p: TopP = 1.0
+
+
+class GenerateParams(_Strict):
+    """Job-wide defaults of a generate job."""
+
+    n: int = Field(default=1, ge=1)
+    cfg_weight: float = Field(default=5.0, ge=1.0, le=50.0)
+    temperature: Temperature = 1.0
+    top_k: int | None = Field(default=None, ge=1)
+    top_p: TopP | None = None
+    format: Literal["png", "jpeg", "webp"] = "png"
+
+
+class CaptionItemIn(_Strict):
+    """One caption item as sent: an image reference and optional question / custom id."""
+
+    image: str = Field(min_length=1, max_length=4096)
+    prompt: str | None = Field(default=None, min_length=1)
+    custom_id: CustomId | None = None
+
+
+class GenerateItemIn(_Strict):
+    """One generate item as sent: a prompt and optional overrides of the job params."""
+
+    prompt: str = Field(min_length=1)
+    n: int | None = Field(default=None, ge=1)
+    seed: Seed | None = None
+    cfg_weight: float | None = Field(default=None, ge=1.0, le=50.0)
+    temperature: Temperature | None = None
+    top_k: int | None = Field(default=None, ge=1)
+    top_p: TopP | None = None
+    custom_id: CustomId | None = None
+
+
+def _first_error(err: ValidationError, where: str) -> InvalidInput:
+    first = err.errors()[0]
+    loc = ".".join(str(part) for part in first["loc"])
+    field = f"{where}.{loc}" if where and loc else (where or loc)
+    return InvalidInput(field, first["msg"])
+
+
+def parse_params(kind: str, raw: dict[str, Any] | None, *, max_n: int) -> BaseModel:
+    """Validate a job's `params` for its kind."""
+    try:
+        params = (CaptionParams if kind == JobKind.CAPTION else GenerateParams).model_validate(
+            raw or {}
+        )
+    except ValidationError as err:
+        raise _first_error(err, "params") from None
+    if isinstance(params, GenerateParams) and params.n > max_n:
+        raise InvalidInput("params.n", f"must be between 1 and {max_n}")
+    return params
+
+
+def check_image_ref(ref: str, field: str) -> str:
+    """Accept s3://bucket/key, http(s)://host/path or an uploaded file id; return it."""
+    if ref.startswith(FILE_ID_PREFIX):
+        return ref
+    parsed = urlparse(ref)
+    if parsed.scheme not in IMAGE_SCHEMES:
+        shown = parsed.scheme or "none"
+        raise InvalidInput(
+            field,
+            f"unsupported image reference scheme '{shown}': use s3://bucket/key, "
+            "https://host/path or an uploaded file id (file_...)",
+        )
+    if not parsed.netloc or (parsed.scheme == "s3" and not parsed.path.strip("/")):
+        raise InvalidInput(field, f"incomplete URI '{ref}'")
+    return ref
+
+
+def _check_prompt(text: str, field: str, max_chars: int) -> str:
+    if not text.strip():
+        raise InvalidInput(field, "must not be empty")
+    if len(text) > max_chars:
+        raise InvalidInput(field, f"is {len(text)} characters; the limit is {max_chars}")
+    return text
+
+
+def caption_item(
+    raw: Any,
+    params: CaptionParams,
+    *,
+    where: str,
+    max_prompt_chars: int,
+    resolve_file: Callable[[str, str], str] | None = None,
+) -> NewItem:
+    """Validate one caption item into a row input `{image, uri, prompt}`.
+
+    `resolve_file(file_id, field)` turns an uploaded file id into a fetchable URI
+    (`storage:<key>`), raising InvalidInput when the id is unknown to the caller.
+    """
+    if isinstance(raw, str):
+        raw = {"image": raw}
+    if not isinstance(raw, dict):
+        raise InvalidInput(where, "must be an object like {\"image\": \"s3://...\"}")
+    try:
+        item = CaptionItemIn.model_validate(raw)
+    except ValidationError as err:
+        raise _first_error(err, where) from None
+    image = check_image_ref(item.image, f"{where}.image")
+    uri = image
+    if image.startswith(FILE_ID_PREFIX):
+        if resolve_file is None:
+            raise InvalidInput(f"{where}.image", "file ids are not accepted here")
+        uri = resolve_file(image, f"{where}.image")
+    prompt = _check_prompt(item.prompt or params.prompt, f"{where}.prompt", max_prompt_chars)
+    return NewItem(input={"image": image, "uri": uri, "prompt": prompt}, custom_id=item.custom_id)
+
+
+def generate_item(
+    raw: Any, params: GenerateParams, *, where: str, max_prompt_chars: int, max_n: int
+) -> NewItem:
+    """Validate one generate item into a self-contained row input; a missing seed is drawn."""
+    if isinstance(raw, str):
+        raw = {"prompt": raw}
+    if not isinstance(raw, dict):
+        raise InvalidInput(where, "must be an object like {\"prompt\": \"a red fox\"}")
+    try:
+        item = GenerateItemIn.model_validate(raw)
+    except ValidationError as err:
+        raise _first_error(err, where) from None
+    prompt = _check_prompt(item.prompt, f"{where}.prompt", max_prompt_chars)
+    n = item.n if item.n is not None else params.n
+    if n > max_n:
+        raise InvalidInput(f"{where}.n", f"must be between 1 and {max_n}")
+    value = {
+        "prompt": prompt,
+        "n": n,
+        "seed": item.seed if item.seed is not None else secrets.randbits(63),
+        "cfg_weight": item.cfg_weight if item.cfg_weight is not None else params.cfg_weight,
+        "temperature": item.temperature if item.temperature is not None else params.temperature,
+        "top_k": item.top_k if item.top_k is not None else params.top_k,
+        "top_p": item.top_p if item.top_p is not None else params.top_p,
+    }
+    return NewItem(input=value, custom_id=item.custom_id)
+
+
+def iter_jsonl(lines: Iterable[bytes | str], *, where: str = "manifest") -> Iterator[tuple[int, Any]]:
+    """Yield (line number, parsed JSON) for each non-blank line; a bad line raises with its
+    number, e.g. `manifest line 7: invalid JSON (Expecting ',' delimiter)`."""
+    for lineno, line in enumerate(lines, start=1):
+        if isinstance(line, bytes):
+            try:
+                line = line.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidInput(f"{where} line {lineno}", "is not UTF-8") from None
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as err:
+            raise InvalidInput(f"{where} line {lineno}", f"invalid JSON ({err.msg})") from None

@@ -1,0 +1,92 @@
+"""The Celery application: broker settings, queues, routes; sending chunk messages by name.
+
+Both the API and the workers build the app from here. The API only *sends* tasks (by
+name), so it never imports the worker code, torch or the model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+
+from celery import Celery
+from kombu import Queue
+
+from janus_batch import constants as c
+from janus_batch.settings import Settings, get_settings
+from janus_batch.states import JobKind
+
+log = logging.getLogger(__name__)
+
+CHUNK_TASKS = {JobKind.CAPTION: c.CAPTION_CHUNK_TASK, JobKind.GENERATE: c.GENERATE_CHUNK_TASK}
+CHUNK_QUEUES = {JobKind.CAPTION: c.CAPTION_QUEUE, JobKind.GENERATE: c.GENERATE_QUEUE}
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app configured for janus-batch from `settings`."""
+    app = Celery("janus_batch", broker=settings.redis_url)
+    transport = {"visibility_timeout": settings.visibility_timeout}
+    if settings.queue_prefix:
+        transport["global_keyprefix"] = settings.queue_prefix
+    app.conf.update(
+        broker_transport_options=transport,
+        broker_connection_retry_on_startup=True,
+        task_queues=[Queue(c.CAPTION_QUEUE), Queue(c.GENERATE_QUEUE), Queue(c.CONTROL_QUEUE)],
+        task_default_queue=c.CONTROL_QUEUE,
+        task_routes={
+            c.CAPTION_CHUNK_TASK: {"queue": c.CAPTION_QUEUE},
+            c.GENERATE_CHUNK_TASK: {"queue": c.GENERATE_QUEUE},
+            c.EXPAND_SOURCE_TASK: {"queue": c.CONTROL_QUEUE},
+            c.FINALIZE_JOB_TASK: {"queue": c.CONTROL_QUEUE},
+            c.SWEEP_TASK: {"queue": c.CONTROL_QUEUE},
+        },
+        # A chunk is acknowledged only when done; a worker lost mid-chunk gives it back.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        # Flower shows tasks only when workers send events.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        # Loading a model in worker_process_init takes longer than the 4 s default.
+        worker_proc_alive_timeout=600,
+        beat_schedule={
+            "janus-sweep": {"task": c.SWEEP_TASK, "schedule": settings.sweep_interval},
+        },
+        timezone="UTC",
+    )
+    return app
+
+
+@lru_cache
+def get_celery() -> Celery:
+    """The process's Celery app, built from the cached settings."""
+    return make_celery(get_settings())
+
+
+def chunked(ids: Iterable[int], size: int) -> Iterable[list[int]]:
+    """Split ids into lists of at most `size`."""
+    chunk: list[int] = []
+    for item_id in ids:
+        chunk.append(item_id)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def send_chunk(app: Celery, kind: str, job_id: str, item_ids: Sequence[int]) -> None:
+    """Enqueue one chunk message: the job id and the ids of its items (never payloads)."""
+    kind = JobKind(kind)
+    app.send_task(
+        CHUNK_TASKS[kind], args=[job_id, list(item_ids)], queue=CHUNK_QUEUES[kind]
+    )
+
+
+def send_control(app: Celery, task: str, *args: object) -> None:
+    """Enqueue a control task (expand, finalize, sweep) on the control queue."""
+    app.send_task(task, args=list(args), queue=c.CONTROL_QUEUE)

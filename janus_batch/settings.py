@@ -1,0 +1,124 @@
+"""One settings class for every process (API, worker, CLI), read from `JANUS_BATCH_*` variables.
+
+Never read at import time: call `get_settings()` (cached); tests clear it with
+`get_settings.cache_clear()` after changing the environment.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "deepseek-community/Janus-Pro-1B"
+
+
+class Settings(BaseSettings):
+    """Configuration of janus-batch. Every field is read from `JANUS_BATCH_<NAME>`."""
+
+    model_config = SettingsConfigDict(env_prefix="JANUS_BATCH_", extra="ignore")
+
+    data_dir: Path = Field(
+        default=Path("janus-batch-data"),
+        description="Folder for the embedded defaults: the SQLite file and local results.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the job table, e.g. postgresql+psycopg://user@host/db. "
+        "Default: a SQLite file in data_dir.",
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0", description="Celery broker (Redis) URL."
+    )
+    queue_prefix: str = Field(
+        default="",
+        description="Prefix of every Redis key Celery uses (kombu global_keyprefix), to share "
+        "one Redis between deployments.",
+    )
+    storage_url: str | None = Field(
+        default=None,
+        description="Where inputs and results go: s3://bucket/prefix or a local folder "
+        "(path or file://). Default: data_dir/results.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint (MinIO, R2, Ceph); unset for AWS."
+    )
+    s3_region: str | None = Field(default=None, description="S3 region name.")
+    model: str = Field(
+        default=DEFAULT_MODEL, description="Janus-Pro checkpoint: hub id or local directory."
+    )
+    device: str = Field(default="auto", description="auto | cuda | cuda:N | mps | cpu.")
+    dtype: str = Field(default="auto", description="auto | bfloat16 | float16 | float32.")
+    torch_threads: int | None = Field(
+        default=None, description="CPU threads for torch in a worker (default: torch's own)."
+    )
+    batch_rows: int = Field(
+        default=16, ge=1, description="Maximum rows per forward pass (a guided image is 2 rows)."
+    )
+    chunk_size: int = Field(
+        default=32, ge=1, description="Items per queue message (one Celery task)."
+    )
+    max_new_tokens: int = Field(default=128, ge=1, le=2048, description="Default caption length.")
+    max_inline_items: int = Field(
+        default=10_000, ge=1, description="Most items accepted inline in POST /v1/jobs."
+    )
+    max_n: int = Field(default=16, ge=1, description="Most images per generate item.")
+    max_prompt_chars: int = Field(default=4000, ge=1, description="Longest prompt accepted.")
+    max_upload_bytes: int = Field(
+        default=50 * 1024 * 1024, ge=1, description="Largest file accepted by POST /v1/files."
+    )
+    auth_mode: Literal["open", "keys"] = Field(
+        default="open",
+        description="open: single user, no keys (embedded default); keys: every request needs "
+        "an API key created with `janus-batch keys create`.",
+    )
+    lease_seconds: int = Field(
+        default=900, ge=10, description="How long a worker owns claimed items before the "
+        "sweeper may hand them to another worker.",
+    )
+    sweep_interval: float = Field(
+        default=60.0, gt=0, description="Seconds between sweeper runs (Celery beat)."
+    )
+    stale_pending_seconds: int = Field(
+        default=600, ge=1, description="A pending item untouched this long is re-enqueued."
+    )
+    visibility_timeout: int = Field(
+        default=7200, ge=60, description="Redis transport visibility timeout; must exceed the "
+        "longest chunk.",
+    )
+    fetch_concurrency: int = Field(default=8, ge=1, description="Parallel input downloads.")
+    upload_concurrency: int = Field(default=8, ge=1, description="Parallel result uploads.")
+    max_retries: int = Field(
+        default=3, ge=0, description="Retries (with backoff) of transient fetch/upload errors."
+    )
+    flower_url: str = Field(
+        default="http://127.0.0.1:5555", description="Flower address linked from the dashboard."
+    )
+    api_url: str = Field(
+        default="http://127.0.0.1:8000", description="API address used by the CLI."
+    )
+    api_key: str | None = Field(default=None, description="API key used by the CLI.")
+    metrics_port: int | None = Field(
+        default=None, description="Worker: serve Prometheus metrics on this port."
+    )
+
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to a SQLite file inside data_dir."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'janus-batch.db').resolve()}"
+
+    def resolved_storage_url(self) -> str:
+        """The storage URL, defaulting to data_dir/results."""
+        if self.storage_url:
+            return self.storage_url
+        return str((self.data_dir / "results").resolve())
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,81 @@
+"""Job and item states, and the transitions allowed between them."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ItemStatus(StrEnum):
+    """State of one item (one image to caption, or one prompt to render)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class JobStatus(StrEnum):
+    """State of a job. `cancelling` lasts while workers drain running chunks."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    FINALIZING = "finalizing"
+    CANCELLING = "cancelling"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class JobKind(StrEnum):
+    """What a job does."""
+
+    CAPTION = "caption"
+    GENERATE = "generate"
+
+
+ITEM_FINAL = frozenset({ItemStatus.SUCCEEDED, ItemStatus.FAILED, ItemStatus.CANCELLED})
+JOB_FINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+_ITEM_TRANSITIONS: dict[ItemStatus, frozenset[ItemStatus]] = {
+    ItemStatus.PENDING: frozenset({ItemStatus.RUNNING, ItemStatus.CANCELLED, ItemStatus.FAILED}),
+    # running -> pending is the sweeper taking back an expired lease.
+    ItemStatus.RUNNING: frozenset(
+        {ItemStatus.SUCCEEDED, ItemStatus.FAILED, ItemStatus.PENDING, ItemStatus.CANCELLED}
+    ),
+    ItemStatus.SUCCEEDED: frozenset(),
+    ItemStatus.FAILED: frozenset(),
+    ItemStatus.CANCELLED: frozenset(),
+}
+
+_JOB_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset(
+        {JobStatus.RUNNING, JobStatus.FINALIZING, JobStatus.CANCELLING, JobStatus.FAILED}
+    ),
+    JobStatus.RUNNING: frozenset({JobStatus.FINALIZING, JobStatus.CANCELLING, JobStatus.FAILED}),
+    JobStatus.CANCELLING: frozenset({JobStatus.FINALIZING, JobStatus.CANCELLED}),
+    JobStatus.FINALIZING: frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}),
+    JobStatus.SUCCEEDED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
+}
+
+
+def item_can_move(old: ItemStatus, new: ItemStatus) -> bool:
+    """Whether an item may go from `old` to `new`."""
+    return new in _ITEM_TRANSITIONS[old]
+
+
+def job_can_move(old: JobStatus, new: JobStatus) -> bool:
+    """Whether a job may go from `old` to `new`."""
+    return new in _JOB_TRANSITIONS[old]
+
+
+def job_sources(new: JobStatus) -> frozenset[JobStatus]:
+    """Every state from which a job may move to `new` (for conditional UPDATEs)."""
+    return frozenset(old for old, targets in _JOB_TRANSITIONS.items() if new in targets)
+
+
+def item_sources(new: ItemStatus) -> frozenset[ItemStatus]:
+    """Every state from which an item may move to `new` (for conditional UPDATEs)."""
+    return frozenset(old for old, targets in _ITEM_TRANSITIONS.items() if new in targets)

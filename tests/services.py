@@ -1,0 +1,91 @@
+"""Start the machine's PostgreSQL and Redis when they are down (CI runs right after a
+session, against the same services), and make throwaway databases and key spaces on them."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+import uuid
+
+import psycopg
+import redis
+
+PG_HOST = os.environ.get("JB_TEST_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("JB_TEST_PG_PORT", "5432"))
+PG_USER = os.environ.get("JB_TEST_PG_USER", "postgres")
+REDIS_URL = os.environ.get("JB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+REDIS_START = (
+    'redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" '
+    "--appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log"
+)
+PG_START = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+
+
+def port_open(host: str, port: int) -> bool:
+    """Whether something accepts TCP connections at host:port."""
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def free_port() -> int:
+    """A free loopback TCP port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start(command: str, host: str, port: int, what: str) -> None:
+    subprocess.run(command, shell=True, check=False, capture_output=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if port_open(host, port):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} is not running at {host}:{port} and `{command}` did not start it")
+
+
+def ensure_redis() -> str:
+    """The test Redis URL, starting the machine's Redis if it is down."""
+    if not port_open("127.0.0.1", 6379):
+        _start(REDIS_START, "127.0.0.1", 6379, "Redis")
+    redis.Redis.from_url(REDIS_URL).ping()
+    return REDIS_URL
+
+
+def delete_prefix(url: str, prefix: str) -> None:
+    """Delete every Redis key under `prefix` (a test's private key space)."""
+    client = redis.Redis.from_url(url)
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    for i in range(0, len(keys), 500):
+        client.delete(*keys[i : i + 500])
+
+
+def ensure_postgres() -> None:
+    """Start the machine's PostgreSQL if it is down."""
+    if not port_open(PG_HOST, PG_PORT):
+        _start(PG_START, PG_HOST, PG_PORT, "PostgreSQL")
+
+
+def _admin() -> psycopg.Connection:
+    return psycopg.connect(
+        host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", autocommit=True
+    )
+
+
+def create_pg_database() -> tuple[str, str]:
+    """Create a fresh database; returns (name, SQLAlchemy URL)."""
+    ensure_postgres()
+    name = f"jbtest_{uuid.uuid4().hex[:12]}"
+    with _admin() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return name, f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
+
+
+def drop_pg_database(name: str) -> None:
+    """Drop a test database, closing whatever still holds it."""
+    with _admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
