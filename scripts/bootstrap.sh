@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Create .venv (if missing) and install torch + janus-batch with its dev extras into it.
+# Idempotent: a second run only checks. Torch is installed first and on its own, so the
+# project's `torch>=2.4` range is satisfied by it and nothing more is downloaded.
+# JANUS_BATCH_TORCH overrides the torch requirement (e.g. "torch" for a CUDA build from PyPI).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PY=${PYTHON:-python3}
+TORCH_REQ=${JANUS_BATCH_TORCH:-torch==2.13.0}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "bootstrap: creating $VENV"
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+fi
+if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+  echo "bootstrap: installing $TORCH_REQ"
+  "$VENV/bin/python" -m pip install -q "$TORCH_REQ"
+fi
+stamp="$VENV/.janus-batch-installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "bootstrap: installing janus-batch[dev]"
+  "$VENV/bin/python" -m pip install -q -e ".[dev]"
+  touch "$stamp"
+fi
