@@ -1,8 +1,8 @@
 """Where inputs and results live: one `Storage` interface, a local-folder and an S3 backend.
 
-    storage = open_storage("s3://bucket/jobs", endpoint_url="http://127.0.0.1:9000")
-    storage.put_bytes("42/results.jsonl", data, "application/x-ndjson")
-    storage = storage_from_settings(get_settings())
+Open one with `storage_from_settings(get_settings())` or
+`open_storage("s3://bucket/jobs", endpoint_url="http://minio:9000")`, then address objects by
+relative keys: `storage.put_bytes("42/results.jsonl", data)`.
 """
 
 from __future__ import annotations

@@ -28,8 +28,8 @@ TMP_PREFIX = ".janus-tmp-"
 _MISSING = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
 
 
-def folder_from_url(url: str) -> Path:
-    """The absolute folder named by a plain path or a `file://` URL."""
+def path_from_url(url: str) -> Path:
+    """The absolute path named by a plain path or a `file://` URL."""
     if url.startswith("file:"):
         parsed = urlparse(url)
         if parsed.netloc not in ("", "localhost"):
@@ -42,13 +42,13 @@ class LocalStorage(Storage):
     """Objects stored as files under `root`; writes are atomic (temp file + rename)."""
 
     def __init__(self, url: str | Path) -> None:
-        self.root = folder_from_url(str(url))
+        self.root = path_from_url(str(url))
         self.url = str(self.root)
 
     def _path(self, key: str) -> Path:
         return self.root / validate_key(key)
 
-    def _write(self, key: str, fill: Callable[[BinaryIO], None]) -> None:
+    def _write(self, key: str, fill: Callable[[BinaryIO], object]) -> None:
         target = self._path(key)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -69,12 +69,11 @@ class LocalStorage(Storage):
         self._write(key, lambda f: f.write(data))
 
     def put_file(self, key: str, path: Path, content_type: str | None = None) -> None:
-        try:
-            src = open(path, "rb")
-        except OSError as exc:
-            raise StorageError(f"cannot read {path} to store at {self.uri(key)}: {exc}") from exc
-        with src:
-            self._write(key, lambda f: shutil.copyfileobj(src, f, 1024 * 1024))
+        def copy(f: BinaryIO) -> None:
+            with open(path, "rb") as src:
+                shutil.copyfileobj(src, f, 1024 * 1024)
+
+        self._write(key, copy)
 
     def get_bytes(self, key: str) -> bytes:
         with self.open_read(key) as f:

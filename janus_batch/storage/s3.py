@@ -18,6 +18,7 @@ from botocore.exceptions import (
     ClientError,
     ConnectionError,
     HTTPClientError,
+    IncompleteReadError,
     NoCredentialsError,
     SSLError,
 )
@@ -105,13 +106,15 @@ def translate_error(exc: BaseException, action: str, uri: str) -> StorageError:
             bucket = uri[len("s3://") :].partition("/")[0]
             return NotFoundError(f"{where}: bucket {bucket!r} does not exist")
         if code in _NOT_FOUND_CODES or status == 404:
-            return NotFoundError(f"{where}: not found ({detail})")
+            return NotFoundError(f"{where}: no such object")
         if status >= 500 or status == 429 or code in _TRANSIENT_CODES:
             return TransientStorageError(f"{where}: {detail}")
         return StorageError(f"{where}: {detail}")
     if isinstance(exc, NoCredentialsError):
         return StorageError(f"{where}: no AWS credentials found (environment, profile or role)")
-    if isinstance(exc, (ConnectionError, HTTPClientError)) and not isinstance(exc, SSLError):
+    if isinstance(exc, SSLError):  # certificate or TLS setup problems do not heal by retrying
+        return StorageError(f"{where}: {exc}")
+    if isinstance(exc, (ConnectionError, HTTPClientError, IncompleteReadError)):
         return TransientStorageError(f"{where}: {exc}")
     return StorageError(f"{where}: {exc}")
 
@@ -186,7 +189,8 @@ class S3Storage(Storage):
 
     def _head(self, key: str) -> dict[str, Any] | None:
         try:
-            return self._client.head_object(Bucket=self.bucket, Key=self._key(key))
+            head: dict[str, Any] = self._client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return head
         except (ClientError, BotoCoreError) as exc:
             error = translate_error(exc, "inspect", self.uri(key))
             if isinstance(error, NotFoundError):
@@ -226,11 +230,12 @@ class S3Storage(Storage):
 
     def presigned_url(self, key: str, expires: int = 3600) -> str | None:
         try:
-            return self._client.generate_presigned_url(
+            url: str = self._client.generate_presigned_url(
                 "get_object",
                 Params={"Bucket": self.bucket, "Key": self._key(key)},
                 ExpiresIn=expires,
             )
+            return url
         except (ClientError, BotoCoreError) as exc:
             raise translate_error(exc, "sign a URL for", self.uri(key)) from exc
 
