@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from janus_batch.items import NewItem
 from janus_batch.states import JobKind
@@ -33,8 +33,37 @@ class InvalidInput(ValueError):
         self.message = message
 
 
+class TooLarge(InvalidInput):
+    """An input over a size limit (too many items, an oversized upload)."""
+
+
+def _text_problem(text: str) -> str | None:
+    """Why a database could not store `text` (NUL characters, lone surrogates), or None."""
+    if "\x00" in text:
+        return "must not contain NUL characters"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid Unicode (lone surrogate)"
+    return None
+
+
+def check_text(text: str, field: str) -> str:
+    """Return `text` unless a database could not store it."""
+    if problem := _text_problem(text):
+        raise InvalidInput(field, problem)
+    return text
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _storable_text(cls, value: Any) -> Any:
+        if isinstance(value, str) and (problem := _text_problem(value)):
+            raise ValueError(problem)
+        return value
 
 
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
@@ -104,16 +133,19 @@ def parse_params(kind: str, raw: dict[str, Any] | None, *, max_n: int) -> BaseMo
     return params
 
 
-def check_image_ref(ref: str, field: str) -> str:
+def check_image_ref(ref: str, field: str, what: str = "image reference") -> str:
     """Accept s3://bucket/key, http(s)://host/path or an uploaded file id; return it."""
     if ref.startswith(FILE_ID_PREFIX):
         return ref
-    parsed = urlparse(ref)
+    try:
+        parsed = urlparse(ref)
+    except ValueError as err:  # e.g. an unbalanced IPv6 bracket
+        raise InvalidInput(field, f"invalid URI '{ref}' ({err})") from None
     if parsed.scheme not in IMAGE_SCHEMES:
         shown = parsed.scheme or "none"
         raise InvalidInput(
             field,
-            f"unsupported image reference scheme '{shown}': use s3://bucket/key, "
+            f"unsupported {what} scheme '{shown}': use s3://bucket/key, "
             "https://host/path or an uploaded file id (file_...)",
         )
     if not parsed.netloc or (parsed.scheme == "s3" and not parsed.path.strip("/")):
@@ -145,7 +177,7 @@ def caption_item(
     if isinstance(raw, str):
         raw = {"image": raw}
     if not isinstance(raw, dict):
-        raise InvalidInput(where, "must be an object like {\"image\": \"s3://...\"}")
+        raise InvalidInput(where, 'must be an object like {"image": "s3://..."}')
     try:
         item = CaptionItemIn.model_validate(raw)
     except ValidationError as err:
@@ -167,7 +199,7 @@ def generate_item(
     if isinstance(raw, str):
         raw = {"prompt": raw}
     if not isinstance(raw, dict):
-        raise InvalidInput(where, "must be an object like {\"prompt\": \"a red fox\"}")
+        raise InvalidInput(where, 'must be an object like {"prompt": "a red fox"}')
     try:
         item = GenerateItemIn.model_validate(raw)
     except ValidationError as err:
@@ -188,7 +220,9 @@ def generate_item(
     return NewItem(input=value, custom_id=item.custom_id)
 
 
-def iter_jsonl(lines: Iterable[bytes | str], *, where: str = "manifest") -> Iterator[tuple[int, Any]]:
+def iter_jsonl(
+    lines: Iterable[bytes | str], *, where: str = "manifest"
+) -> Iterator[tuple[int, Any]]:
     """Yield (line number, parsed JSON) for each non-blank line; a bad line raises with its
     number, e.g. `manifest line 7: invalid JSON (Expecting ',' delimiter)`."""
     for lineno, line in enumerate(lines, start=1):
@@ -203,3 +237,94 @@ def iter_jsonl(lines: Iterable[bytes | str], *, where: str = "manifest") -> Iter
             yield lineno, json.loads(line)
         except json.JSONDecodeError as err:
             raise InvalidInput(f"{where} line {lineno}", f"invalid JSON ({err.msg})") from None
+
+
+def check_items(
+    raw_items: Any,
+    kind: str,
+    params: BaseModel,
+    *,
+    max_items: int,
+    max_prompt_chars: int,
+    max_n: int,
+    resolve_file: Callable[[str, str], str] | None = None,
+) -> list[NewItem]:
+    """Validate a whole inline item list up front: its size, every item, unique custom ids.
+
+    `resolve_file` is passed to `caption_item` for uploaded image ids.
+    """
+    if not isinstance(raw_items, list):
+        raise InvalidInput("items", "must be a list")
+    if not raw_items:
+        raise InvalidInput("items", "must not be empty")
+    if len(raw_items) > max_items:
+        raise TooLarge(
+            "items",
+            f"has {len(raw_items):,} items; at most {max_items:,} are accepted inline "
+            "(upload a manifest and give it as source.manifest)",
+        )
+    items: list[NewItem] = []
+    seen: dict[str, int] = {}
+    for i, raw in enumerate(raw_items):
+        where = f"items[{i}]"
+        if kind == JobKind.CAPTION:
+            item = caption_item(
+                raw,
+                params,
+                where=where,
+                max_prompt_chars=max_prompt_chars,
+                resolve_file=resolve_file,
+            )
+        else:
+            item = generate_item(
+                raw, params, where=where, max_prompt_chars=max_prompt_chars, max_n=max_n
+            )
+        if item.custom_id is not None and seen.setdefault(item.custom_id, i) != i:
+            raise InvalidInput(
+                f"{where}.custom_id",
+                f"'{item.custom_id}' is already used by items[{seen[item.custom_id]}]",
+            )
+        items.append(item)
+    return items
+
+
+SOURCE_FIELDS = ("s3_prefix", "manifest")
+
+
+def check_source(
+    raw: Any, kind: str, *, resolve_file: Callable[[str, str], str] | None = None
+) -> dict[str, Any]:
+    """Validate a job source and return what the job stores for the expand task.
+
+    `{"s3_prefix": "s3://bucket/prefix/"}` (caption jobs: every image under it) or
+    `{"manifest": "s3://...|https://...|file_..."}` (JSONL, one item per line). An uploaded
+    file id is stored resolved, with the id kept: `{"manifest": "storage:<key>", "file_id": id}`.
+    """
+    if not isinstance(raw, dict):
+        raise InvalidInput("source", 'must be an object like {"manifest": "s3://bucket/key"}')
+    for name in raw:
+        if name not in SOURCE_FIELDS:
+            raise InvalidInput(f"source.{name}", "unknown field; use s3_prefix or manifest")
+    given = [name for name in SOURCE_FIELDS if raw.get(name) is not None]
+    if len(given) != 1:
+        raise InvalidInput("source", "give exactly one of s3_prefix or manifest")
+    name = given[0]
+    field = f"source.{name}"
+    value = raw[name]
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput(field, "must be a non-empty string")
+    value = check_text(value.strip(), field)
+    if name == "s3_prefix":
+        if kind != JobKind.CAPTION:
+            raise InvalidInput(
+                field, "only caption jobs read an S3 prefix; give prompts as a manifest"
+            )
+        if not value.startswith("s3://") or not value[5:].split("/")[0]:
+            raise InvalidInput(field, f"must look like s3://bucket/prefix/, got '{value}'")
+        return {"s3_prefix": value}
+    check_image_ref(value, field, what="manifest reference")
+    if value.startswith(FILE_ID_PREFIX):
+        if resolve_file is None:
+            raise InvalidInput(field, "file ids are not accepted here")
+        return {"manifest": resolve_file(value, field), "file_id": value}
+    return {"manifest": value}

@@ -1,0 +1,168 @@
+"""Every error the API answers, as `{"error": {"message": ..., "field": ...}}`.
+
+Service errors become HTTP codes here and only here: a bad input is 422 (413 when over a
+size limit), an unknown job 404, a state conflict 409, an unreachable dependency 503, and
+anything else is a bug: logged with its traceback and answered 500.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from kombu.exceptions import OperationalError as QueueError
+from pydantic import BaseModel
+from redis.exceptions import ConnectionError as RedisConnectionError
+from sqlalchemy.exc import OperationalError as DatabaseError
+from starlette.exceptions import HTTPException
+
+from janus_batch.inputs import InvalidInput, TooLarge
+from janus_batch.jobs import JobConflict, JobNotFound, QueueUnavailable
+from janus_batch.storage import NotFoundError, StorageError
+
+log = logging.getLogger(__name__)
+
+_LOCATIONS = {"body", "query", "path", "header", "cookie"}
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong, and the request field it is about (if any)."""
+
+    message: str
+    field: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """The body of every error response."""
+
+    error: ErrorDetail
+
+
+class ApiError(Exception):
+    """An HTTP error raised by the API layer itself (e.g. authentication)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.field, self.headers = status, message, field, headers
+
+
+class AsciiJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped, so an error that quotes a malformed input
+    (a lone surrogate) still encodes."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+def error_response(
+    status: int, message: str, field: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """A JSON error response in the API's one shape."""
+    body = {"error": {"message": message, "field": field}}
+    return AsciiJSONResponse(body, status_code=status, headers=headers)
+
+
+def field_name(loc: tuple[Any, ...] | list[Any]) -> str | None:
+    """`("body", "items", 3, "image")` -> `items[3].image`."""
+    parts = list(loc)
+    if parts and parts[0] in _LOCATIONS:
+        parts = parts[1:]
+    name = ""
+    for part in parts:
+        if isinstance(part, int):
+            name += f"[{part}]"
+        else:
+            name += f".{part}" if name else str(part)
+    return name or (str(loc[0]) if loc else None)
+
+
+def _validation_message(error: dict[str, Any]) -> str:
+    if error.get("type") == "json_invalid":
+        ctx = error.get("ctx") or {}
+        return f"request body is not valid JSON ({ctx.get('error', 'parse error')})"
+    if error.get("type") == "missing":
+        return "is required"
+    return str(error.get("msg", "is invalid"))
+
+
+async def _on_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    if not errors:
+        return error_response(422, "invalid request")
+    first = errors[0]
+    field = field_name(first.get("loc", ()))
+    if first.get("type") == "json_invalid":
+        field = "body"
+    return error_response(422, _validation_message(first), field)
+
+
+async def _on_invalid_input(_: Request, exc: InvalidInput) -> JSONResponse:
+    status = 413 if isinstance(exc, TooLarge) else 422
+    return error_response(status, str(exc), exc.field or None)
+
+
+async def _on_api_error(_: Request, exc: ApiError) -> JSONResponse:
+    return error_response(exc.status, exc.message, exc.field, exc.headers)
+
+
+async def _on_http(_: Request, exc: HTTPException) -> JSONResponse:
+    message = exc.detail if isinstance(exc.detail, str) else "request failed"
+    return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
+
+
+async def _on_not_found(_: Request, exc: JobNotFound | NotFoundError) -> JSONResponse:
+    field = "job_id" if isinstance(exc, JobNotFound) else None
+    return error_response(404, str(exc), field)
+
+
+async def _on_conflict(_: Request, exc: JobConflict) -> JSONResponse:
+    return error_response(409, str(exc))
+
+
+async def _on_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    what = {
+        QueueUnavailable: "queue",
+        StorageError: "storage",
+        DatabaseError: "database",
+        QueueError: "queue",
+        RedisConnectionError: "queue",
+    }
+    name = next((v for k, v in what.items() if isinstance(exc, k)), "a dependency")
+    log.error("%s %s: %s unavailable: %s", request.method, request.url.path, name, exc)
+    first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return error_response(503, f"{name} unavailable: {first_line}", headers={"Retry-After": "5"})
+
+
+async def _on_bug(request: Request, exc: Exception) -> JSONResponse:
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal server error (logged); please report it")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers that give every error the `{"error": {...}}` shape."""
+    app.add_exception_handler(RequestValidationError, _on_validation)
+    app.add_exception_handler(InvalidInput, _on_invalid_input)
+    app.add_exception_handler(ApiError, _on_api_error)
+    app.add_exception_handler(HTTPException, _on_http)
+    app.add_exception_handler(JobNotFound, _on_not_found)
+    app.add_exception_handler(NotFoundError, _on_not_found)
+    app.add_exception_handler(JobConflict, _on_conflict)
+    for exc_type in (
+        QueueUnavailable,
+        StorageError,
+        DatabaseError,
+        QueueError,
+        RedisConnectionError,
+    ):
+        app.add_exception_handler(exc_type, _on_unavailable)
+    app.add_exception_handler(Exception, _on_bug)

@@ -1,0 +1,69 @@
+"""/v1/files: upload images and manifests (deduplicated by content), look them up."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Form, Path, Query, Response, UploadFile
+
+from api.deps import DatabaseUrl, Owner, SettingsDep, StorageDep
+from api.errors import ApiError, ErrorBody
+from api.schemas import FilePublic, FilesPublic
+from api.views import file_public
+from janus_batch import files
+
+router = APIRouter(prefix="/v1/files", tags=["files"])
+
+ERRORS = {code: {"model": ErrorBody} for code in (401, 404, 413, 422, 503)}
+
+
+@router.post("", status_code=201, response_model=FilePublic, responses=ERRORS)
+def upload_file(
+    file: UploadFile,
+    purpose: Annotated[Literal["image", "manifest"], Form()],
+    response: Response,
+    settings: SettingsDep,
+    owner: Owner,
+    storage: StorageDep,
+) -> FilePublic:
+    """Upload an image or a JSONL manifest (multipart: `file`, `purpose`). The same bytes
+    uploaded again return the existing file (200). A manifest is checked line by line."""
+    try:
+        row, created = files.save_upload(
+            settings.resolved_database_url(),
+            storage,
+            owner=owner,
+            stream=file.file,
+            filename=file.filename,
+            purpose=purpose,
+            max_bytes=settings.max_upload_bytes,
+        )
+    finally:
+        file.file.close()
+    if not created:
+        response.status_code = 200
+    return file_public(row)
+
+
+@router.get("", response_model=FilesPublic, responses=ERRORS)
+def list_files(
+    db: DatabaseUrl,
+    owner: Owner,
+    sha256: Annotated[str, Query(pattern=r"^[0-9a-f]{64}$", description="Hex SHA-256.")],
+    purpose: Literal["image", "manifest"] | None = None,
+) -> FilesPublic:
+    """Your uploaded files with these bytes (check before uploading; empty if none)."""
+    return FilesPublic(
+        data=[file_public(r) for r in files.find_by_sha256(db, owner, sha256, purpose)]
+    )
+
+
+@router.get("/{file_id}", response_model=FilePublic, responses=ERRORS)
+def get_file(
+    file_id: Annotated[str, Path(max_length=64)], db: DatabaseUrl, owner: Owner
+) -> FilePublic:
+    """One uploaded file."""
+    row = files.get_file(db, owner, file_id)
+    if row is None:
+        raise ApiError(404, f"no file {file_id!r}", "file_id")
+    return file_public(row)

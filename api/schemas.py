@@ -1,0 +1,153 @@
+"""HTTP request and response bodies, apart from the SQL models (names follow OpenAI's Batch
+API where one exists: `custom_id`, `counts`)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from janus_batch.states import JobKind
+
+
+class SourceIn(BaseModel):
+    """Where a job's items come from when they are not inline (exactly one field)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    s3_prefix: str | None = Field(
+        default=None, description="Caption every image under s3://bucket/prefix/ (caption only)."
+    )
+    manifest: str | None = Field(
+        default=None,
+        description="A JSONL manifest, one item per line: s3://..., https://... or the id of an "
+        "uploaded file (purpose=manifest).",
+    )
+
+
+class JobCreate(BaseModel):
+    """A new job: a kind, job-wide params, and either inline `items` or a `source`."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "kind": "caption",
+                    "params": {"prompt": "Describe this image in one sentence."},
+                    "items": [{"image": "s3://photos/cat.jpg", "custom_id": "cat"}],
+                },
+                {
+                    "kind": "generate",
+                    "params": {"n": 2, "cfg_weight": 5.0, "format": "png"},
+                    "items": [{"prompt": "a red fox in snow", "seed": 42}],
+                },
+                {"kind": "caption", "source": {"s3_prefix": "s3://photos/2024/"}},
+            ]
+        },
+    )
+
+    kind: JobKind
+    params: dict[str, Any] | None = Field(
+        default=None,
+        description="caption: prompt, max_new_tokens, temperature, top_p; "
+        "generate: n, cfg_weight, temperature, top_k, top_p, format (png|jpeg|webp).",
+    )
+    items: list[Any] | None = Field(
+        default=None,
+        description="Inline items. caption: {image, prompt?, custom_id?} (image = s3://, "
+        "https:// or a file id); generate: {prompt, n?, seed?, cfg_weight?, temperature?, "
+        "custom_id?}.",
+    )
+    source: SourceIn | None = None
+
+
+class Counts(BaseModel):
+    """Items by state; pending = total - the others."""
+
+    total: int
+    pending: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+
+
+class JobOutput(BaseModel):
+    """Where the job's outputs are (URIs) and how to download its manifests (URLs)."""
+
+    prefix: str
+    results: str
+    errors: str
+    results_url: str | None
+    errors_url: str | None
+
+
+class JobPublic(BaseModel):
+    """A job as the API shows it."""
+
+    id: str
+    object: str = "job"
+    kind: str
+    status: str
+    model: str
+    params: dict[str, Any]
+    source: dict[str, Any] | None
+    counts: Counts
+    expanded: bool = Field(description="False while a source is still being read into items.")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    items_per_second: float | None
+    eta_seconds: float | None
+    output: JobOutput
+    error: str | None
+
+
+class JobsPublic(BaseModel):
+    """A page of jobs, newest first; pass `next_cursor` as `after` for the next page."""
+
+    data: list[JobPublic]
+    next_cursor: str | None
+    has_more: bool
+
+
+class ItemPublic(BaseModel):
+    """One item of a job."""
+
+    idx: int
+    custom_id: str | None
+    status: str
+    input: dict[str, Any]
+    result: dict[str, Any] | None
+    error: str | None
+    attempts: int
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class ItemsPublic(BaseModel):
+    """A page of items in index order; pass `next_cursor` as `after` for the next page."""
+
+    data: list[ItemPublic]
+    next_cursor: str | None
+    has_more: bool
+
+
+class FilePublic(BaseModel):
+    """An uploaded file."""
+
+    id: str
+    object: str = "file"
+    filename: str
+    bytes: int
+    purpose: str
+    sha256: str
+    created_at: datetime
+
+
+class FilesPublic(BaseModel):
+    """Uploaded files."""
+
+    data: list[FilePublic]

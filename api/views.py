@@ -1,0 +1,119 @@
+"""SQL rows -> response bodies (counts, ETA, output locations and download URLs)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from fastapi import Request
+
+from api.schemas import Counts, FilePublic, ItemPublic, JobOutput, JobPublic
+from janus_batch.constants import ERRORS_NAME, RESULTS_NAME
+from janus_batch.jobs import as_utc
+from janus_batch.models import File, Item, Job
+from janus_batch.states import JOB_FINAL
+from janus_batch.storage import Storage
+
+
+def counts(job: Job, running: int) -> Counts:
+    """Items by state: final counters from the job row, running from a COUNT, the rest
+    pending."""
+    done = job.succeeded + job.failed + job.cancelled
+    return Counts(
+        total=job.total,
+        pending=max(0, job.total - done - running),
+        running=running,
+        succeeded=job.succeeded,
+        failed=job.failed,
+        cancelled=job.cancelled,
+    )
+
+
+def rate_and_eta(job: Job, now: datetime | None = None) -> tuple[float | None, float | None]:
+    """Items processed (succeeded + failed) per second since the job started, and the
+    seconds left at that rate. The ETA is None while unknown (not started, nothing processed
+    yet, or a source still being expanded so the total is not known); 0 once final."""
+    rate = None
+    if job.started_at is not None:
+        end = as_utc(job.finished_at) if job.finished_at else (now or datetime.now(UTC))
+        elapsed = (end - as_utc(job.started_at)).total_seconds()
+        processed = job.succeeded + job.failed
+        if elapsed > 0 and processed > 0:
+            rate = processed / elapsed
+    if job.status in JOB_FINAL:
+        return rate, 0.0
+    if rate and job.expanded:
+        remaining = job.total - job.succeeded - job.failed - job.cancelled
+        return rate, max(0, remaining) / rate
+    return rate, None
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return as_utc(value) if value is not None else None
+
+
+def _download_url(
+    job: Job, storage: Storage, request: Request, name: str, errors: bool
+) -> str | None:
+    """A presigned URL of the final manifest on S3; else the API route that streams it."""
+    if job.status in JOB_FINAL:
+        signed = storage.presigned_url(f"{job.output_prefix}/{name}")
+        if signed:
+            return signed
+    url = str(request.url_for("get_results", job_id=job.id))
+    return f"{url}?errors=true" if errors else url
+
+
+def job_public(job: Job, running: int, storage: Storage, request: Request) -> JobPublic:
+    """The API view of a job."""
+    rate, eta = rate_and_eta(job)
+    prefix = job.output_prefix
+    return JobPublic(
+        id=job.id,
+        kind=job.kind,
+        status=job.status,
+        model=job.model,
+        params=job.params or {},
+        source=job.source,
+        counts=counts(job, running),
+        expanded=job.expanded,
+        created_at=as_utc(job.created_at),
+        started_at=_utc(job.started_at),
+        finished_at=_utc(job.finished_at),
+        items_per_second=rate,
+        eta_seconds=eta,
+        output=JobOutput(
+            prefix=storage.uri(prefix),
+            results=storage.uri(f"{prefix}/{RESULTS_NAME}"),
+            errors=storage.uri(f"{prefix}/{ERRORS_NAME}"),
+            results_url=_download_url(job, storage, request, RESULTS_NAME, errors=False),
+            errors_url=_download_url(job, storage, request, ERRORS_NAME, errors=True),
+        ),
+        error=job.error,
+    )
+
+
+def item_public(item: Item) -> ItemPublic:
+    """The API view of an item."""
+    return ItemPublic(
+        idx=item.idx,
+        custom_id=item.custom_id,
+        status=item.status,
+        input=item.input,
+        result=item.result,
+        error=item.error,
+        attempts=item.attempts,
+        started_at=_utc(item.started_at),
+        finished_at=_utc(item.finished_at),
+    )
+
+
+def file_public(row: File) -> FilePublic:
+    """The API view of an uploaded file."""
+    return FilePublic(
+        id=row.id,
+        filename=row.filename,
+        bytes=row.bytes,
+        purpose=row.purpose,
+        sha256=row.sha256,
+        created_at=as_utc(row.created_at),
+    )

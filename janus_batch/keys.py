@@ -1,0 +1,93 @@
+"""API keys: created once (the plaintext is shown only then), stored as a SHA-256 hash.
+
+    row, plaintext = create_key(db_url, "ci")     # plaintext like "jb_Xy3..."; keep it safe
+    verify_key(db_url, plaintext)                 # -> ApiKey, or None if unknown or revoked
+    revoke_key(db_url, row.id)                    # or by its display prefix, e.g. "jb_Xy3abcd"
+
+The key id (`key_...`) is the owner of every job and file created with the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+
+from sqlalchemy import or_, select
+
+from janus_batch.db import session_scope
+from janus_batch.models import ApiKey, new_id, utcnow
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "jb_"
+DISPLAY_CHARS = 10
+"""Characters of the plaintext kept for display (`jb_` + 7), enough to tell keys apart."""
+
+
+class AmbiguousKey(LookupError):
+    """A display prefix matches more than one key; use the key id."""
+
+
+def hash_key(plaintext: str) -> str:
+    """The stored form of a key: hex SHA-256 of its plaintext."""
+    return hashlib.sha256(plaintext.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def create_key(database_url: str, name: str) -> tuple[ApiKey, str]:
+    """Create a key named `name`; returns the row and the plaintext (never stored)."""
+    plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
+    row = ApiKey(
+        id=new_id("key"),
+        name=name,
+        key_hash=hash_key(plaintext),
+        prefix=plaintext[:DISPLAY_CHARS],
+        created_at=utcnow(),
+    )
+    with session_scope(database_url) as session:
+        session.add(row)
+    log.info("created API key %s (%s) named %r", row.id, row.prefix, name)
+    return row, plaintext
+
+
+def verify_key(database_url: str, plaintext: str) -> ApiKey | None:
+    """The active key whose plaintext this is, or None (unknown or revoked)."""
+    if not plaintext.startswith(KEY_PREFIX):
+        return None
+    with session_scope(database_url) as session:
+        row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(plaintext)))
+    if row is None or row.revoked_at is not None:
+        return None
+    return row
+
+
+def list_keys(database_url: str, *, include_revoked: bool = True) -> list[ApiKey]:
+    """Every key, oldest first (hashes included; never show them)."""
+    query = select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)
+    if not include_revoked:
+        query = query.where(ApiKey.revoked_at.is_(None))
+    with session_scope(database_url) as session:
+        return list(session.scalars(query))
+
+
+def revoke_key(database_url: str, id_or_prefix: str) -> ApiKey | None:
+    """Revoke the key with this id or display prefix; None if there is none.
+
+    Revoking a revoked key is a no-op that returns it. Raises AmbiguousKey when a prefix
+    matches several keys.
+    """
+    with session_scope(database_url) as session:
+        rows = list(
+            session.scalars(
+                select(ApiKey).where(or_(ApiKey.id == id_or_prefix, ApiKey.prefix == id_or_prefix))
+            )
+        )
+        if not rows:
+            return None
+        if len(rows) > 1:
+            raise AmbiguousKey(f"{id_or_prefix!r} matches {len(rows)} keys; use the key id")
+        row = rows[0]
+        if row.revoked_at is None:
+            row.revoked_at = utcnow()
+            log.info("revoked API key %s (%s)", row.id, row.prefix)
+    return row

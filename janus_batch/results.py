@@ -1,0 +1,93 @@
+"""The lines of a job's results.jsonl and errors.jsonl, built in one place.
+
+The worker's finalize writes the files with these functions and the API streams the same
+lines from SQL while a job runs, so a partial listing and the final manifest never differ.
+
+Result line (succeeded items), one JSON object per line, in item order; the item's result
+(the worker's `{"caption": text}` or `{"images": [{"key", "uri", "seed", "index"}], "format"}`)
+sits between the input and the job's model:
+    {"custom_id", "idx", "input", "caption" | "images" + "format", "model", "params", "status"}
+Error line (failed and cancelled items): {"custom_id", "idx", "input", "error", "status"}
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from sqlalchemy import select
+
+from janus_batch.db import session_scope
+from janus_batch.models import Item
+from janus_batch.states import ItemStatus
+
+RESULT_STATUSES = (ItemStatus.SUCCEEDED,)
+ERROR_STATUSES = (ItemStatus.FAILED, ItemStatus.CANCELLED)
+PAGE = 1000
+
+
+class JobLike(Protocol):
+    """What a line needs from a job (a `Job` row fits)."""
+
+    id: str
+    model: str
+    params: dict[str, Any]
+
+
+def result_line(job: JobLike, item: Item) -> dict[str, Any]:
+    """The results.jsonl entry of a succeeded item: its result (`caption`, or `images` and
+    `format`) between the input and the job's model and params."""
+    return {
+        "custom_id": item.custom_id,
+        "idx": item.idx,
+        "input": item.input,
+        **(item.result or {}),
+        "model": job.model,
+        "params": job.params,
+        "status": str(item.status),
+    }
+
+
+def error_line(item: Item) -> dict[str, Any]:
+    """The errors.jsonl entry of a failed or cancelled item."""
+    return {
+        "custom_id": item.custom_id,
+        "idx": item.idx,
+        "input": item.input,
+        "error": item.error,
+        "status": str(item.status),
+    }
+
+
+def encode_line(line: dict[str, Any]) -> bytes:
+    """One JSONL line (UTF-8, newline-terminated)."""
+    return json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+def iter_job_lines(
+    database_url: str, job: JobLike, *, errors: bool = False, page_size: int | None = None
+) -> Iterator[bytes]:
+    """Encoded result lines (or error lines) of a job from SQL, in index order.
+
+    Reads the items page by page (a short transaction each), so it can stream millions of
+    rows; a running job gives the lines of the items final so far.
+    """
+    statuses = [s.value for s in (ERROR_STATUSES if errors else RESULT_STATUSES)]
+    page_size = page_size or PAGE
+    last = -1
+    while True:
+        with session_scope(database_url) as session:
+            page = list(
+                session.scalars(
+                    select(Item)
+                    .where(Item.job_id == job.id, Item.status.in_(statuses), Item.idx > last)
+                    .order_by(Item.idx)
+                    .limit(page_size)
+                )
+            )
+        for item in page:
+            yield encode_line(error_line(item) if errors else result_line(job, item))
+        if len(page) < page_size:
+            return
+        last = page[-1].idx

@@ -1,0 +1,209 @@
+"""POST /v1/jobs: inline items are inserted and enqueued in chunks; sources enqueue one expand
+message; Idempotency-Key returns the same job."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from sqlalchemy import select
+
+from janus_batch import constants as c
+from janus_batch import jobs
+from janus_batch.db import session_scope
+from janus_batch.models import Item, Job
+from janus_batch.queue import get_celery
+from tests.api.helpers import caption_job
+from tests.services import free_port
+
+
+def _items(database_url: str, job_id: str) -> list[Item]:
+    with session_scope(database_url) as session:
+        return list(session.scalars(select(Item).where(Item.job_id == job_id).order_by(Item.idx)))
+
+
+def _job(database_url: str, job_id: str) -> Job:
+    with session_scope(database_url) as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+def test_caption_job_inserts_items_and_enqueues_chunks(
+    client, set_env, database_url, queue_len, queue_messages
+):
+    settings = set_env(chunk_size="2", model="org/some-janus")
+    job = caption_job(client, n=5, params={"prompt": "What is this?", "max_new_tokens": 40})
+
+    assert job["id"].startswith("job_")
+    assert job["kind"] == "caption"
+    assert job["status"] == "queued"
+    assert job["model"] == settings.model == "org/some-janus"
+    assert job["params"]["prompt"] == "What is this?"
+    assert job["params"]["max_new_tokens"] == 40
+    assert job["expanded"] is True
+    assert job["counts"] == {
+        "total": 5, "pending": 5, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0
+    }  # fmt: skip
+    assert job["output"]["prefix"].endswith(f"jobs/{job['id']}")
+    assert job["output"]["results_url"].endswith(f"/v1/jobs/{job['id']}/results")
+
+    assert queue_len(c.CAPTION_QUEUE) == 3  # 5 items in chunks of 2
+    assert queue_len(c.GENERATE_QUEUE) == 0
+    assert queue_len(c.CONTROL_QUEUE) == 0
+    messages = queue_messages(c.CAPTION_QUEUE)
+    assert {task for task, _ in messages} == {c.CAPTION_CHUNK_TASK}
+    assert all(args[0] == job["id"] for _, args in messages)
+    assert sorted(len(args[1]) for _, args in messages) == [1, 2, 2]
+
+    rows = _items(database_url, job["id"])
+    assert [r.idx for r in rows] == [0, 1, 2, 3, 4]
+    assert [r.custom_id for r in rows] == ["c0", "c1", "c2", "c3", "c4"]
+    assert rows[0].input == {
+        "image": "s3://bucket/img0.jpg", "uri": "s3://bucket/img0.jpg", "prompt": "What is this?"
+    }  # fmt: skip
+    assert all(r.status == "pending" for r in rows)
+    stored = _job(database_url, job["id"])
+    assert stored.output_prefix == f"jobs/{job['id']}"
+    assert stored.owner == c.LOCAL_OWNER
+
+
+def test_generate_job_records_seeds_and_item_overrides(client, database_url, queue_len):
+    body = {
+        "kind": "generate",
+        "params": {"n": 2, "cfg_weight": 4.0, "format": "webp"},
+        "items": [
+            {"prompt": "a red fox", "seed": 7, "custom_id": "fox"},
+            {"prompt": "a blue whale", "n": 1, "temperature": 0.5},
+            "a bare prompt string",
+        ],
+    }
+    response = client.post("/v1/jobs", json=body)
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["params"]["format"] == "webp"
+    assert queue_len(c.GENERATE_QUEUE) == 1
+    assert queue_len(c.CAPTION_QUEUE) == 0
+
+    fox, whale, bare = (r.input for r in _items(database_url, job["id"]))
+    assert fox["seed"] == 7 and fox["n"] == 2 and fox["cfg_weight"] == 4.0
+    assert whale["n"] == 1 and whale["temperature"] == 0.5
+    assert isinstance(whale["seed"], int) and 0 <= whale["seed"] < 2**63
+    assert isinstance(bare["seed"], int) and bare["prompt"] == "a bare prompt string"
+
+
+def test_source_jobs_enqueue_one_expand_message(client, database_url, queue_len, queue_messages):
+    prefix_job = client.post(
+        "/v1/jobs", json={"kind": "caption", "source": {"s3_prefix": "s3://photos/2024/"}}
+    )
+    assert prefix_job.status_code == 202, prefix_job.text
+    job = prefix_job.json()
+    assert job["expanded"] is False
+    assert job["source"] == {"s3_prefix": "s3://photos/2024/"}
+    assert job["counts"]["total"] == 0
+    assert job["eta_seconds"] is None
+    assert queue_len(c.CONTROL_QUEUE) == 1
+    assert queue_len(c.CAPTION_QUEUE) == 0
+    assert queue_messages(c.CONTROL_QUEUE) == [(c.EXPAND_SOURCE_TASK, [job["id"]])]
+    assert _items(database_url, job["id"]) == []
+    assert _job(database_url, job["id"]).expanded is False
+
+    manifest_job = client.post(
+        "/v1/jobs",
+        json={"kind": "generate", "source": {"manifest": "https://example.com/prompts.jsonl"}},
+    )
+    assert manifest_job.status_code == 202, manifest_job.text
+    assert manifest_job.json()["source"] == {"manifest": "https://example.com/prompts.jsonl"}
+    assert queue_len(c.CONTROL_QUEUE) == 2
+    assert queue_len(c.GENERATE_QUEUE) == 0
+
+
+def test_manifest_file_id_is_resolved_to_storage_key(client, database_url, queue_len):
+    upload = client.post(
+        "/v1/files",
+        files={"file": ("prompts.jsonl", b'{"prompt": "a cat"}\n"a dog"\n')},
+        data={"purpose": "manifest"},
+    )
+    assert upload.status_code == 201, upload.text
+    file_id = upload.json()["id"]
+    response = client.post("/v1/jobs", json={"kind": "generate", "source": {"manifest": file_id}})
+    assert response.status_code == 202, response.text
+    source = response.json()["source"]
+    assert source["file_id"] == file_id
+    assert source["manifest"].startswith("storage:inputs/local/")
+    assert source["manifest"].endswith("/prompts.jsonl")
+    assert queue_len(c.CONTROL_QUEUE) == 1
+
+
+def test_uploaded_image_id_in_caption_item(client, database_url):
+    upload = client.post(
+        "/v1/files", files={"file": ("cat.png", b"\x89PNG not really")}, data={"purpose": "image"}
+    )
+    file_id = upload.json()["id"]
+    job = client.post("/v1/jobs", json={"kind": "caption", "items": [{"image": file_id}]}).json()
+    (row,) = _items(database_url, job["id"])
+    assert row.input["image"] == file_id
+    assert row.input["uri"].startswith("storage:inputs/local/")
+
+
+def test_idempotency_key_returns_the_same_job(client, database_url, queue_len):
+    body = {"kind": "caption", "items": [{"image": "s3://b/a.jpg"}]}
+    headers = {"Idempotency-Key": "run-42"}
+    first = client.post("/v1/jobs", json=body, headers=headers)
+    second = client.post("/v1/jobs", json=body, headers=headers)
+    assert first.status_code == 202
+    assert second.status_code == 200
+    assert second.json()["id"] == first.json()["id"]
+    assert queue_len(c.CAPTION_QUEUE) == 1  # nothing enqueued the second time
+    other = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "run-43"})
+    assert other.status_code == 202 and other.json()["id"] != first.json()["id"]
+    assert client.get("/v1/jobs").json()["data"].__len__() == 2
+
+
+def test_idempotency_race_creates_one_job(client, database_url, queue_len):
+    body = {"kind": "generate", "items": ["a lighthouse"]}
+
+    def submit(_: int) -> tuple[int, str]:
+        r = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "same"})
+        return r.status_code, r.json()["id"]
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(submit, range(6)))
+    assert len({job_id for _, job_id in results}) == 1
+    assert sorted(code for code, _ in results).count(202) == 1
+    assert queue_len(c.GENERATE_QUEUE) == 1
+    assert client.get("/v1/jobs").json()["data"].__len__() == 1
+
+
+def test_idempotency_unique_constraint_race(client, monkeypatch, queue_len):
+    """Two requests both miss the pre-check; the loser's INSERT hits the unique constraint
+    and it answers with the winner's job."""
+    body = {"kind": "caption", "items": [{"image": "s3://b/a.jpg"}]}
+    first = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "k1"}).json()
+    real = jobs._find_idempotent
+    calls = []
+
+    def miss_once(*args):
+        calls.append(args)
+        return None if len(calls) == 1 else real(*args)
+
+    monkeypatch.setattr(jobs, "_find_idempotent", miss_once)
+    again = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "k1"})
+    assert again.status_code == 200 and again.json()["id"] == first["id"]
+    assert len(calls) == 2
+    assert queue_len(c.CAPTION_QUEUE) == 1
+
+
+def test_queue_down_fails_the_job_with_503(client, set_env, database_url):
+    set_env(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    get_celery.cache_clear()
+    response = client.post(
+        "/v1/jobs",
+        json={"kind": "caption", "items": [{"image": "s3://b/a.jpg"}]},
+        headers={"Idempotency-Key": "k"},
+    )
+    assert response.status_code == 503, response.text
+    assert "queue unavailable" in response.json()["error"]["message"]
+    with session_scope(database_url) as session:
+        job = session.scalars(select(Job)).one()
+    assert job.status == "failed" and job.idempotency_key is None
+    assert job.cancelled == 1 and "could not enqueue" in job.error
