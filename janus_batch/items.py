@@ -28,10 +28,15 @@ INSERT_PAGE = 2000
 
 @dataclass(frozen=True)
 class NewItem:
-    """An item ready to insert: its normalised input and optional custom id."""
+    """An item ready to insert: its normalised input and optional custom id.
+
+    With `error` set the item is inserted already `failed` (e.g. a malformed manifest line):
+    it is counted in the job's `failed` and never enqueued.
+    """
 
     input: dict[str, Any]
     custom_id: str | None = None
+    error: str | None = None
 
 
 def _pages(items: Iterable[NewItem], size: int) -> Iterator[list[NewItem]]:
@@ -67,19 +72,24 @@ def add_items(
                 "idx": idx + i,
                 "custom_id": item.custom_id,
                 "input": item.input,
-                "status": ItemStatus.PENDING.value,
+                "status": (ItemStatus.FAILED if item.error else ItemStatus.PENDING).value,
                 "attempts": 0,
                 "enqueued_at": now,
+                "error": item.error,
+                "finished_at": now if item.error else None,
             }
             for i, item in enumerate(page)
         ]
+        failed = sum(1 for item in page if item.error)
         with session_scope(database_url) as session:
             result = session.execute(
                 insert(Item).returning(Item.id, sort_by_parameter_order=True), rows
             )
-            ids = [row[0] for row in result]
+            ids = [row[0] for row, item in zip(result, page, strict=True) if not item.error]
             session.execute(
-                update(Job).where(Job.id == job_id).values(total=Job.total + len(ids))
+                update(Job)
+                .where(Job.id == job_id)
+                .values(total=Job.total + len(page), failed=Job.failed + failed)
             )
         for chunk in chunked(ids, chunk_size):
             send_chunk(app, kind, job_id, chunk)

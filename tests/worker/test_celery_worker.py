@@ -1,0 +1,163 @@
+"""A real `celery worker` process on the tiny checkpoint, and one killed with SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from janus_batch.db import session_scope
+from janus_batch.models import Item
+from janus_batch.states import JOB_FINAL, ItemStatus, JobKind, JobStatus
+from tests.worker.helpers import create_job, get_items, get_job, png_bytes, read_jsonl
+from worker.sweeper import sweep
+
+ROOT = Path(__file__).resolve().parents[2]
+QUEUES = "janus.caption,janus.generate,janus.control"
+
+
+class WorkerProcess:
+    """A `celery -A worker.app worker -P solo` subprocess logging to a file."""
+
+    def __init__(self, log_path: Path, queues: str = QUEUES) -> None:
+        self.log_path = log_path
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+        command = [
+            sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-P", "solo",
+            "-c", "1", "-Q", queues, "-E", "--loglevel", "INFO",
+            "-n", f"test-{uuid.uuid4().hex[:8]}@%h",
+            "--without-gossip", "--without-mingle", "--without-heartbeat",
+        ]  # fmt: skip
+        with open(log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start worker processes; every one is stopped (or killed) afterwards."""
+    workers: list[WorkerProcess] = []
+
+    def start(queues: str = QUEUES) -> WorkerProcess:
+        worker = WorkerProcess(tmp_path / f"worker-{len(workers)}.log", queues)
+        workers.append(worker)
+        return worker
+
+    try:
+        yield start
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, workers: list[Any]) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        for worker in workers:
+            if worker.process.poll() is not None and worker.process.returncode != -9:
+                raise AssertionError(f"worker exited early:\n{worker.log()[-4000:]}")
+        time.sleep(0.02)
+    logs = "\n".join(w.log()[-4000:] for w in workers)
+    raise AssertionError(f"timed out waiting for {what}\n{logs}")
+
+
+def job_final(ctx: Any, job_id: str) -> bool:
+    return get_job(ctx, job_id).status in JOB_FINAL
+
+
+def test_real_worker_processes_jobs(ctx: Any, s3_env: Any, start_worker: Any) -> None:
+    client = s3_env.client()
+    client.put_object(Bucket=s3_env.bucket, Key="in/a.png", Body=png_bytes())
+    captions = create_job(
+        ctx, JobKind.CAPTION,
+        [f"s3://{s3_env.bucket}/in/a.png", f"s3://{s3_env.bucket}/in/missing.png"],
+        params={"max_new_tokens": 4},
+    )  # fmt: skip
+    images = create_job(ctx, JobKind.GENERATE, [{"prompt": f"p{i}", "n": 2} for i in range(10)])
+    worker = start_worker()
+    control = start_worker("janus.control")  # a CPU-only worker for expand/finalize/sweep
+
+    for job_id in (captions, images):
+        wait_for(lambda j=job_id: job_final(ctx, j), 120, f"{job_id} to finish", [worker, control])
+    job = get_job(ctx, captions)
+    assert (job.status, job.succeeded, job.failed) == (JobStatus.SUCCEEDED, 1, 1)
+    job = get_job(ctx, images)
+    assert (job.status, job.succeeded, job.total) == (JobStatus.SUCCEEDED, 10, 10)
+    results = read_jsonl(ctx.storage.get_bytes(f"jobs/{images}/results.jsonl"))
+    assert len(results) == 10
+    for line in results:
+        for image in line["images"]:
+            assert ctx.storage.exists(image["key"])
+    log = worker.log()
+    assert f"job={images}" in log and "model" in log and "loaded" in log
+    assert "control-only worker: no model loaded" in control.log()
+
+
+def test_sigkill_mid_chunk_loses_nothing(make_ctx: Any, start_worker: Any) -> None:
+    ctx = make_ctx(lease_seconds="10")
+    prompts = [{"prompt": f"prompt number {i}", "n": 3, "seed": i} for i in range(48)]
+    job_id = create_job(ctx, JobKind.GENERATE, prompts)
+    first = start_worker()
+
+    def running() -> list[int]:
+        with session_scope(ctx.database_url) as session:
+            return session.scalars(
+                select(Item.id).where(Item.job_id == job_id, Item.status == ItemStatus.RUNNING)
+            ).all()
+
+    held = wait_for(running, 120, "an item to be running", [first])
+    os.kill(first.pid, signal.SIGKILL)
+    first.process.wait(timeout=10)
+    assert not job_final(ctx, job_id)
+
+    second = start_worker()
+    time.sleep(ctx.settings.lease_seconds + 0.5)  # let the dead worker's lease run out
+    swept = sweep(ctx)
+    assert swept["requeued_leases"] >= 1, swept
+    wait_for(lambda: job_final(ctx, job_id), 180, "the job to finish", [second])
+
+    job = get_job(ctx, job_id)
+    assert job.status == JobStatus.SUCCEEDED, job.error
+    assert (job.total, job.succeeded, job.failed, job.cancelled) == (48, 48, 0, 0)
+    rows = get_items(ctx, job_id)
+    assert {r.status for r in rows} == {ItemStatus.SUCCEEDED}
+    assert max(r.attempts for r in rows if r.id in held) == 2
+    with session_scope(ctx.database_url) as session:
+        done = session.scalar(
+            select(func.count()).where(Item.job_id == job_id, Item.status == "succeeded")
+        )
+    assert done == job.succeeded == job.total
+    results = read_jsonl(ctx.storage.get_bytes(f"jobs/{job_id}/results.jsonl"))
+    assert [line["idx"] for line in results] == list(range(48))
+    keys = list(ctx.storage.iter_keys(f"jobs/{job_id}/images/"))
+    assert len(keys) == 48 * 3  # retries overwrote, never duplicated

@@ -1,0 +1,222 @@
+"""Expanding sources: an S3 prefix (moto) and JSONL manifests, with bad lines and resumes."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from janus_batch import constants as c
+from janus_batch.inputs import caption_item, parse_params
+from janus_batch.items import add_items
+from janus_batch.states import ItemStatus, JobKind, JobStatus
+from tests.worker.helpers import (
+    create_job,
+    drain,
+    get_items,
+    get_job,
+    peek_messages,
+    png_bytes,
+    read_jsonl,
+)
+from worker import expand, sources
+from worker.expand import expand_source
+
+
+def image_bytes(fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (20, 20), (90, 120, 200)).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def fill_prefix(s3_env: Any) -> list[str]:
+    """Images (several extensions and cases) and non-images; returns the expected URIs."""
+    client = s3_env.client()
+    objects = {
+        "photos/a.JPG": image_bytes("JPEG"),
+        "photos/b.png": image_bytes("PNG"),
+        "photos/c.gif": image_bytes("GIF"),
+        "photos/notes.txt": b"not an image",
+        "photos/sub/": b"",
+        "photos/sub/d.webp": image_bytes("WEBP"),
+        "photos/sub/e.TIFF": image_bytes("TIFF"),
+        "photos/sub/f.bmp": image_bytes("BMP"),
+        "elsewhere/x.png": image_bytes("PNG"),
+    }
+    for key, data in objects.items():
+        client.put_object(Bucket=s3_env.bucket, Key=key, Body=data)
+    keys = ["photos/a.JPG", "photos/b.png", "photos/c.gif", "photos/sub/d.webp",
+            "photos/sub/e.TIFF", "photos/sub/f.bmp"]  # fmt: skip
+    return [f"s3://{s3_env.bucket}/{key}" for key in keys]
+
+
+def test_expand_s3_prefix(make_ctx: Any, s3_env: Any) -> None:
+    ctx = make_ctx(chunk_size="4")
+    expected = fill_prefix(s3_env)
+    prefix = f"s3://{s3_env.bucket}/photos/"
+    job_id = create_job(ctx, JobKind.CAPTION, source={"s3_prefix": prefix})
+
+    assert expand_source(ctx, job_id) == 6
+    assert expand_source(ctx, job_id) == 0  # redelivered: already expanded
+
+    job = get_job(ctx, job_id)
+    assert (job.expanded, job.total, job.error) == (True, 6, None)
+    rows = get_items(ctx, job_id)
+    assert [r.input["image"] for r in rows] == expected
+    assert [r.idx for r in rows] == list(range(6))
+    chunks = peek_messages(ctx, "janus.caption")
+    assert [len(args[1]) for _, args in chunks] == [4, 2]
+
+    drain(ctx)
+    job = get_job(ctx, job_id)
+    assert (job.status, job.succeeded, job.failed) == (JobStatus.SUCCEEDED, 6, 0), [
+        r.error for r in get_items(ctx, job_id)
+    ]
+
+
+def test_expand_enqueues_while_the_listing_goes_on(
+    make_ctx: Any, s3_env: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = make_ctx(chunk_size="2")
+    expected = fill_prefix(s3_env)
+    monkeypatch.setattr(sources, "LIST_PAGE", 2)
+    monkeypatch.setattr(expand, "INSERT_PAGE", 2)
+    seen: list[tuple[str, int]] = []  # (key listed, chunk messages already queued)
+    original = sources.list_images
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        for uri in original(*args, **kwargs):
+            seen.append((uri, len(peek_messages(ctx, "janus.caption"))))
+            yield uri
+
+    monkeypatch.setattr(sources, "list_images", watched)
+    job_id = create_job(ctx, JobKind.CAPTION, source={"s3_prefix": f"s3://{s3_env.bucket}/photos/"})
+    assert expand_source(ctx, job_id) == 6
+    assert [uri for uri, _ in seen] == expected
+    assert [queued for _, queued in seen] == [0, 0, 1, 1, 2, 2]
+    assert len(peek_messages(ctx, "janus.caption")) == 3
+
+
+def test_expand_resumes_after_the_last_inserted_key(ctx: Any, s3_env: Any) -> None:
+    expected = fill_prefix(s3_env)
+    job_id = create_job(ctx, JobKind.CAPTION, source={"s3_prefix": f"s3://{s3_env.bucket}/photos/"})
+    params = parse_params(JobKind.CAPTION, get_job(ctx, job_id).params, max_n=16)
+    first = [caption_item(uri, params, where="x", max_prompt_chars=99) for uri in expected[:2]]
+    add_items(ctx.database_url, ctx.app, job_id, JobKind.CAPTION, first, chunk_size=8)  # crash
+
+    assert expand_source(ctx, job_id) == 4
+    rows = get_items(ctx, job_id)
+    assert [r.input["image"] for r in rows] == expected
+    assert get_job(ctx, job_id).total == 6
+
+
+def test_missing_bucket_and_empty_prefix_fail_the_job(ctx: Any, s3_env: Any) -> None:
+    missing = create_job(ctx, JobKind.CAPTION, source={"s3_prefix": "s3://no-such-bucket-7/p/"})
+    empty = create_job(
+        ctx, JobKind.CAPTION, source={"s3_prefix": f"s3://{s3_env.bucket}/nothing-here/"}
+    )
+    assert expand_source(ctx, missing) == 0
+    assert expand_source(ctx, empty) == 0
+    assert peek_messages(ctx, "janus.control") == [
+        (c.FINALIZE_JOB_TASK, [missing]), (c.FINALIZE_JOB_TASK, [empty]),
+    ]  # fmt: skip
+    drain(ctx)
+    job = get_job(ctx, missing)
+    assert job.status == JobStatus.FAILED
+    assert "no-such-bucket-7" in job.error and "does not exist" in job.error
+    job = get_job(ctx, empty)
+    assert job.status == JobStatus.FAILED
+    assert job.error == f"no images found under s3://{s3_env.bucket}/nothing-here/"
+    assert read_jsonl(ctx.storage.get_bytes(f"jobs/{empty}/results.jsonl")) == []
+
+
+def caption_manifest(s3_env: Any) -> bytes:
+    client = s3_env.client()
+    client.put_object(Bucket=s3_env.bucket, Key="m/cat.png", Body=png_bytes())
+    uri = f"s3://{s3_env.bucket}/m/cat.png"
+    lines = [
+        json.dumps({"image": uri, "custom_id": "first"}),
+        "",
+        json.dumps(uri),
+        '{"image": "s3://b/k.png",, }',
+        json.dumps({"image": "ftp://host/x.png"}),
+        json.dumps({"image": "file_abc123"}),
+        json.dumps({"image": uri, "prompt": "What color is it?"}),
+    ]
+    return ("\r\n".join(lines)).encode()  # CRLF, no final newline
+
+
+def test_manifest_with_bad_lines(ctx: Any, s3_env: Any) -> None:
+    ctx.storage.put_bytes("inputs/file_m1/manifest.jsonl", caption_manifest(s3_env))
+    job_id = create_job(
+        ctx, JobKind.CAPTION, source={"manifest": "storage:inputs/file_m1/manifest.jsonl"}
+    )
+    assert expand_source(ctx, job_id) == 6
+    job = get_job(ctx, job_id)
+    assert (job.total, job.failed, job.expanded) == (6, 3, True)
+    rows = get_items(ctx, job_id)
+    assert [r.status for r in rows] == ["pending", "pending", "failed", "failed", "failed",
+                                       "pending"]  # fmt: skip
+    assert rows[2].input == {"line": 4, "raw": '{"image": "s3://b/k.png",, }'}
+    assert rows[2].error.startswith("manifest line 4: invalid JSON (")
+    assert rows[3].error.startswith("manifest line 5.image: unsupported image reference")
+    assert rows[4].error == "manifest line 6.image: file ids are not accepted here"
+    assert rows[5].input["prompt"] == "What color is it?"
+    assert rows[0].custom_id == "first"
+    [(_, chunk)] = peek_messages(ctx, "janus.caption")
+    assert chunk[1] == [rows[0].id, rows[1].id, rows[5].id]  # failed lines are not enqueued
+
+    drain(ctx)
+    job = get_job(ctx, job_id)
+    assert (job.status, job.succeeded, job.failed) == (JobStatus.SUCCEEDED, 3, 3)
+    errors = read_jsonl(ctx.storage.get_bytes(f"jobs/{job_id}/errors.jsonl"))
+    assert [e["input"].get("line") for e in errors] == [4, 5, 6]
+
+
+def test_manifest_resume_skips_lines_already_added(ctx: Any, s3_env: Any) -> None:
+    ctx.storage.put_bytes("inputs/file_m2/manifest.jsonl", caption_manifest(s3_env))
+    job_id = create_job(
+        ctx, JobKind.CAPTION, source={"manifest": "storage:inputs/file_m2/manifest.jsonl"}
+    )
+    params = parse_params(JobKind.CAPTION, get_job(ctx, job_id).params, max_n=16)
+    uri = f"s3://{s3_env.bucket}/m/cat.png"
+    done = [caption_item(uri, params, where="x", max_prompt_chars=99)] * 3
+    add_items(ctx.database_url, ctx.app, job_id, JobKind.CAPTION, done, chunk_size=8)  # crash
+
+    assert expand_source(ctx, job_id) == 3
+    rows = get_items(ctx, job_id)
+    assert len(rows) == 6
+    assert [r.status for r in rows[3:]] == ["failed", "failed", "pending"]
+    assert rows[3].input["line"] == 5
+
+
+def test_generate_manifest_over_s3_and_https(ctx: Any, s3_env: Any) -> None:
+    client = s3_env.client()
+    lines = [{"prompt": "a fox", "seed": 5, "n": 2}, {"prompt": "a boat", "cfg_weight": 1.0},
+             {"prompt": ""}]  # fmt: skip
+    body = "\n".join(json.dumps(line) for line in lines) + "\n"
+    client.put_object(Bucket=s3_env.bucket, Key="manifests/gen.jsonl", Body=body.encode())
+    url = client.generate_presigned_url(
+        "get_object", Params={"Bucket": s3_env.bucket, "Key": "manifests/gen.jsonl"}
+    )
+    for uri in (f"s3://{s3_env.bucket}/manifests/gen.jsonl", url):
+        job_id = create_job(ctx, JobKind.GENERATE, source={"manifest": uri})
+        assert expand_source(ctx, job_id) == 3
+        drain(ctx)
+        job = get_job(ctx, job_id)
+        assert (job.status, job.succeeded, job.failed) == (JobStatus.SUCCEEDED, 2, 1)
+        rows = get_items(ctx, job_id)
+        assert rows[0].input["seed"] == 5 and len(rows[0].result["images"]) == 2
+        assert rows[1].input["cfg_weight"] == 1.0
+        assert rows[2].status == ItemStatus.FAILED and "manifest line 3" in rows[2].error
+
+
+def test_unreadable_manifest_fails_the_job(ctx: Any) -> None:
+    job_id = create_job(ctx, JobKind.CAPTION, source={"manifest": "storage:inputs/nope.jsonl"})
+    assert expand_source(ctx, job_id) == 0
+    drain(ctx)
+    job = get_job(ctx, job_id)
+    assert job.status == JobStatus.FAILED and "nope.jsonl" in job.error

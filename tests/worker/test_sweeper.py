@@ -1,0 +1,160 @@
+"""The sweeper: expired leases, poison pills, lost messages, stuck finalization."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import update
+
+from janus_batch import constants as c
+from janus_batch.db import session_scope
+from janus_batch.models import Item, Job, utcnow
+from janus_batch.states import ItemStatus, JobKind, JobStatus
+from tests.worker.helpers import (
+    clear_queues,
+    create_job,
+    drain,
+    get_items,
+    get_job,
+    peek_messages,
+    pop_message,
+    read_jsonl,
+)
+from worker.chunk import run_chunk
+from worker.claim import claim_items
+from worker.generate import GenerateHandler
+from worker.sweeper import POISON_ERROR, sweep
+
+
+def die_holding(ctx: Any, job_id: str, item_ids: list[int]) -> None:
+    """A worker claims the items, then is killed: the lease runs out, the message is gone."""
+    with session_scope(ctx.database_url) as session:
+        assert claim_items(session, job_id, item_ids, lease_seconds=30)
+        session.execute(
+            update(Item)
+            .where(Item.id.in_(item_ids))
+            .values(lease_until=utcnow() - timedelta(seconds=1))
+        )
+
+
+def test_expired_lease_is_requeued_and_completed_once(ctx: Any) -> None:
+    job_id = create_job(ctx, JobKind.GENERATE, ["a", "b", "c"])
+    _, chunk = pop_message(ctx, "janus.generate")
+    die_holding(ctx, job_id, chunk[1])
+
+    counts = sweep(ctx)
+    assert counts["requeued_leases"] == 3
+    assert peek_messages(ctx, "janus.generate") == [(c.GENERATE_CHUNK_TASK, chunk)]
+    assert {r.status for r in get_items(ctx, job_id)} == {ItemStatus.PENDING}
+    assert sweep(ctx)["requeued_leases"] == 0
+
+    drain(ctx)
+    assert not run_chunk(ctx, GenerateHandler(), *chunk)  # the old message, redelivered late
+    job = get_job(ctx, job_id)
+    assert (job.status, job.total, job.succeeded, job.failed) == (JobStatus.SUCCEEDED, 3, 3, 0)
+    assert [r.attempts for r in get_items(ctx, job_id)] == [2, 2, 2]
+    assert len(read_jsonl(ctx.storage.get_bytes(f"jobs/{job_id}/results.jsonl"))) == 3
+
+
+def test_poison_pill_is_isolated_then_fails_after_three_attempts(ctx: Any) -> None:
+    job_id = create_job(ctx, JobKind.GENERATE, ["fine", "kills the worker", "fine too"])
+    _, chunk = pop_message(ctx, "janus.generate")
+    ids = chunk[1]
+    die_holding(ctx, job_id, ids)  # attempt 1: the whole chunk goes down
+    assert sweep(ctx)["requeued_leases"] == 3
+    assert pop_message(ctx, "janus.generate") == (c.GENERATE_CHUNK_TASK, [job_id, ids])
+    die_holding(ctx, job_id, ids)  # attempt 2: again; now each item gets its own chunk
+    assert sweep(ctx)["requeued_leases"] == 3
+    singles = [pop_message(ctx, "janus.generate") for _ in ids]
+    assert [args for _, args in singles] == [[job_id, [i]] for i in ids]
+    assert pop_message(ctx, "janus.generate") is None
+
+    run_chunk(ctx, GenerateHandler(), *singles[0][1])  # innocent chunk-mates complete
+    run_chunk(ctx, GenerateHandler(), *singles[2][1])
+    die_holding(ctx, job_id, singles[1][1][1])  # attempt 3 of the poison pill
+    counts = sweep(ctx)
+    assert (counts["poisoned"], counts["requeued_leases"]) == (1, 0)
+    bad = get_items(ctx, job_id)[1]
+    assert (bad.status, bad.attempts, bad.error) == (ItemStatus.FAILED, 3, POISON_ERROR)
+
+    drain(ctx)  # the sweeper moved the job to finalizing
+    job = get_job(ctx, job_id)
+    assert (job.status, job.succeeded, job.failed) == (JobStatus.SUCCEEDED, 2, 1)
+    assert [r.attempts for r in get_items(ctx, job_id)] == [3, 3, 3]
+    [error] = read_jsonl(ctx.storage.get_bytes(f"jobs/{job_id}/errors.jsonl"))
+    assert (error["idx"], error["error"]) == (1, POISON_ERROR)
+
+
+def test_expired_lease_of_a_cancelling_job_is_cancelled(ctx: Any) -> None:
+    job_id = create_job(ctx, JobKind.GENERATE, ["a", "b"])
+    _, chunk = pop_message(ctx, "janus.generate")
+    die_holding(ctx, job_id, chunk[1])
+    with session_scope(ctx.database_url) as session:
+        session.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.CANCELLING))
+    assert sweep(ctx)["lease_cancelled"] == 2
+    drain(ctx)
+    job = get_job(ctx, job_id)
+    assert (job.status, job.cancelled) == (JobStatus.CANCELLED, 2)
+
+
+def test_lost_pending_message_is_requeued(make_ctx: Any) -> None:
+    ctx = make_ctx(stale_pending_seconds="60")
+    job_id = create_job(ctx, JobKind.GENERATE, ["a", "b"])
+    other = create_job(ctx, JobKind.GENERATE, ["c"])
+    later = utcnow() + timedelta(seconds=61)
+
+    assert sweep(ctx, now=later)["requeued_pending"] == 0  # messages still in the queue
+    clear_queues(ctx)  # a Redis restart loses them
+    assert sweep(ctx)["requeued_pending"] == 0  # not stale yet
+    assert sweep(ctx, now=later)["requeued_pending"] == 3
+    assert sorted(args[0] for _, args in peek_messages(ctx, "janus.generate")) == sorted(
+        [job_id, other]
+    )
+    assert sweep(ctx, now=later)["requeued_pending"] == 0  # enqueued_at was bumped
+
+    drain(ctx)
+    for job in (get_job(ctx, job_id), get_job(ctx, other)):
+        assert job.status == JobStatus.SUCCEEDED and job.succeeded == job.total
+
+
+def test_stuck_finalizing_is_resent(ctx: Any) -> None:
+    job_id = create_job(ctx, JobKind.GENERATE, ["a"])
+    _, chunk = pop_message(ctx, "janus.generate")
+    run_chunk(ctx, GenerateHandler(), *chunk)
+    assert pop_message(ctx, "janus.control") == (c.FINALIZE_JOB_TASK, [job_id])  # and lost
+    assert get_job(ctx, job_id).status == JobStatus.FINALIZING
+
+    assert sweep(ctx)["refinalized"] == 0  # not stuck yet
+    later = utcnow() + timedelta(minutes=3)
+    assert sweep(ctx, now=later)["refinalized"] == 1
+    assert sweep(ctx, now=later)["refinalized"] == 0
+    assert peek_messages(ctx, "janus.control") == [(c.FINALIZE_JOB_TASK, [job_id])]
+    drain(ctx)
+    assert get_job(ctx, job_id).status == JobStatus.SUCCEEDED
+
+
+def test_done_job_not_finalizing_is_moved(ctx: Any) -> None:
+    job_id = create_job(ctx, JobKind.GENERATE, ["a"])
+    _, chunk = pop_message(ctx, "janus.generate")
+    run_chunk(ctx, GenerateHandler(), *chunk)
+    clear_queues(ctx)
+    with session_scope(ctx.database_url) as session:  # as if the hand-off never happened
+        session.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.RUNNING))
+    assert sweep(ctx)["finalizing_started"] == 1
+    assert sweep(ctx)["finalizing_started"] == 0
+    drain(ctx)
+    assert get_job(ctx, job_id).status == JobStatus.SUCCEEDED
+
+
+def test_stalled_expansion_is_resent(make_ctx: Any, s3_env: Any) -> None:
+    ctx = make_ctx(stale_pending_seconds="60")
+    job_id = create_job(ctx, JobKind.CAPTION, source={"s3_prefix": f"s3://{s3_env.bucket}/none/"})
+    assert sweep(ctx)["reexpanded"] == 0
+    later = utcnow() + timedelta(seconds=61)
+    assert sweep(ctx, now=later)["reexpanded"] == 1
+    assert sweep(ctx, now=later)["reexpanded"] == 0
+    assert peek_messages(ctx, "janus.control") == [(c.EXPAND_SOURCE_TASK, [job_id])]
+    drain(ctx)
+    job = get_job(ctx, job_id)
+    assert job.status == JobStatus.FAILED and job.error.startswith("no images found")

@@ -1,0 +1,179 @@
+"""One chunk message, start to end: claim, prepare, run in micro-batches, record, hand off.
+
+The kind-specific parts (what to fetch, how to batch, how to run the engine and store the
+outputs) come from a `Handler` (`worker.caption`, `worker.generate`); this module owns the
+order of state changes, which is the same for both kinds:
+
+1. claim the chunk's items (conditional UPDATE; already final or leased items are skipped)
+   and mark the job running, in one transaction;
+2. `prepare` the claimed items (fetch inputs, build requests); failures become outcomes;
+3. for each micro-batch: stop if the job is being cancelled, else `run` it; then, in one
+   transaction, record the outcomes (counters bumped by rows actually changed), extend the
+   lease of the items still to do, and re-read the job status;
+4. items left when a cancel is seen become `cancelled`; the last transaction tries the move
+   to `finalizing` and the winner enqueues `janus.finalize_job`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from janus_batch import constants as c
+from janus_batch.db import session_scope
+from janus_batch.models import Job
+from janus_batch.progress import mark_running, try_start_finalizing
+from janus_batch.queue import send_control
+from janus_batch.states import ItemStatus, JobStatus
+from worker.claim import Claimed, Outcome, cancel_pending, claim_items, complete_items, extend_lease
+from worker.context import Context
+from worker.metrics import BATCH_SECONDS, CHUNK_SECONDS, ITEMS
+
+log = logging.getLogger(__name__)
+
+STOPPING = frozenset({JobStatus.CANCELLING, JobStatus.CANCELLED})
+NOT_RUNNABLE = frozenset({JobStatus.FINALIZING, JobStatus.SUCCEEDED, JobStatus.FAILED})
+
+
+@dataclass(frozen=True)
+class Work:
+    """A claimed item made ready for the engine: `payload` is the handler's (bytes, request)."""
+
+    item: Claimed
+    payload: Any
+
+
+class Handler(Protocol):
+    """The kind-specific steps of a chunk."""
+
+    kind: str
+
+    def prepare(
+        self, ctx: Context, job: Job, items: list[Claimed]
+    ) -> tuple[list[Work], list[Outcome]]:
+        """Ready the items for the engine; items that cannot be readied fail here."""
+
+    def batches(self, ctx: Context, work: list[Work]) -> Iterator[list[Work]]:
+        """Split the work into micro-batches (one engine call each)."""
+
+    def run(self, ctx: Context, job: Job, batch: list[Work]) -> list[Outcome]:
+        """Run one micro-batch and store its outputs; one outcome per item."""
+
+
+def failed(item: Claimed, error: str) -> Outcome:
+    """A failed outcome."""
+    return Outcome(item, ItemStatus.FAILED, error=error)
+
+
+def run_chunk(ctx: Context, handler: Handler, job_id: str, item_ids: Sequence[int]) -> Counter[str]:
+    """Process one chunk message; returns the counts this call changed (by item status)."""
+    started = time.monotonic()
+    job, claimed = _start(ctx, job_id, item_ids)
+    if job is None or not claimed:
+        return Counter()
+    log.info("job=%s chunk claimed %d/%d items", job_id, len(claimed), len(item_ids))
+    try:
+        work, early = handler.prepare(ctx, job, claimed)
+    except Exception as exc:  # a bug in preparation must not strand the claimed items
+        log.exception("job=%s preparing the chunk failed", job_id)
+        work, early = [], [failed(item, f"worker error: {_describe(exc)}") for item in claimed]
+    total: Counter[str] = Counter()
+    remaining = list(work)
+    status = _checkpoint(ctx, job_id, early, remaining, total)
+    for batch in handler.batches(ctx, work):
+        if status in STOPPING:
+            break
+        outcomes = _run_batch(ctx, handler, job, batch)
+        done = {w.item.id for w in batch}
+        remaining = [w for w in remaining if w.item.id not in done]
+        status = _checkpoint(ctx, job_id, outcomes, remaining, total)
+    if remaining:
+        log.info("job=%s cancelled: %d claimed items not run", job_id, len(remaining))
+        cancelled = [
+            Outcome(w.item, ItemStatus.CANCELLED, error="job cancelled") for w in remaining
+        ]
+        _checkpoint(ctx, job_id, cancelled, [], total)
+    for item_status, n in total.items():
+        ITEMS.labels(handler.kind, item_status).inc(n)
+    CHUNK_SECONDS.labels(handler.kind).observe(time.monotonic() - started)
+    log.info("job=%s chunk done: %s", job_id, dict(total) or "nothing recorded")
+    return total
+
+
+def _start(ctx: Context, job_id: str, item_ids: Sequence[int]) -> tuple[Job | None, list[Claimed]]:
+    """Claim the chunk's items, or cancel them if the job is being cancelled."""
+    finalize = False
+    claimed: list[Claimed] = []
+    with session_scope(ctx.database_url) as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            log.warning("job=%s chunk skipped: the job does not exist", job_id)
+            return None, []
+        if job.status in NOT_RUNNABLE:
+            log.info("job=%s chunk skipped: job is %s", job_id, job.status)
+            return job, []
+        if job.status in STOPPING:
+            n = cancel_pending(session, job_id, item_ids)
+            log.info("job=%s chunk of a cancelled job: %d pending items cancelled", job_id, n)
+        else:
+            claimed = claim_items(session, job_id, item_ids, ctx.settings.lease_seconds)
+            if claimed:
+                mark_running(session, job_id)
+        if not claimed:
+            finalize = try_start_finalizing(session, job_id)
+    if finalize:
+        _send_finalize(ctx, job_id)
+    if not claimed and job.status not in STOPPING:
+        log.info("job=%s chunk skipped: its items are done or running elsewhere", job_id)
+    return job, claimed
+
+
+def _run_batch(ctx: Context, handler: Handler, job: Job, batch: list[Work]) -> list[Outcome]:
+    started = time.monotonic()
+    try:
+        outcomes = handler.run(ctx, job, batch)
+    except Exception as exc:  # the whole micro-batch fails, the worker goes on
+        log.exception("job=%s micro-batch of %d items failed", job.id, len(batch))
+        return [failed(w.item, f"model error: {_describe(exc)}") for w in batch]
+    finally:
+        BATCH_SECONDS.labels(handler.kind).observe(time.monotonic() - started)
+    for outcome in outcomes:
+        if outcome.status == ItemStatus.FAILED:
+            log.info("job=%s idx=%d failed: %s", job.id, outcome.item.idx, outcome.error)
+    return outcomes
+
+
+def _checkpoint(
+    ctx: Context,
+    job_id: str,
+    outcomes: list[Outcome],
+    remaining: list[Work],
+    total: Counter[str],
+) -> str | None:
+    """Record outcomes, extend the lease of the rest, re-read the job status (one transaction);
+    when nothing remains, try the move to finalizing. Returns the job status."""
+    finalize = False
+    with session_scope(ctx.database_url) as session:
+        total.update(complete_items(session, job_id, outcomes))
+        if remaining:
+            extend_lease(session, (w.item for w in remaining), ctx.settings.lease_seconds)
+        else:
+            finalize = try_start_finalizing(session, job_id)
+        job = session.get(Job, job_id)
+        status = job.status if job is not None else None
+    if finalize:
+        _send_finalize(ctx, job_id)
+    return status
+
+
+def _send_finalize(ctx: Context, job_id: str) -> None:
+    log.info("job=%s all items final: finalize enqueued", job_id)
+    send_control(ctx.app, c.FINALIZE_JOB_TASK, job_id)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,214 @@
+"""Expanding a job's source into items, streamed: an S3 prefix or a JSONL manifest.
+
+`{"s3_prefix": "s3://bucket/prefix/"}` captions every image under the prefix (by extension,
+case-insensitive); `{"manifest": uri}` reads one item per line from `s3://`, `http(s)://` or
+`storage:<key>` (an uploaded manifest). Keys are listed a page at a time and lines read a
+chunk at a time, and `add_items` inserts and enqueues page by page, so workers start before
+the listing ends and memory stays flat whatever the size.
+
+A malformed manifest line becomes a failed item (`manifest line 7: invalid JSON (...)`), not
+a failed job. A source that cannot be read fails the job with a readable error; a transient
+error (after retries) raises, and the sweeper sends expand again later. Redelivery resumes:
+after the last listed key (S3) or the lines already turned into items (manifest).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from sqlalchemy import func, select, update
+
+from janus_batch import constants as c
+from janus_batch.db import session_scope
+from janus_batch.inputs import InvalidInput, caption_item, generate_item, parse_params
+from janus_batch.items import NewItem, add_items
+from janus_batch.models import Item, Job, utcnow
+from janus_batch.progress import try_start_finalizing
+from janus_batch.queue import send_control
+from janus_batch.states import JobKind, JobStatus
+from janus_batch.storage import StorageError, TransientStorageError
+from worker import sources
+from worker.context import Context
+
+log = logging.getLogger(__name__)
+
+EXPANDABLE = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
+CHECK_EVERY = 1000
+"""Manifest lines between two checks of the job (cancelled?) and heartbeats (updated_at)."""
+RAW_CHARS = 500
+INSERT_PAGE = 2000
+"""Items inserted (and their chunks enqueued) per transaction while the source is read."""
+
+
+class Cancelled(Exception):
+    """The job was cancelled while its source was being expanded."""
+
+
+def expand_source(ctx: Context, job_id: str) -> int:
+    """Turn the job's source into items; returns how many this call added."""
+    with session_scope(ctx.database_url) as session:
+        job = session.get(Job, job_id)
+        done = session.scalar(select(func.count()).where(Item.job_id == job_id)) or 0
+        last_input = session.scalar(
+            select(Item.input).where(Item.job_id == job_id).order_by(Item.idx.desc()).limit(1)
+        )
+    if reason := _skip_reason(job):
+        log.info("job=%s expand skipped: %s", job_id, reason)
+        return 0
+    source = job.source or {}
+    where = source.get("s3_prefix") or source.get("manifest") or "no source"
+    log.info("job=%s expanding %s (resuming after %d items)", job_id, where, done)
+    try:
+        items = _items(ctx, job, source, done, last_input)
+        added = add_items(
+            ctx.database_url,
+            ctx.app,
+            job_id,
+            job.kind,
+            items,
+            chunk_size=ctx.settings.chunk_size,
+            start_idx=done,
+            page_size=INSERT_PAGE,
+        )
+    except Cancelled:
+        log.info("job=%s expansion stopped: the job is being cancelled", job_id)
+        _finish(ctx, job_id, None)
+        return 0
+    except (TransientStorageError, sources.TransientSourceError):
+        log.warning("job=%s expansion interrupted; the sweeper will resume it", job_id)
+        raise
+    except (StorageError, sources.SourceError, InvalidInput) as exc:
+        log.warning("job=%s cannot expand %s: %s", job_id, where, exc)
+        _finish(ctx, job_id, str(exc))
+        return 0
+    _finish(ctx, job_id, None, empty_error=_empty_error(source))
+    log.info("job=%s expansion done: %d items added", job_id, added)
+    return added
+
+
+def _skip_reason(job: Job | None) -> str | None:
+    if job is None:
+        return "no such job"
+    if job.expanded:
+        return "already expanded"
+    if job.status not in EXPANDABLE:
+        return f"job is {job.status}"
+    return None
+
+
+def _empty_error(source: dict[str, Any]) -> str | None:
+    """The job's error when its source turned out to hold no items."""
+    if "s3_prefix" in source:
+        return f"no images found under {source['s3_prefix']}"
+    if "manifest" in source:
+        return f"manifest {source['manifest']} has no items"
+    return None
+
+
+def _items(
+    ctx: Context, job: Job, source: dict[str, Any], done: int, last_input: dict | None
+) -> Iterator[NewItem]:
+    settings = ctx.settings
+    params = parse_params(job.kind, job.params, max_n=settings.max_n)
+    guard = _guard(ctx, job.id)
+    if "s3_prefix" in source:
+        if job.kind != JobKind.CAPTION:
+            raise sources.SourceError("an s3_prefix source needs a caption job")
+        start_after = sources.key_of(last_input["image"]) if last_input else None
+        uris = sources.list_images(settings, source["s3_prefix"], start_after, on_page=guard)
+        return (_prefix_item(uri, params, settings) for uri in uris)
+    if "manifest" in source:
+        lines = sources.read_lines(settings, ctx.storage, source["manifest"])
+        return _manifest_items(ctx, job, params, lines, skip=done, guard=guard)
+    return iter(())
+
+
+def _prefix_item(uri: str, params: Any, settings: Any) -> NewItem:
+    try:
+        return caption_item(
+            {"image": uri}, params, where=uri, max_prompt_chars=settings.max_prompt_chars
+        )
+    except InvalidInput as exc:  # an odd key fails alone; input keeps the key for resuming
+        return NewItem(input={"image": uri}, error=str(exc))
+
+
+def _manifest_items(
+    ctx: Context,
+    job: Job,
+    params: Any,
+    lines: Iterator[bytes],
+    *,
+    skip: int,
+    guard: Callable[[], None],
+) -> Iterator[NewItem]:
+    """One item per non-blank line (a bad line gives a failed item), skipping the first `skip`."""
+    settings = ctx.settings
+    seen = 0
+    for lineno, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        seen += 1
+        if seen <= skip:
+            continue
+        if seen % CHECK_EVERY == 0:
+            guard()
+        yield _manifest_item(job.kind, params, lineno, raw, settings)
+
+
+def _manifest_item(kind: str, params: Any, lineno: int, raw: bytes, settings: Any) -> NewItem:
+    where = f"manifest line {lineno}"
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        try:
+            value = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            msg = err.msg if isinstance(err, json.JSONDecodeError) else "not UTF-8"
+            raise InvalidInput(where, f"invalid JSON ({msg})") from None
+        if kind == JobKind.CAPTION:
+            return caption_item(
+                value, params, where=where, max_prompt_chars=settings.max_prompt_chars
+            )
+        return generate_item(
+            value,
+            params,
+            where=where,
+            max_prompt_chars=settings.max_prompt_chars,
+            max_n=settings.max_n,
+        )
+    except InvalidInput as exc:
+        return NewItem(input={"line": lineno, "raw": text.strip()[:RAW_CHARS]}, error=str(exc))
+
+
+def _guard(ctx: Context, job_id: str) -> Callable[[], None]:
+    """A check run between pages: stop if the job is being cancelled, else touch updated_at
+    (so the sweeper sees the expansion is alive)."""
+
+    def check() -> None:
+        with session_scope(ctx.database_url) as session:
+            status = session.scalar(select(Job.status).where(Job.id == job_id))
+            if status not in EXPANDABLE:
+                raise Cancelled
+            session.execute(update(Job).where(Job.id == job_id).values(updated_at=utcnow()))
+
+    return check
+
+
+def _finish(ctx: Context, job_id: str, error: str | None, empty_error: str | None = None) -> None:
+    """Mark the job expanded (recording an error, if any) and try the move to finalizing."""
+    with session_scope(ctx.database_url) as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            return
+        if error is None and empty_error and job.total == 0:
+            error = empty_error
+        values: dict[str, Any] = {"expanded": True, "updated_at": utcnow()}
+        if error:
+            values["error"] = error
+        session.execute(update(Job).where(Job.id == job_id).values(**values))
+        won = try_start_finalizing(session, job_id)
+    if won:
+        log.info("job=%s nothing left to do: finalize enqueued", job_id)
+        send_control(ctx.app, c.FINALIZE_JOB_TASK, job_id)

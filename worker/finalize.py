@@ -1,0 +1,168 @@
+"""Finalizing a job: write its manifests, then set its final status. Safe to run twice.
+
+`results.jsonl` has one self-contained line per succeeded item (custom_id, idx, input, the
+caption or images, model, params, status); `errors.jsonl` one line per failed or cancelled
+item (custom_id, idx, input, error, status). Both are written (even when empty) to temporary
+files, streamed from the items in idx order a page at a time (flat memory), then uploaded
+under `<output_prefix>/`. Their content depends only on the rows, so a second run writes the
+same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from sqlalchemy import select, update
+
+from janus_batch import constants as c
+from janus_batch.db import session_scope
+from janus_batch.models import Item, Job, utcnow
+from janus_batch.states import ItemStatus, JobStatus
+from worker.context import Context
+
+log = logging.getLogger(__name__)
+
+PAGE = 1000
+CONTENT_TYPE = "application/x-ndjson"
+
+
+def final_status(job: Job) -> tuple[JobStatus, str | None]:
+    """The status a finalizing job ends in, and an error to record if it has none yet.
+
+    - `cancelled` if any item was cancelled (a cancel was requested while items were left);
+    - `failed` if the job already carries an error (its source could not be read or listed,
+      or held nothing);
+    - `failed` if no item succeeded (all failed, or the job has no items);
+    - `succeeded` otherwise: a partly failed job succeeds, its `failed` count shows the rest.
+    """
+    if job.cancelled > 0:
+        return JobStatus.CANCELLED, None
+    if job.error:
+        return JobStatus.FAILED, None
+    if job.succeeded == 0:
+        if job.total == 0:
+            return JobStatus.FAILED, "the job has no items"
+        return JobStatus.FAILED, f"all {job.failed} items failed (see {c.ERRORS_NAME})"
+    return JobStatus.SUCCEEDED, None
+
+
+def finalize_job(ctx: Context, job_id: str) -> str | None:
+    """Write the manifests of a `finalizing` job and move it to its final status.
+
+    A job already final is left alone; a job not yet finalizing is skipped (the sweeper or
+    the last chunk sends finalize again when it is ready). Returns the job's status.
+    """
+    with session_scope(ctx.database_url) as session:
+        job = session.get(Job, job_id)
+    if job is None:
+        log.warning("job=%s finalize skipped: the job does not exist", job_id)
+        return None
+    if job.status != JobStatus.FINALIZING:
+        log.info("job=%s finalize skipped: job is %s", job_id, job.status)
+        return job.status
+    write_manifests(ctx, job)
+    with session_scope(ctx.database_url) as session:
+        job = session.get(Job, job_id)
+        status, error = final_status(job)
+        now = utcnow()
+        changed = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.FINALIZING)
+            .values(status=status, error=job.error or error, finished_at=now, updated_at=now)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+    if changed:
+        log.info(
+            "job=%s %s: %d succeeded, %d failed, %d cancelled of %d",
+            job_id,
+            status,
+            job.succeeded,
+            job.failed,
+            job.cancelled,
+            job.total,
+        )
+        return status
+    log.info("job=%s finalized by another worker", job_id)
+    return None
+
+
+def iter_items(database_url: str, job_id: str, page: int = PAGE) -> Iterator[Item]:
+    """The job's items in idx order, read by keyset pagination (one page in memory)."""
+    last = -1
+    while True:
+        with session_scope(database_url) as session:
+            rows = session.scalars(
+                select(Item)
+                .where(Item.job_id == job_id, Item.idx > last)
+                .order_by(Item.idx)
+                .limit(page)
+            ).all()
+        yield from rows
+        if len(rows) < page:
+            return
+        last = rows[-1].idx
+
+
+def result_line(job: Job, item: Item) -> dict[str, Any]:
+    """The results.jsonl line of a succeeded item."""
+    return {
+        "custom_id": item.custom_id,
+        "idx": item.idx,
+        "input": item.input,
+        **(item.result or {}),
+        "model": job.model,
+        "params": job.params,
+        "status": item.status,
+    }
+
+
+def error_line(item: Item) -> dict[str, Any]:
+    """The errors.jsonl line of a failed or cancelled item."""
+    return {
+        "custom_id": item.custom_id,
+        "idx": item.idx,
+        "input": item.input,
+        "error": item.error,
+        "status": item.status,
+    }
+
+
+def _write(f: IO[str], line: dict[str, Any]) -> None:
+    f.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n")
+
+
+def write_manifests(ctx: Context, job: Job) -> tuple[int, int]:
+    """Write results.jsonl and errors.jsonl of `job` to storage; returns their line counts."""
+    prefix = job.output_prefix.rstrip("/")
+    counts = {"results": 0, "errors": 0}
+    with tempfile.TemporaryDirectory(prefix="janus-finalize-") as tmp:
+        results_path, errors_path = Path(tmp) / c.RESULTS_NAME, Path(tmp) / c.ERRORS_NAME
+        with (
+            open(results_path, "w", encoding="utf-8") as results,
+            open(errors_path, "w", encoding="utf-8") as errors,
+        ):
+            for item in iter_items(ctx.database_url, job.id):
+                if item.status == ItemStatus.SUCCEEDED:
+                    _write(results, result_line(job, item))
+                    counts["results"] += 1
+                elif item.status in (ItemStatus.FAILED, ItemStatus.CANCELLED):
+                    _write(errors, error_line(item))
+                    counts["errors"] += 1
+                else:
+                    log.warning("job=%s idx=%d is %s at finalize", job.id, item.idx, item.status)
+        ctx.storage.put_file(f"{prefix}/{c.RESULTS_NAME}", results_path, CONTENT_TYPE)
+        ctx.storage.put_file(f"{prefix}/{c.ERRORS_NAME}", errors_path, CONTENT_TYPE)
+    log.info(
+        "job=%s wrote %s (%d lines) and %s (%d lines)",
+        job.id,
+        c.RESULTS_NAME,
+        counts["results"],
+        c.ERRORS_NAME,
+        counts["errors"],
+    )
+    return counts["results"], counts["errors"]

@@ -1,0 +1,158 @@
+"""Reading job sources as streams: image keys under an S3 prefix, lines of a manifest.
+
+    for uri in list_images(settings, "s3://photos/2024/", start_after=None): ...
+    for line in read_lines(settings, storage, "storage:inputs/file_1/manifest.jsonl"): ...
+
+Both are generators that read a page (1000 keys) or a chunk (1 MiB) at a time. Errors are
+`SourceError` (permanent: missing bucket, 404, access denied) or `TransientSourceError` /
+`TransientStorageError` (after `settings.max_retries` retries with backoff).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
+from typing import Any
+
+import httpx
+from botocore.exceptions import BotoCoreError, ClientError
+
+from janus_batch.fetch import retry_transient
+from janus_batch.settings import Settings
+from janus_batch.storage import Storage, parse_s3_uri
+from janus_batch.storage.s3 import make_s3_client, translate_error
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+READ_CHUNK = 1024 * 1024
+LIST_PAGE = 1000
+"""Keys per listing request (S3's maximum)."""
+
+
+class SourceError(Exception):
+    """A job's source cannot be read; the job fails with this message."""
+
+
+class TransientSourceError(SourceError):
+    """A source read failed in a way that may heal (5xx, timeout); retry later."""
+
+
+def is_image_key(key: str) -> bool:
+    """Whether a key names an image by its extension (case-insensitive)."""
+    return key.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def key_of(uri: str) -> str:
+    """The key of `s3://bucket/key`."""
+    return parse_s3_uri(uri)[1]
+
+
+def _client(settings: Settings) -> Any:
+    return make_s3_client(settings.s3_endpoint_url, settings.s3_region, max_attempts=1)
+
+
+def list_images(
+    settings: Settings,
+    prefix_uri: str,
+    start_after: str | None = None,
+    on_page: Callable[[], None] | None = None,
+) -> Iterator[str]:
+    """`s3://bucket/key` of every image under `prefix_uri` in key order, after `start_after`;
+    `on_page` is called before each page is requested."""
+    try:
+        bucket, prefix = parse_s3_uri(prefix_uri, require_key=False)
+    except ValueError as exc:
+        raise SourceError(str(exc)) from None
+    client = _client(settings)
+    request: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": LIST_PAGE}
+    if start_after:
+        request["StartAfter"] = start_after
+
+    def page() -> dict[str, Any]:
+        try:
+            return client.list_objects_v2(**request)
+        except (ClientError, BotoCoreError) as exc:
+            raise translate_error(exc, "list", prefix_uri) from exc
+
+    with closing(client):
+        while True:
+            if on_page is not None:
+                on_page()
+            response = retry_transient(page, attempts=settings.max_retries + 1)
+            for obj in response.get("Contents", ()):
+                if is_image_key(obj["Key"]):
+                    yield f"s3://{bucket}/{obj['Key']}"
+            if not response.get("IsTruncated"):
+                return
+            request["ContinuationToken"] = response["NextContinuationToken"]
+
+
+def split_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Lines (without the newline) of a byte stream given in chunks; a last line without a
+    newline counts too."""
+    rest = b""
+    for chunk in chunks:
+        if not chunk:
+            continue
+        rest += chunk
+        *lines, rest = rest.split(b"\n")
+        for line in lines:
+            yield line.rstrip(b"\r")
+    if rest:
+        yield rest.rstrip(b"\r")
+
+
+def _read_chunks(stream: Any) -> Iterator[bytes]:
+    while chunk := stream.read(READ_CHUNK):
+        yield chunk
+
+
+def read_lines(settings: Settings, storage: Storage, uri: str) -> Iterator[bytes]:
+    """The lines of the manifest at `uri`: `storage:<key>`, `s3://bucket/key` or http(s)."""
+    scheme = uri.partition(":")[0].lower()
+    if scheme == "storage":
+        with closing(storage.open_read(uri[len("storage:") :])) as stream:
+            yield from split_lines(_read_chunks(stream))
+    elif scheme == "s3":
+        yield from _s3_lines(settings, uri)
+    elif scheme in ("http", "https"):
+        yield from _http_lines(uri)
+    else:
+        raise SourceError(f"unsupported manifest URI {uri!r}: use s3://, https:// or a file id")
+
+
+def _s3_lines(settings: Settings, uri: str) -> Iterator[bytes]:
+    try:
+        bucket, key = parse_s3_uri(uri)
+    except ValueError as exc:
+        raise SourceError(str(exc)) from None
+    client = _client(settings)
+
+    def open_body() -> Any:
+        try:
+            return client.get_object(Bucket=bucket, Key=key)["Body"]
+        except (ClientError, BotoCoreError) as exc:
+            raise translate_error(exc, "read", uri) from exc
+
+    with closing(client):
+        body = retry_transient(open_body, attempts=settings.max_retries + 1)
+        try:
+            with closing(body):
+                yield from split_lines(_read_chunks(body))
+        except (ClientError, BotoCoreError) as exc:
+            raise translate_error(exc, "read", uri) from exc
+
+
+def _http_lines(uri: str) -> Iterator[bytes]:
+    try:
+        with httpx.stream("GET", uri, timeout=30.0, follow_redirects=True) as response:
+            status = response.status_code
+            if status >= 400:
+                error = (
+                    TransientSourceError if status >= 500 or status in (408, 429) else SourceError
+                )
+                raise error(f"cannot read {uri}: HTTP {status} {response.reason_phrase}")
+            yield from split_lines(response.iter_bytes(READ_CHUNK))
+    except httpx.TransportError as exc:
+        raise TransientSourceError(f"cannot read {uri}: {type(exc).__name__}: {exc}") from exc
+    except httpx.HTTPError as exc:
+        raise SourceError(f"cannot read {uri}: {exc}") from exc

@@ -1,0 +1,49 @@
+"""The Celery tasks: thin wrappers that unpack ids and call the pipeline functions.
+
+Every task takes the job id first (Flower shows it in the task's args) and carries ids
+only, never payloads. Names come from `janus_batch.constants`, so the API sends by name
+without importing this module.
+"""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from janus_batch import constants as c
+from worker.caption import CaptionHandler
+from worker.chunk import run_chunk
+from worker.context import current_context
+from worker.expand import expand_source as expand_pipeline
+from worker.finalize import finalize_job as finalize_pipeline
+from worker.generate import GenerateHandler
+from worker.sweeper import sweep as sweep_pipeline
+
+
+@shared_task(name=c.CAPTION_CHUNK_TASK)
+def caption_chunk(job_id: str, item_ids: list[int]) -> None:
+    """Caption one chunk of a job's items."""
+    run_chunk(current_context(), CaptionHandler(), job_id, item_ids)
+
+
+@shared_task(name=c.GENERATE_CHUNK_TASK)
+def generate_chunk(job_id: str, item_ids: list[int]) -> None:
+    """Generate the images of one chunk of a job's items."""
+    run_chunk(current_context(), GenerateHandler(), job_id, item_ids)
+
+
+@shared_task(name=c.EXPAND_SOURCE_TASK)
+def expand_source(job_id: str) -> None:
+    """Turn a job's S3 prefix or manifest into items, enqueued as they are inserted."""
+    expand_pipeline(current_context(), job_id)
+
+
+@shared_task(name=c.FINALIZE_JOB_TASK)
+def finalize_job(job_id: str) -> None:
+    """Write a job's results.jsonl / errors.jsonl and set its final status."""
+    finalize_pipeline(current_context(), job_id)
+
+
+@shared_task(name=c.SWEEP_TASK)
+def sweep() -> dict[str, int]:
+    """Re-enqueue lost work, retire poison pills, unstick finalization (Celery beat)."""
+    return sweep_pipeline(current_context())
