@@ -132,7 +132,7 @@ def _report(client: Client, jobs: list[dict], storage_url: str) -> None:
     for job in jobs:
         counts = job["counts"]
         table.add_row(job["id"], job["kind"], job["status"], str(counts["succeeded"]),
-                      str(counts["failed"]), job["output"]["results_uri"])
+                      str(counts["failed"]), job["output"]["results"])
     console.print(table)
     for job in jobs:
         for line in client.iter_results(job["id"]):

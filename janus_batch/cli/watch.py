@@ -1,19 +1,51 @@
-"""Live progress of jobs in the terminal (rich), shared by `watch`, `--wait` and the demo."""
+"""Live progress of jobs in the terminal (rich), shared by `watch`, `--wait` and the demo.
+
+The bar counts finished items (succeeded + failed + cancelled) of the total; the text beside
+it shows the split, the API's rate (items/s) and ETA. `exit_code` maps a final job to the
+CLI's exit status.
+"""
 
 from __future__ import annotations
 
 import time
+from typing import Self
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
+from janus_batch.cli.common import (
+    CANCELLED,
+    INTERRUPTED,
+    ITEMS_FAILED,
+    JOB_FAILED,
+    OK,
+    TIMED_OUT,
+    err,
+)
 from janus_batch.client import FINAL_STATUSES, Client
 
 
-def _describe(job: dict) -> str:
+def duration(seconds: float | None) -> str:
+    """`75.2` -> `1:15`, `3725` -> `1:02:05`, None -> `-`."""
+    if seconds is None:
+        return "-"
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def describe(job: dict) -> str:
+    """`running    3 ok  1 failed  2.50 items/s  ETA 0:04` (rich markup)."""
     counts = job["counts"]
     rate = job.get("items_per_second")
-    eta = job.get("eta_seconds")
     parts = [
         f"[green]{counts['succeeded']} ok[/]",
         f"[red]{counts['failed']} failed[/]",
@@ -21,40 +53,29 @@ def _describe(job: dict) -> str:
     if counts.get("cancelled"):
         parts.append(f"[yellow]{counts['cancelled']} cancelled[/]")
     parts.append(f"{rate:.2f} items/s" if rate else "- items/s")
-    parts.append(f"ETA {int(eta)}s" if eta is not None else "ETA -")
+    if job["status"] not in FINAL_STATUSES:
+        parts.append(f"ETA {duration(job.get('eta_seconds'))}")
     return f"{job['status']:<10} " + "  ".join(parts)
 
 
 def watch_jobs(
-    client: Client, job_ids: list[str], console: Console, interval: float = 1.0,
+    client: Client,
+    job_ids: list[str],
+    console: Console,
+    interval: float = 1.0,
     timeout: float | None = None,
 ) -> list[dict]:
-    """Show a progress bar per job until every job is final; returns the final jobs."""
-    columns = (
-        TextColumn("[bold]{task.fields[label]}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[detail]}"),
-    )
+    """Show a progress bar per job until every job is final; returns the final jobs.
+    TimeoutError if `timeout` seconds pass first. On a console that is not a terminal (a
+    log file, CI), a line is printed each time a job's counts change instead."""
     deadline = None if timeout is None else time.monotonic() + timeout
     jobs: dict[str, dict] = {}
-    with Progress(*columns, console=console, transient=False) as progress:
-        tasks = {
-            job_id: progress.add_task("", total=None, label=job_id, detail="")
-            for job_id in job_ids
-        }
+    with _Display(console, job_ids) as display:
         while True:
             for job_id in job_ids:
-                job = jobs[job_id] = client.get_job(job_id)
-                counts = job["counts"]
-                done = counts["succeeded"] + counts["failed"] + counts["cancelled"]
-                progress.update(
-                    tasks[job_id],
-                    total=counts["total"] or None,
-                    completed=done,
-                    label=f"{job['kind']} {job_id}",
-                    detail=_describe(job),
-                )
+                if jobs.get(job_id, {}).get("status") not in FINAL_STATUSES:
+                    jobs[job_id] = client.get_job(job_id)
+                    display.show(jobs[job_id])
             if all(job["status"] in FINAL_STATUSES for job in jobs.values()):
                 return [jobs[job_id] for job_id in job_ids]
             if deadline is not None and time.monotonic() > deadline:
@@ -62,11 +83,120 @@ def watch_jobs(
             time.sleep(interval)
 
 
+class _Display:
+    """Rich progress bars on a terminal; one line per change elsewhere."""
+
+    def __init__(self, console: Console, job_ids: list[str]) -> None:
+        self.console = console
+        self.live = console.is_terminal
+        self.last: dict[str, str] = {}
+        self.progress = Progress(
+            TextColumn("[bold]{task.fields[label]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+            disable=not self.live,
+        )
+        self.tasks = {
+            job_id: self.progress.add_task("", total=None, label=job_id, detail="")
+            for job_id in job_ids
+        }
+
+    def __enter__(self) -> Self:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def show(self, job: dict) -> None:
+        counts = job["counts"]
+        done = counts["succeeded"] + counts["failed"] + counts["cancelled"]
+        if self.live:
+            task = self.tasks[job["id"]]
+            self.progress.update(
+                task,
+                total=counts["total"] or None,
+                completed=done,
+                label=f"{job['kind']} {job['id']}",
+                detail=describe(job),
+            )
+            if job["status"] in FINAL_STATUSES:
+                self.progress.stop_task(task)
+            return
+        state = f"{job['status']} {done}/{counts['total']} {counts['failed']}"
+        if self.last.get(job["id"]) != state:
+            self.last[job["id"]] = state
+            self.console.print(
+                f"{job['id']} {done}/{counts['total']} {describe(job)}", soft_wrap=True
+            )
+
+
+def wait_for(
+    client: Client, job_id: str, *, interval: float = 1.0, timeout: float | None = None
+) -> int:
+    """Watch one job on stderr until it is final, print a summary line; its exit code."""
+    try:
+        [job] = watch_jobs(client, [job_id], err, interval=interval, timeout=timeout)
+    except TimeoutError:
+        err.print(
+            f"[yellow]{job_id} still running after {timeout:.0f}s[/] "
+            f"(janus-batch watch {job_id} to follow it)",
+            soft_wrap=True,
+        )
+        return TIMED_OUT
+    except KeyboardInterrupt:
+        err.print(
+            f"[yellow]stopped watching[/]: {job_id} keeps running "
+            f"(janus-batch watch {job_id}, janus-batch cancel {job_id})",
+            soft_wrap=True,
+        )
+        return INTERRUPTED
+    err.print(summary(job), soft_wrap=True)
+    return exit_code(job)
+
+
 def exit_code(job: dict) -> int:
-    """0 when every item succeeded; 1 if items failed; 2 if the job was cancelled; 3 if the
-    job failed as a whole."""
+    """0 when every item succeeded; 1 if some items failed; 2 if the job was cancelled;
+    3 if the job failed as a whole (its source could not be read, or no item succeeded)."""
     if job["status"] == "cancelled":
-        return 2
-    if job["status"] == "failed" and job["counts"]["succeeded"] == 0:
-        return 3
-    return 1 if job["counts"]["failed"] else 0
+        return CANCELLED
+    if job["status"] == "failed":
+        return JOB_FAILED
+    return ITEMS_FAILED if job["counts"]["failed"] else OK
+
+
+def summary(job: dict) -> str:
+    """One line about a final job (rich markup), e.g.
+    `job_1 succeeded: 3/4 succeeded, 1 failed in 0:12 (0.33 items/s)`."""
+    counts = job["counts"]
+    color = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}.get(
+        job["status"], "white"
+    )
+    color = "yellow" if color == "green" and counts["failed"] else color
+    parts = [f"{counts['succeeded']}/{counts['total']} succeeded"]
+    if counts["failed"]:
+        parts.append(f"{counts['failed']} failed")
+    if counts["cancelled"]:
+        parts.append(f"{counts['cancelled']} cancelled")
+    text = f"[{color}]{job['id']} {job['status']}[/]: " + ", ".join(parts)
+    elapsed = _elapsed(job)
+    if elapsed is not None:
+        text += f" in {duration(elapsed)}"
+    if job.get("items_per_second"):
+        text += f" ({job['items_per_second']:.2f} items/s)"
+    if job.get("error"):
+        text += f" - {escape(job['error'])}"
+    return text
+
+
+def _elapsed(job: dict) -> float | None:
+    from datetime import datetime
+
+    start, end = job.get("started_at"), job.get("finished_at")
+    if not start or not end:
+        return None
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()

@@ -1,0 +1,200 @@
+"""`janus-batch status | list | cancel | watch`: reading and steering jobs."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+
+from janus_batch.cli.common import (
+    DEFAULT_API_URL,
+    ApiKey,
+    ApiUrl,
+    err,
+    handle_errors,
+    make_client,
+    out,
+    with_exit_codes,
+)
+from janus_batch.cli.watch import duration, wait_for
+from janus_batch.client import FINAL_STATUSES
+
+JobId = Annotated[str, typer.Argument(help="A job id (job_...).", show_default=False)]
+STATUS_COLORS = {
+    "succeeded": "green",
+    "failed": "red",
+    "cancelled": "yellow",
+    "cancelling": "yellow",
+    "running": "cyan",
+    "finalizing": "cyan",
+    "queued": "white",
+}
+SHOWN_ERRORS = 5
+
+
+def when(value: str | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
+    """An API timestamp in local time, `2026-11-03 14:05:09`; `-` if unset."""
+    if not value:
+        return "-"
+    return datetime.fromisoformat(value).astimezone().strftime(fmt)
+
+
+def colored(status: str) -> str:
+    return f"[{STATUS_COLORS.get(status, 'white')}]{status}[/]"
+
+
+def _params(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in params.items() if v is not None)
+
+
+def status_panel(job: dict, errors: list[dict]) -> Panel:
+    """The `status` view of a job: counts, times, rate, ETA, output, first errors."""
+    counts = job["counts"]
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    grid.add_row("status", colored(job["status"]))
+    grid.add_row(
+        "items",
+        f"{counts['total']} total: [green]{counts['succeeded']} succeeded[/], "
+        f"[red]{counts['failed']} failed[/], {counts['cancelled']} cancelled, "
+        f"{counts['running']} running, {counts['pending']} pending"
+        + ("" if job.get("expanded", True) else " (still reading the source)"),
+    )
+    grid.add_row("created", when(job["created_at"]))
+    grid.add_row("started", when(job.get("started_at")))
+    if job.get("finished_at"):
+        took = datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(
+            job["started_at"] or job["created_at"]
+        )
+        grid.add_row(
+            "finished", f"{when(job['finished_at'])} (took {duration(took.total_seconds())})"
+        )
+    rate = job.get("items_per_second")
+    grid.add_row("rate", f"{rate:.2f} items/s" if rate else "-")
+    if job["status"] not in FINAL_STATUSES:
+        grid.add_row("ETA", duration(job.get("eta_seconds")))
+    grid.add_row("model", escape(job.get("model") or "-"))
+    grid.add_row("params", escape(_params(job.get("params") or {})))
+    if job.get("source"):
+        grid.add_row("source", escape(_params(job["source"])))
+    output = job.get("output") or {}
+    grid.add_row("output", escape(output.get("prefix", "-")))
+    grid.add_row("results", escape(output.get("results", "-")))
+    if job.get("error"):
+        grid.add_row("error", f"[red]{escape(job['error'])}[/]")
+    for i, item in enumerate(errors):
+        label = "errors" if i == 0 else ""
+        name = item.get("custom_id") or f"#{item['idx']}"
+        grid.add_row(label, f"[red]{escape(str(name))}[/]: {escape(item.get('error') or '')}")
+    if counts["failed"] > len(errors):
+        more = counts["failed"] - len(errors)
+        grid.add_row("", f"... {more} more (janus-batch results {job['id']} --out DIR --errors)")
+    return Panel(grid, title=f"[bold]{job['kind']} job {job['id']}[/]", expand=False)
+
+
+@handle_errors
+def status(
+    job_id: JobId,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON.")] = False,
+    api_url: ApiUrl = DEFAULT_API_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Show a job: counts, times, rate, ETA, where its output is, its first errors."""
+    with make_client(api_url, api_key) as client:
+        job = client.get_job(job_id)
+        if as_json:
+            print(json.dumps(job, indent=2))
+            return
+        errors = []
+        if job["counts"]["failed"]:
+            page = client.items(job_id, status="failed", limit=SHOWN_ERRORS)
+            errors = page.get("data", [])
+    out.print(status_panel(job, errors))
+
+
+@handle_errors
+def list_jobs(
+    status: Annotated[
+        str | None,
+        typer.Option(
+            help="Only jobs in this state: queued, running, cancelling, finalizing, "
+            "succeeded, failed, cancelled."
+        ),
+    ] = None,
+    kind: Annotated[str | None, typer.Option(help="Only caption or generate jobs.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100, help="Jobs per page.")] = 20,
+    after: Annotated[
+        str | None, typer.Option(help="Cursor printed under the previous page.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the page as JSON.")] = False,
+    api_url: ApiUrl = DEFAULT_API_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """List your jobs, newest first."""
+    with make_client(api_url, api_key) as client:
+        page = client.list_jobs(status=status, kind=kind, limit=limit, after=after)
+    if as_json:
+        print(json.dumps(page, indent=2))
+        return
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+    table.add_column("id", no_wrap=True)
+    for name in ("kind", "status", "done", "failed", "created"):
+        table.add_column(
+            name, overflow="fold", justify="right" if name in ("done", "failed") else "left"
+        )
+    for job in page["data"]:
+        counts = job["counts"]
+        finished = counts["succeeded"] + counts["failed"] + counts["cancelled"]
+        table.add_row(
+            job["id"],
+            job["kind"],
+            colored(job["status"]),
+            f"{finished}/{counts['total']}",
+            str(counts["failed"]),
+            when(job["created_at"], "%m-%d %H:%M"),
+        )
+    out.print(table)
+    if not page["data"]:
+        err.print("no jobs")
+    if page.get("has_more"):
+        err.print(f"more: --after {page['next_cursor']}", soft_wrap=True)
+
+
+@handle_errors
+def cancel(job_id: JobId, api_url: ApiUrl = DEFAULT_API_URL, api_key: ApiKey = None) -> None:
+    """Cancel a job: pending items are cancelled, running ones finish, results are kept."""
+    with make_client(api_url, api_key) as client:
+        job = client.cancel_job(job_id)
+    counts = job["counts"]
+    out.print(
+        f"{job['id']} {colored(job['status'])}: {counts['cancelled']} items cancelled, "
+        f"{counts['running']} running items finishing, {counts['succeeded']} succeeded "
+        f"and {counts['failed']} failed kept",
+        soft_wrap=True,
+    )
+
+
+@with_exit_codes
+@handle_errors
+def watch(
+    job_id: JobId,
+    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between polls.")] = 1.0,
+    timeout: Annotated[
+        float | None, typer.Option(min=1, help="Stop waiting after this many seconds (exit 5).")
+    ] = None,
+    api_url: ApiUrl = DEFAULT_API_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Follow a job with a live progress bar until it ends.
+
+    The bar shows succeeded / failed / total, items per second and the ETA.
+    """
+    with make_client(api_url, api_key) as client:
+        raise typer.Exit(wait_for(client, job_id, interval=interval, timeout=timeout))

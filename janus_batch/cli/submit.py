@@ -1,0 +1,279 @@
+"""`janus-batch caption` and `janus-batch generate`: build a job from local or remote inputs,
+submit it, print its id (stdout, alone on its line) and, with --wait, follow it."""
+
+from __future__ import annotations
+
+import tempfile
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from janus_batch.cli.common import (
+    DEFAULT_API_URL,
+    ApiKey,
+    ApiUrl,
+    UsageError,
+    err,
+    handle_errors,
+    make_client,
+    with_exit_codes,
+)
+from janus_batch.cli.inputs import caption_target, read_prompts, with_seeds, write_jsonl
+from janus_batch.cli.upload import (
+    IMAGE_EXTENSIONS,
+    Uploaded,
+    UploadFailure,
+    find_images,
+    upload_folder,
+)
+from janus_batch.cli.watch import wait_for
+from janus_batch.client import ApiError, Client
+
+DEFAULT_INLINE_LIMIT = 10_000
+"""The API's default JANUS_BATCH_MAX_INLINE_ITEMS; above it items go as a manifest."""
+
+Wait = Annotated[
+    bool, typer.Option("--wait", "-w", help="Follow the job with a progress bar until it ends.")
+]
+Interval = Annotated[float, typer.Option(min=0.1, help="Seconds between polls with --wait.")]
+Timeout = Annotated[
+    float | None,
+    typer.Option(min=1, help="With --wait: stop waiting after this many seconds (exit 5)."),
+]
+IdempotencyKey = Annotated[
+    str | None,
+    typer.Option(help="Retry-safe submit: the same key returns the same job, not a new one."),
+]
+
+
+class ImageFormat(StrEnum):
+    """Output image formats."""
+
+    png = "png"
+    jpeg = "jpeg"
+    webp = "webp"
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _submit(client: Client, body: dict[str, Any], idempotency_key: str | None, what: str) -> dict:
+    """Create the job, print its id on stdout and a summary on stderr."""
+    job = client.create_job(body, idempotency_key)
+    total = job["counts"]["total"]
+    items = (
+        _count(total, "item") if job.get("expanded") else "items read from the source by a worker"
+    )
+    err.print(
+        f"submitted [bold]{job['kind']}[/] job [bold cyan]{job['id']}[/] ({what}): {items}, "
+        f"status {job['status']}",
+        soft_wrap=True,
+    )
+    print(job["id"], flush=True)
+    return job
+
+
+def _upload_images(client: Client, root: Path, paths: list[Path], workers: int) -> list[Uploaded]:
+    """Upload with a progress bar on stderr; print what was sent and what was known."""
+    total_bytes = sum(p.stat().st_size for p in paths)
+    err.print(f"{_count(len(paths), 'image')} ({_size(total_bytes)}) under {root}", soft_wrap=True)
+    columns = (
+        TextColumn("uploading"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[what]}"),
+    )
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as progress:
+        task = progress.add_task("", total=len(paths), what="")
+
+        def advance(result: Uploaded | UploadFailure) -> None:
+            progress.update(task, advance=1, what=result.rel)
+
+        uploads, failures = upload_folder(client, root, paths, workers=workers, on_done=advance)
+    sent = [u for u in uploads if u.sent]
+    err.print(
+        f"uploaded {len(sent)} new ({_size(sum(u.size for u in sent))}), "
+        f"{len(uploads) - len(sent)} already on the server",
+        soft_wrap=True,
+    )
+    for failure in failures:
+        err.print(f"[yellow]skipped {failure.rel}[/]: {failure.message}", soft_wrap=True)
+    if not uploads:
+        raise UsageError("no image could be uploaded")
+    return uploads
+
+
+def _upload_manifest(client: Client, path: Path) -> str:
+    row, created = client.upload(path, "manifest")
+    state = "uploaded" if created else "already on the server"
+    err.print(f"manifest {path.name} {state}: {row['id']}", soft_wrap=True)
+    return row["id"]
+
+
+@with_exit_codes
+@handle_errors
+def caption(
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="A folder of images (recursive), one image, a local .jsonl manifest, "
+            "s3://bucket/prefix/ or an s3:// or https:// .jsonl manifest.",
+            show_default=False,
+        ),
+    ],
+    prompt: Annotated[
+        str | None,
+        typer.Option(
+            "--prompt",
+            "-p",
+            help="The question asked about every image "
+            "(default: the API's, 'Describe this image.')",
+            show_default=False,
+        ),
+    ] = None,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(min=1, help="Longest caption in tokens (default: the API's).")
+    ] = None,
+    wait: Wait = False,
+    interval: Interval = 1.0,
+    timeout: Timeout = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Parallel uploads.")] = 8,
+    idempotency_key: IdempotencyKey = None,
+    api_url: ApiUrl = DEFAULT_API_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Caption images: a local folder, an S3 prefix or a JSONL manifest, as one job.
+
+    A local folder is uploaded concurrently, skipping files the API already holds (so an
+    interrupted upload resumes and a second run sends nothing); each image's custom_id is
+    its path relative to the folder. Prints the job id on stdout.
+    """
+    where = caption_target(target)
+    params = {
+        k: v
+        for k, v in {"prompt": prompt, "max_new_tokens": max_new_tokens}.items()
+        if v is not None
+    }
+    body: dict[str, Any] = {"kind": "caption", "params": params}
+    with make_client(api_url, api_key) as client:
+        if where.kind in ("folder", "image"):
+            path = Path(where.value)
+            root, paths = (
+                (path, find_images(path)) if where.kind == "folder" else (path.parent, [path])
+            )
+            if not paths:
+                exts = ", ".join(sorted(IMAGE_EXTENSIONS))
+                raise UsageError(f"no images ({exts}) under {path}")
+            uploads = _upload_images(client, root, paths, concurrency)
+            body["items"] = [{"image": u.file_id, "custom_id": u.rel} for u in uploads]
+            what = f"{_count(len(uploads), 'image')} from {path}"
+        elif where.kind == "manifest_file":
+            body["source"] = {"manifest": _upload_manifest(client, Path(where.value))}
+            what = f"manifest {where.value}"
+        elif where.kind == "manifest_uri":
+            body["source"] = {"manifest": where.value}
+            what = f"manifest {where.value}"
+        else:
+            body["source"] = {"s3_prefix": where.value}
+            what = f"every image under {where.value}"
+        try:
+            job = _submit(client, body, idempotency_key, what)
+        except ApiError as exc:
+            if exc.status == 413 and exc.field == "items":
+                raise UsageError(
+                    f"{exc}. Caption the folder in parts, or put the images in S3 and caption "
+                    "s3://bucket/prefix/"
+                ) from None
+            raise
+        if wait:
+            raise typer.Exit(wait_for(client, job["id"], interval=interval, timeout=timeout))
+
+
+@with_exit_codes
+@handle_errors
+def generate(
+    prompts: Annotated[
+        Path,
+        typer.Argument(
+            help="prompts.txt (one prompt per non-empty line, custom_id = line number) or "
+            "prompts.jsonl (one item per line: prompt, n, seed, cfg_weight, temperature, "
+            "custom_id).",
+            show_default=False,
+        ),
+    ],
+    n: Annotated[int | None, typer.Option("--n", "-n", min=1, help="Images per prompt.")] = None,
+    cfg: Annotated[
+        float | None, typer.Option("--cfg", help="Classifier-free guidance weight (1-50).")
+    ] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature (0-2).")] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Item i gets seed SEED+i (recorded in the results, so a "
+            "run can be reproduced) unless it has its own.",
+        ),
+    ] = None,
+    image_format: Annotated[
+        ImageFormat | None, typer.Option("--format", help="Output image format (default: png).")
+    ] = None,
+    inline_limit: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Send up to this many items inline; more are uploaded as a manifest."
+        ),
+    ] = DEFAULT_INLINE_LIMIT,
+    wait: Wait = False,
+    interval: Interval = 1.0,
+    timeout: Timeout = None,
+    idempotency_key: IdempotencyKey = None,
+    api_url: ApiUrl = DEFAULT_API_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Generate images from a prompt file, as one job.
+
+    With --seed, item i gets seed SEED+i: the same file and options give the same images.
+    Up to --inline-limit items are sent inline, more as an uploaded manifest. Prints the job
+    id on stdout.
+    """
+    items = with_seeds(read_prompts(prompts), seed)
+    given = {
+        "n": n,
+        "cfg_weight": cfg,
+        "temperature": temperature,
+        "format": image_format.value if image_format else None,
+    }
+    body: dict[str, Any] = {
+        "kind": "generate",
+        "params": {k: v for k, v in given.items() if v is not None},
+    }
+    what = f"{_count(len(items), 'prompt')} from {prompts.name}"
+    with make_client(api_url, api_key) as client:
+        job = None
+        if len(items) <= inline_limit:
+            try:
+                job = _submit(client, {**body, "items": items}, idempotency_key, what)
+            except ApiError as exc:
+                if exc.status != 413 or exc.field != "items":
+                    raise
+                err.print(f"{exc}: sending a manifest instead", soft_wrap=True)
+        if job is None:
+            with tempfile.TemporaryDirectory(prefix="janus-batch-") as tmp:
+                manifest = write_jsonl(items, Path(tmp) / f"{prompts.stem}.jsonl")
+                body["source"] = {"manifest": _upload_manifest(client, manifest)}
+            job = _submit(client, body, idempotency_key, what)
+        if wait:
+            raise typer.Exit(wait_for(client, job["id"], interval=interval, timeout=timeout))
