@@ -15,7 +15,6 @@ import typer
 from PIL import Image, ImageDraw
 from rich.console import Console
 from rich.panel import Panel
-from rich.table import Table
 
 from janus_batch.client import Client
 from janus_batch.cli.watch import watch_jobs
@@ -128,18 +127,21 @@ def demo(
 
 
 def _report(client: Client, jobs: list[dict], storage_url: str) -> None:
-    table = Table("job", "kind", "status", "succeeded", "failed", "results")
     for job in jobs:
         counts = job["counts"]
-        table.add_row(job["id"], job["kind"], job["status"], str(counts["succeeded"]),
-                      str(counts["failed"]), job["output"]["results"])
-    console.print(table)
-    for job in jobs:
+        console.print(
+            f"\n[bold]{job['kind']} job {job['id']}[/]: {job['status']}, "
+            f"{counts['succeeded']} succeeded, {counts['failed']} failed"
+        )
+        console.print(f"  manifest: {job['output']['results']}", soft_wrap=True)
         for line in client.iter_results(job["id"]):
             row = json.loads(line)
             if job["kind"] == "caption":
-                console.print(f"  {row['custom_id']}: {row['caption']!r}")
+                console.print(f"  {row['custom_id']}: {row['caption']!r}", soft_wrap=True)
             else:
-                keys = ", ".join(f"{im['uri']} (seed {im['seed']})" for im in row["images"])
-                console.print(f"  {row['custom_id']}: {keys}")
-    console.print(f"[bold green]done[/]: results under {storage_url}")
+                for image in row["images"]:
+                    console.print(
+                        f"  {row['custom_id']} seed {image['seed']}: {image['uri']}",
+                        soft_wrap=True,
+                    )
+    console.print(f"\n[bold green]done[/]: results under {storage_url}")
