@@ -120,7 +120,7 @@ def local_stack(
     port = api_port or free_port()
     env = {**os.environ, **env}
     with ExitStack() as stack:
-        worker = spawn("worker", worker_command("demo", beat, log_dir / "celerybeat-schedule"),
+        worker = spawn("worker", worker_command("local", beat, log_dir / "celerybeat-schedule"),
                        env, log_dir)
         stack.callback(worker.stop)
         api = spawn("api", api_command(port), env, log_dir)
