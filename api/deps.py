@@ -10,7 +10,7 @@ import threading
 from typing import Annotated
 
 from celery import Celery
-from fastapi import Depends, Header
+from fastapi import Cookie, Depends, Header, Request
 
 from api.errors import ApiError
 from janus_batch.constants import LOCAL_OWNER
@@ -20,6 +20,13 @@ from janus_batch.settings import Settings, get_settings
 from janus_batch.storage import Storage, StorageError, storage_from_settings
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+KEY_COOKIE = "jb_key"
+"""The HttpOnly cookie the dashboard sets from `/ui?key=...`; accepted in place of a header."""
+UI_HEADER = "X-Janus-UI"
+"""A header the dashboard's scripts send; required with cookie auth on anything but GET/HEAD,
+so another site cannot make a browser post a form with the cookie (with SameSite=Lax, which
+already keeps the cookie off cross-site subrequests)."""
 
 _storages: dict[tuple[str, str | None, str | None], Storage] = {}
 _storages_lock = threading.Lock()
@@ -54,15 +61,37 @@ StorageDep = Annotated[Storage, Depends(get_storage)]
 CeleryDep = Annotated[Celery, Depends(get_app_celery)]
 
 
+def cookie_owner(database_url: str, key: str | None) -> str | None:
+    """The owner of the dashboard cookie's key, or None if absent, unknown or revoked."""
+    if not key:
+        return None
+    row = verify_key(database_url, key)
+    return row.id if row is not None else None
+
+
 def get_owner(
     settings: SettingsDep,
     database_url: DatabaseUrl,
+    request: Request,
     authorization: Annotated[str | None, Header(description="Bearer <API key>")] = None,
+    key_cookie: Annotated[
+        str | None, Cookie(alias=KEY_COOKIE, description="The dashboard's key cookie.")
+    ] = None,
 ) -> str:
-    """Who is asking: the API key's id in `keys` mode, the single local owner in `open` mode."""
+    """Who is asking: the API key's id in `keys` mode, the single local owner in `open` mode.
+
+    The key comes from the Authorization header, or else from the dashboard's cookie (for a
+    request other than GET/HEAD only with the dashboard's `X-Janus-UI` header)."""
     if settings.auth_mode == "open":
         return LOCAL_OWNER
     challenge = {"WWW-Authenticate": "Bearer"}
+    if not authorization and key_cookie:
+        if request.method not in ("GET", "HEAD") and not request.headers.get(UI_HEADER):
+            raise ApiError(403, f"cookie authentication needs the {UI_HEADER} header", UI_HEADER)
+        owner = cookie_owner(database_url, key_cookie)
+        if owner is None:
+            raise ApiError(401, "invalid or revoked API key (cookie)", KEY_COOKIE, challenge)
+        return owner
     if not authorization:
         raise ApiError(
             401,

@@ -13,11 +13,19 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api import metrics
 from api.errors import error_response, install_error_handlers
 from api.routes import files, health, jobs
+from api.ui import routes as ui
 from janus_batch.settings import get_settings
 
-ROUTERS: list[APIRouter] = [health.router, jobs.router, files.router]
+ROUTERS: list[APIRouter] = [
+    health.router,
+    jobs.router,
+    files.router,
+    metrics.router,
+    ui.router,
+]
 
 MULTIPART_OVERHEAD = 64 * 1024
 """Room for the multipart envelope around an upload of the largest allowed size."""
@@ -71,6 +79,7 @@ def create_app() -> FastAPI:
     app = FastAPI(title="janus-batch", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     install_error_handlers(app)
     app.add_middleware(UploadLimit)
+    metrics.install(app)  # outermost: times every request, 413s included
     for router in ROUTERS:
         app.include_router(router)
     return app

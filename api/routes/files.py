@@ -8,6 +8,7 @@ from fastapi import APIRouter, Form, Path, Query, Response, UploadFile
 
 from api.deps import DatabaseUrl, Owner, SettingsDep, StorageDep
 from api.errors import ApiError, ErrorBody
+from api.metrics import MetricsDep
 from api.schemas import FilePublic, FilesPublic
 from api.views import file_public
 from janus_batch import files
@@ -25,6 +26,7 @@ def upload_file(
     settings: SettingsDep,
     owner: Owner,
     storage: StorageDep,
+    metrics: MetricsDep,
 ) -> FilePublic:
     """Upload an image or a JSONL manifest (multipart: `file`, `purpose`). The same bytes
     uploaded again return the existing file (200). A manifest is checked line by line."""
@@ -42,6 +44,9 @@ def upload_file(
         file.file.close()
     if not created:
         response.status_code = 200
+    if metrics is not None:
+        metrics.uploads.labels(purpose, "created" if created else "duplicate").inc()
+        metrics.upload_bytes.labels(purpose).inc(row.bytes)
     return file_public(row)
 
 

@@ -11,6 +11,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 
 from api.deps import CeleryDep, DatabaseUrl, Owner, SettingsDep, StorageDep
 from api.errors import ApiError, ErrorBody
+from api.metrics import MetricsDep
 from api.schemas import ItemsPublic, JobCreate, JobPublic, JobsPublic
 from api.views import item_public, job_public
 from janus_batch import jobs
@@ -48,6 +49,7 @@ def create_job(
     owner: Owner,
     app: CeleryDep,
     storage: StorageDep,
+    metrics: MetricsDep,
     idempotency_key: Annotated[
         str | None,
         Header(max_length=255, description="Retry-safe key: the same key returns the same job."),
@@ -68,6 +70,9 @@ def create_job(
     )
     if not created:
         response.status_code = 200
+    elif metrics is not None:
+        metrics.jobs_submitted.labels(job.kind).inc()
+        metrics.items_submitted.labels(job.kind).inc(len(body.items or ()))
     return _view(job, settings.resolved_database_url(), storage, request)
 
 

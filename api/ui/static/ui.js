@@ -1,0 +1,70 @@
+// janus-batch dashboard: live refresh of server-rendered partials, and the cancel button.
+// An element with data-poll="URL" has its content replaced by GET URL every 2 s (while the
+// tab is visible). A polled job summary that turns final stops polling and reloads the page
+// once, so the gallery and error tables show the finished job.
+(function () {
+  "use strict";
+  var POLL_MS = 2000;
+  var HEADERS = { "X-Janus-UI": "1" };
+
+  function isFinal(el) {
+    var s = el.querySelector("[data-final]");
+    return s !== null && s.getAttribute("data-final") === "true";
+  }
+
+  function poll(el) {
+    var url = el.getAttribute("data-poll");
+    var wasFinal = isFinal(el);
+    var hasSummary = el.querySelector("[data-final]") !== null;
+    if (hasSummary && wasFinal) return;  // nothing will change any more
+
+    function tick() {
+      if (document.hidden) return setTimeout(tick, POLL_MS);
+      fetch(url, { headers: HEADERS, credentials: "same-origin" })
+        .then(function (r) { return r.ok ? r.text() : null; })
+        .then(function (html) {
+          if (html !== null) el.innerHTML = html;
+          if (hasSummary && isFinal(el)) {
+            if (!wasFinal) window.location.reload();
+            return;
+          }
+          setTimeout(tick, POLL_MS);
+        })
+        .catch(function () { setTimeout(tick, POLL_MS * 2); });
+    }
+    el.refresh = tick;
+    setTimeout(tick, POLL_MS);
+  }
+
+  function cancel(button) {
+    if (!window.confirm("Cancel this job? Pending items are cancelled; finished ones are kept.")) return;
+    var message = button.parentNode.querySelector(".cancel-message");
+    button.disabled = true;
+    fetch(button.getAttribute("data-cancel"), {
+      method: "POST", headers: HEADERS, credentials: "same-origin"
+    })
+      .then(function (r) {
+        if (r.ok) {
+          if (message) message.textContent = "Cancelling…";
+          return;
+        }
+        return r.json().then(function (body) {
+          button.disabled = false;
+          if (message) message.textContent = (body.error && body.error.message) || ("HTTP " + r.status);
+        });
+      })
+      .catch(function (e) {
+        button.disabled = false;
+        if (message) message.textContent = String(e);
+      });
+  }
+
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest("button[data-cancel]");
+    if (button) cancel(button);
+  });
+
+  document.addEventListener("DOMContentLoaded", function () {
+    Array.prototype.forEach.call(document.querySelectorAll("[data-poll]"), poll);
+  });
+})();

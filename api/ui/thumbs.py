@@ -1,0 +1,175 @@
+"""Small JPEG thumbnails for the dashboard, cached in storage next to the job's outputs.
+
+- `/ui/thumbs/{job_id}/{key}`: an output image of the job (a key under the job's prefix, or
+  relative to it); nothing outside the prefix can be named.
+- `/ui/inputs/{job_id}/{idx}`: the input image of a caption item, fetched from its own URI
+  (storage:, s3://, http(s)://) with a short timeout: the URL names an item, never a URI.
+
+Sizes are clamped to 32..512 and snapped down to a few steps, so the cache
+(`<job prefix>/thumbs/<size>/<key>.jpg`) holds at most a few variants of each image.
+"""
+
+from __future__ import annotations
+
+import logging
+from io import BytesIO
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Response
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from api.deps import DatabaseUrl, Owner, SettingsDep, StorageDep
+from api.errors import ApiError
+from janus_batch import jobs
+from janus_batch.fetch import FetchError, fetch_uri
+from janus_batch.models import Job
+from janus_batch.states import JobKind
+from janus_batch.storage import NotFoundError, Storage, StorageError, validate_key
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/ui", include_in_schema=False)
+
+SIZES = (32, 64, 96, 128, 192, 256, 384, 512)
+MAX_SOURCE_BYTES = 64 * 1024 * 1024
+FETCH_TIMEOUT = 5.0
+CACHE_CONTROL = "private, max-age=86400"
+INPUT_SCHEMES = ("storage:", "s3://", "http://", "https://")
+JPEG_QUALITY = 82
+
+JobId = Annotated[str, Path(max_length=64)]
+Size = Annotated[int, Query(description="Longest side in pixels (32..512).")]
+
+
+class NotAnImage(ValueError):
+    """The bytes could not be decoded as an image."""
+
+
+def snap_size(size: int) -> int:
+    """Clamp to 32..512, then round down to a cached step."""
+    size = min(max(size, SIZES[0]), SIZES[-1])
+    return max(s for s in SIZES if s <= size)
+
+
+def make_thumbnail(data: bytes, size: int) -> bytes:
+    """A JPEG whose longest side is at most `size`, from any image Pillow can read."""
+    try:
+        with Image.open(BytesIO(data)) as img:
+            img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale
+            img = ImageOps.exif_transpose(img)
+            img.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
+            if img.mode in ("RGBA", "LA", "PA", "P"):
+                rgba = img.convert("RGBA")
+                flat = Image.new("RGB", rgba.size, (255, 255, 255))
+                flat.paste(rgba, mask=rgba.getchannel("A"))
+                img = flat
+            out = BytesIO()
+            img.convert("RGB").save(out, "JPEG", quality=JPEG_QUALITY, optimize=True)
+            return out.getvalue()
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as exc:
+        raise NotAnImage(str(exc)) from exc
+
+
+def _jpeg(data: bytes, cache: str) -> Response:
+    headers = {"Cache-Control": CACHE_CONTROL, "X-Thumbnail-Cache": cache}
+    return Response(data, media_type="image/jpeg", headers=headers)
+
+
+def _cached(storage: Storage, key: str) -> bytes | None:
+    try:
+        return storage.get_bytes(key)
+    except NotFoundError:
+        return None
+    except StorageError as exc:  # the cache is an optimisation: go on without it
+        log.warning("thumbnail cache unreadable at %s: %s", key, exc)
+        return None
+
+
+def _store(storage: Storage, key: str, data: bytes) -> None:
+    try:
+        storage.put_bytes(key, data, "image/jpeg")
+    except StorageError as exc:
+        log.warning("thumbnail not cached at %s: %s", key, exc)
+
+
+def _thumbnail_or_422(data: bytes, size: int, what: str) -> bytes:
+    try:
+        return make_thumbnail(data, size)
+    except NotAnImage:
+        raise ApiError(422, f"{what} is not an image Pillow can read", "key") from None
+
+
+def output_key(job: Job, key: str) -> str:
+    """The full storage key of `key` (full or relative to the job's prefix); 404 unless it
+    is under the job's prefix and not itself a thumbnail."""
+    prefix = f"{job.output_prefix}/"
+    full = key if key.startswith(prefix) else prefix + key
+    try:
+        validate_key(full)
+    except ValueError:
+        raise ApiError(404, f"job {job.id} has no file {key!r}", "key") from None
+    if full.startswith(f"{prefix}thumbs/"):
+        raise ApiError(404, f"job {job.id} has no file {key!r}", "key")
+    return full
+
+
+@router.get("/thumbs/{job_id}/{key:path}", name="ui_thumb")
+def output_thumbnail(
+    job_id: JobId, key: str, db: DatabaseUrl, owner: Owner, storage: StorageDep, size: Size = 256
+) -> Response:
+    """A thumbnail of one of the job's output images."""
+    job = jobs.get_job(db, owner, job_id)
+    full = output_key(job, key)
+    size = snap_size(size)
+    relative = full[len(job.output_prefix) + 1 :]
+    cache_key = f"{job.output_prefix}/thumbs/{size}/{relative}.jpg"
+    if (hit := _cached(storage, cache_key)) is not None:
+        return _jpeg(hit, "hit")
+    length = storage.size(full)
+    if length is None:
+        raise ApiError(404, f"job {job_id} has no file {relative!r}", "key")
+    if length > MAX_SOURCE_BYTES:
+        raise ApiError(413, f"{relative} is too large to preview ({length:,} bytes)", "key")
+    thumb = _thumbnail_or_422(storage.get_bytes(full), size, relative)
+    _store(storage, cache_key, thumb)
+    return _jpeg(thumb, "miss")
+
+
+@router.get("/inputs/{job_id}/{idx}", name="ui_input_thumb")
+def input_thumbnail(
+    job_id: JobId,
+    idx: Annotated[int, Path(ge=0, le=2**31 - 1)],
+    settings: SettingsDep,
+    db: DatabaseUrl,
+    owner: Owner,
+    storage: StorageDep,
+    size: Size = 128,
+) -> Response:
+    """A thumbnail of a caption item's input image."""
+    job = jobs.get_job(db, owner, job_id)
+    page, _ = jobs.list_items(db, owner, job_id, after=idx - 1, limit=1)
+    if job.kind != JobKind.CAPTION or not page or page[0].idx != idx:
+        raise ApiError(404, f"job {job_id} has no input image {idx}", "idx")
+    size = snap_size(size)
+    cache_key = f"{job.output_prefix}/thumbs/{size}/inputs/{idx:08d}.jpg"
+    if (hit := _cached(storage, cache_key)) is not None:
+        return _jpeg(hit, "hit")
+    uri = str(page[0].input.get("uri") or page[0].input.get("image") or "")
+    if not uri.startswith(INPUT_SCHEMES):
+        raise ApiError(404, f"input {idx} has no previewable URI", "idx")
+    try:
+        data = fetch_uri(
+            uri,
+            storage=storage,
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            max_retries=0,
+            timeout=FETCH_TIMEOUT,
+            max_bytes=MAX_SOURCE_BYTES,
+        )
+    except FetchError as exc:
+        status = 404 if exc.permanent else 502
+        raise ApiError(status, f"input {idx} could not be fetched: {exc}", "idx") from None
+    thumb = _thumbnail_or_422(data, size, f"input {idx}")
+    _store(storage, cache_key, thumb)
+    return _jpeg(thumb, "miss")

@@ -1,0 +1,190 @@
+"""Server-rendered dashboard pages: the job list (counts, filters, pages), a generate job's
+gallery, a caption job's table, the error table, and the partials the pages poll."""
+
+from __future__ import annotations
+
+import html
+import re
+
+from api.ui.routes import ERROR_ITEMS, GALLERY_ITEMS, LIST_LIMIT
+from janus_batch.states import ItemStatus, JobStatus
+from tests.ui.helpers import ItemSpec, generated_job, insert_job
+
+
+def text(page: str) -> str:
+    """The visible text of an HTML page, whitespace collapsed."""
+    body = re.sub(r"<(script|style)\b.*?</\1>", " ", page, flags=re.DOTALL)
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", body)).split())
+
+
+def srcs(page: str) -> list[str]:
+    """The src of every <img>."""
+    return [html.unescape(s) for s in re.findall(r'<img[^>]*\ssrc="([^"]+)"', page)]
+
+
+def prompts(n: int) -> list[ItemSpec]:
+    return [ItemSpec(input={"prompt": f"p{i}", "n": 1, "seed": i}) for i in range(n)]
+
+
+def test_job_list_shows_progress_counts_and_filters(client, database_url):
+    items = [
+        *prompts(3),
+        ItemSpec({"prompt": "x"}, status=ItemStatus.FAILED, error="boom"),
+        ItemSpec({"prompt": "y"}, status=ItemStatus.PENDING),
+        ItemSpec({"prompt": "z"}, status=ItemStatus.PENDING),
+    ]
+    running = insert_job(database_url, "generate", items, status=JobStatus.RUNNING)
+    captions = [ItemSpec({"image": "s3://b/k.jpg"}, result={"caption": "a cat"})] * 2
+    done = insert_job(database_url, "caption", captions)
+
+    page = client.get("/ui")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    body = text(page.text)
+    assert running.id in body and done.id in body
+    assert "4 / 6 (66%) 1 failed" in body  # 3 succeeded + 1 failed of 6
+    assert "2 / 2 (100%)" in body
+    assert "running" in body and "succeeded" in body
+    assert "/s" in body or "/min" in body  # a rate is shown for the started jobs
+    assert 'class="seg seg-succeeded" style="width: 50.0%"' in page.text
+    assert 'data-poll="/ui/partials/jobs"' in page.text
+
+    only_running = text(client.get("/ui", params={"status": "running"}).text)
+    assert running.id in only_running and done.id not in only_running
+    only_caption = text(client.get("/ui", params={"kind": "caption", "status": ""}).text)
+    assert done.id in only_caption and running.id not in only_caption
+    empty = text(client.get("/ui", params={"status": "failed"}).text)
+    assert "No jobs match this filter yet." in empty
+
+    partial = client.get("/ui/partials/jobs", params={"kind": "generate"})
+    assert partial.status_code == 200
+    assert "<html" not in partial.text and running.id in partial.text
+    assert done.id not in partial.text
+
+
+def test_job_list_pages_through_many_jobs(client, database_url):
+    ids = [insert_job(database_url, "caption", []).id for _ in range(LIST_LIMIT + 3)]
+    first = client.get("/ui").text
+    shown = set(re.findall(r"job_[0-9a-f]{24}", first))
+    assert len(shown) == LIST_LIMIT
+    next_url = html.unescape(re.search(r'href="([^"]+)">Next page', first).group(1))
+    assert next_url.startswith("/ui?after=")
+    second = client.get(next_url).text
+    rest = set(re.findall(r"job_[0-9a-f]{24}", second))
+    assert shown | rest == set(ids) and not shown & rest
+    assert "Next page" not in second and "First page" in second
+    assert client.get("/ui", params={"after": "not-a-cursor"}).status_code == 200
+
+
+def test_generate_job_page_shows_gallery_with_prompt_and_seed(client, database_url, storage_root):
+    job = generated_job(
+        database_url,
+        storage_root,
+        [("night", "a lighthouse at night"), ("dunes", "dunes")],
+        failed=1,
+    )
+    page = client.get(f"/ui/jobs/{job.id}")
+    assert page.status_code == 200
+    body = text(page.text)
+    assert "a lighthouse at night" in body and "dunes" in body
+    for seed in (1000, 1001, 1037, 1038):
+        assert f"seed {seed}" in body
+    images = srcs(page.text)
+    assert images == [
+        f"/ui/thumbs/{job.id}/images/{idx:08d}_{k}.png?size=256" for idx in (0, 1) for k in (0, 1)
+    ]
+    assert f'href="/v1/jobs/{job.id}/files/images/00000001_1.png"' in page.text
+    for url in images:
+        assert client.get(url).status_code == 200
+    # counts, times, output location, links, error table, no cancel once final
+    assert "Total 3" in body and "Succeeded 2" in body and "Failed 1" in body
+    assert f"jobs/{job.id}" in body and "ETA done" in body
+    assert 'href="http://127.0.0.1:5555/tasks"' in page.text
+    assert "CUDA out of memory (simulated)" in body and "an impossible prompt 0" in body
+    assert "data-cancel" not in page.text
+    assert 'data-final="true"' in page.text
+
+
+def test_caption_job_page_shows_captions_and_input_thumbnails(client, database_url):
+    items = [
+        ItemSpec(
+            {"image": "file_x", "uri": "storage:inputs/local/abc/cat.png", "prompt": "?"},
+            result={"caption": "A tabby cat asleep on a sofa."},
+            custom_id="cat",
+        ),
+        ItemSpec(
+            {"image": "s3://photos/dog.jpg", "uri": "s3://photos/dog.jpg", "prompt": "?"},
+            result={"caption": "A dog <b>catching</b> a frisbee."},
+        ),
+        ItemSpec(
+            {"image": "https://example.invalid/x.jpg", "prompt": "?"},
+            status=ItemStatus.FAILED,
+            error="cannot fetch https://example.invalid/x.jpg",
+        ),
+    ]
+    job = insert_job(database_url, "caption", items)
+    page = client.get(f"/ui/jobs/{job.id}")
+    assert page.status_code == 200
+    body = text(page.text)
+    assert "A tabby cat asleep on a sofa." in body
+    assert "A dog <b>catching</b> a frisbee." in body  # escaped, shown as text
+    assert "<b>catching</b>" not in page.text
+    assert srcs(page.text) == [f"/ui/inputs/{job.id}/0?size=128", f"/ui/inputs/{job.id}/1?size=128"]
+    assert "cat" in body and "s3://photos/dog.jpg" in body
+    assert "cannot fetch https://example.invalid/x.jpg" in body  # the error table
+    assert "Gallery" not in body
+
+
+def test_running_job_has_cancel_button_and_polled_summary(client, database_url):
+    job = insert_job(
+        database_url,
+        "generate",
+        [*prompts(1), ItemSpec({"prompt": "q"}, status=ItemStatus.PENDING)],
+        status=JobStatus.RUNNING,
+    )
+    page = client.get(f"/ui/jobs/{job.id}")
+    assert f'data-cancel="/v1/jobs/{job.id}/cancel"' in page.text
+    assert f'data-poll="/ui/partials/jobs/{job.id}"' in page.text
+    partial = client.get(f"/ui/partials/jobs/{job.id}")
+    assert partial.status_code == 200 and "<html" not in partial.text
+    assert 'data-final="false"' in partial.text and "Pending 1" in text(partial.text)
+
+
+def test_result_and_error_tables_are_paginated(client, database_url):
+    items = [*prompts(GALLERY_ITEMS + 2)]
+    items += [
+        ItemSpec({"prompt": f"bad {i}"}, status=ItemStatus.FAILED, error=f"error number {i}")
+        for i in range(ERROR_ITEMS + 3)
+    ]
+    for i, item in enumerate(items[: GALLERY_ITEMS + 2]):
+        item.result = {"images": [{"key": f"images/{i:08d}_0.png", "seed": 7000 + i, "index": 0}]}
+    job = insert_job(database_url, "generate", items, status=JobStatus.FAILED)
+    page = client.get(f"/ui/jobs/{job.id}").text
+    body = text(page)
+    assert f"seed {7000 + GALLERY_ITEMS - 1}" in body and f"seed {7000 + GALLERY_ITEMS}" not in body
+    assert f"error number {ERROR_ITEMS - 1}" in body and f"error number {ERROR_ITEMS} " not in body
+    links = [html.unescape(u) for u in re.findall(r'href="([^"]+)">Next page', page)]
+    assert len(links) == 2
+    more_results = text(client.get(links[0]).text)
+    assert f"seed {7000 + GALLERY_ITEMS}" in more_results and "seed 7000 " not in more_results
+    more_errors = text(client.get(links[1]).text)
+    assert f"error number {ERROR_ITEMS + 2}" in more_errors and "error number 0 " not in more_errors
+    assert "seed 7000 " in more_errors  # the results table stays on its first page
+
+
+def test_unknown_job_page_is_a_readable_404(client):
+    page = client.get("/ui/jobs/job_000000000000000000000000")
+    assert page.status_code == 404
+    assert "Job not found" in page.text
+    assert client.get("/ui/jobs/nope").status_code == 404
+
+
+def test_static_files_and_front_page(client):
+    css = client.get("/ui/static/ui.css")
+    assert css.status_code == 200 and "text/css" in css.headers["content-type"]
+    assert "max-age" in css.headers["cache-control"]
+    assert "fetch(" in client.get("/ui/static/ui.js").text
+    assert client.get("/ui/static/../main.py").status_code == 404
+    assert client.get("/ui/static/nope.css").status_code == 404
+    home = client.get("/", follow_redirects=False)
+    assert home.status_code == 307 and home.headers["location"] == "/ui"

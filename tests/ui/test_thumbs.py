@@ -1,0 +1,131 @@
+"""Thumbnails: small JPEGs of output and input images, cached in storage; nothing outside the
+job's prefix can be named."""
+
+from __future__ import annotations
+
+from io import BytesIO
+
+import pytest
+from PIL import Image
+
+from api.ui.thumbs import NotAnImage, make_thumbnail, snap_size
+from janus_batch.states import ItemStatus
+from tests.ui.art import paint, png
+from tests.ui.helpers import ItemSpec, generated_job, insert_job
+
+
+def decode(data: bytes) -> Image.Image:
+    img = Image.open(BytesIO(data))
+    img.load()
+    return img
+
+
+@pytest.fixture
+def big_job(database_url, storage_root):
+    """A finished generate job whose one image is a 1024-pixel PNG."""
+    job = generated_job(database_url, storage_root, [("balloon", "a balloon")], n=1)
+    path = storage_root / job.prefix / "images/00000000_0.png"
+    path.write_bytes(png(paint("balloon", 5, size=1024)))
+    return job, path
+
+
+def test_output_thumbnail_is_small_and_cached(client, big_job, storage_root):
+    job, original = big_job
+    url = f"/ui/thumbs/{job.id}/images/00000000_0.png"
+    first = client.get(url, params={"size": 128})
+    assert first.status_code == 200, first.text
+    assert first.headers["content-type"] == "image/jpeg"
+    assert "max-age" in first.headers["cache-control"]
+    assert first.headers["x-thumbnail-cache"] == "miss"
+    thumb = decode(first.content)
+    assert thumb.format == "JPEG" and max(thumb.size) <= 128 and max(thumb.size) >= 96
+    assert len(first.content) * 10 < original.stat().st_size
+    cached = storage_root / job.prefix / "thumbs/128/images/00000000_0.png.jpg"
+    assert cached.read_bytes() == first.content
+    again = client.get(url, params={"size": 128})
+    assert again.headers["x-thumbnail-cache"] == "hit" and again.content == first.content
+
+    assert max(decode(client.get(url).content).size) == 256  # the default
+    assert max(decode(client.get(url, params={"size": 100_000}).content).size) == 512
+    assert max(decode(client.get(url, params={"size": 1}).content).size) == 32
+    full_key = f"/ui/thumbs/{job.id}/{job.prefix}/images/00000000_0.png"
+    assert client.get(full_key, params={"size": 64}).status_code == 200
+
+
+def test_thumbnail_refuses_keys_outside_the_job(client, database_url, storage_root):
+    mine = generated_job(database_url, storage_root, [("shapes", "circles")], n=1)
+    other = generated_job(database_url, storage_root, [("lake", "a lake")], n=1)
+    base = f"/ui/thumbs/{mine.id}"
+    assert client.get(f"/ui/thumbs/{other.id}/images/00000000_0.png").status_code == 200
+    for key in (
+        f"{other.prefix}/images/00000000_0.png",  # another job's key, as a full key
+        f"images/%2E%2E/%2E%2E/{other.id}/images/00000000_0.png",  # climbing out
+        "thumbs/256/images/00000000_0.png.jpg",  # a thumbnail of a thumbnail
+        "images/missing.png",
+    ):
+        response = client.get(f"{base}/{key}")
+        assert response.status_code == 404, key
+        assert "error" in response.json()
+    (storage_root / mine.prefix / "results.jsonl").write_text('{"idx": 0}\n')
+    not_image = client.get(f"{base}/results.jsonl")
+    assert not_image.status_code == 422 and "not an image" in not_image.json()["error"]["message"]
+    assert client.get("/ui/thumbs/job_000000000000000000000000/images/x.png").status_code == 404
+
+
+def test_input_thumbnails_of_caption_items(client, database_url, storage_root):
+    key = "inputs/local/0123/cat.png"
+    (storage_root / key).parent.mkdir(parents=True)
+    (storage_root / key).write_bytes(png(paint("mountains", 3, size=800)))
+    items = [
+        ItemSpec(
+            {"image": "file_abc", "uri": f"storage:{key}", "prompt": "?"},
+            result={"caption": "mountains"},
+        ),
+        ItemSpec(
+            {"image": "https://127.0.0.1:9/x.jpg", "uri": "https://127.0.0.1:9/x.jpg"},
+            status=ItemStatus.FAILED,
+            error="refused",
+        ),
+        ItemSpec({"image": "file:///etc/passwd", "uri": "file:///etc/passwd"}),
+    ]
+    job = insert_job(database_url, "caption", items)
+    ok = client.get(f"/ui/inputs/{job.id}/0", params={"size": 200})
+    assert ok.status_code == 200, ok.text
+    assert max(decode(ok.content).size) <= 200
+    assert (storage_root / job.prefix / f"thumbs/{snap_size(200)}/inputs/00000000.jpg").is_file()
+
+    refused = client.get(f"/ui/inputs/{job.id}/1")
+    assert refused.status_code in (404, 502)
+    assert "could not be fetched" in refused.json()["error"]["message"]
+    assert client.get(f"/ui/inputs/{job.id}/2").status_code == 404  # never a local path
+    assert client.get(f"/ui/inputs/{job.id}/3").status_code == 404
+    gen = generated_job(database_url, storage_root, [("dunes", "d")], n=1)
+    assert client.get(f"/ui/inputs/{gen.id}/0").status_code == 404  # not a caption job
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_input_thumbnail_from_s3(client, set_env, s3_env, database_url):
+    set_env(s3_endpoint_url=s3_env.endpoint_url, s3_region=s3_env.region)
+    s3 = s3_env.client()
+    s3.put_object(Bucket=s3_env.bucket, Key="photos/dune.png", Body=png(paint("dunes", 1)))
+    uri = f"s3://{s3_env.bucket}/photos/dune.png"
+    job = insert_job(database_url, "caption", [ItemSpec({"image": uri, "uri": uri})])
+    response = client.get(f"/ui/inputs/{job.id}/0", params={"size": 64})
+    assert response.status_code == 200, response.text
+    assert max(decode(response.content).size) <= 64
+
+
+def test_make_thumbnail_handles_modes_and_orientation():
+    rgba = Image.new("RGBA", (300, 100), (255, 0, 0, 0))
+    thumb = decode(make_thumbnail(png(rgba), 64))
+    assert thumb.mode == "RGB" and thumb.size == (64, 21)
+    assert thumb.getpixel((10, 10))[1] > 200  # transparent -> white, not black
+    rotated = Image.new("RGB", (200, 100), "blue")
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    out = BytesIO()
+    rotated.save(out, "JPEG", exif=exif)
+    assert decode(make_thumbnail(out.getvalue(), 100)).size == (50, 100)
+    with pytest.raises(NotAnImage):
+        make_thumbnail(b"not an image", 64)
+    assert [snap_size(s) for s in (1, 32, 100, 256, 300, 9999)] == [32, 32, 96, 256, 256, 512]
