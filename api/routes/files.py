@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Form, Path, Query, Response, UploadFile
+from fastapi import Response as FastAPIResponse
 
 from api.deps import DatabaseUrl, Owner, SettingsDep, StorageDep
+from api.downloads import object_response
 from api.errors import ApiError, ErrorBody
 from api.metrics import MetricsDep
 from api.schemas import FilePublic, FilesPublic
@@ -72,3 +74,21 @@ def get_file(
     if row is None:
         raise ApiError(404, f"no file {file_id!r}", "file_id")
     return file_public(row)
+
+
+@router.get("/{file_id}/content", responses={200: {"content": {"*/*": {}}}, **ERRORS})
+def get_file_content(
+    file_id: Annotated[str, Path(max_length=64)], db: DatabaseUrl, owner: Owner, storage: StorageDep
+) -> FastAPIResponse:
+    """The bytes of one of your uploaded files (e.g. to pair captions with their images)."""
+    row = files.get_file(db, owner, file_id)
+    if row is None:
+        raise ApiError(404, f"no file {file_id!r}", "file_id")
+    return object_response(
+        storage,
+        row.storage_key,
+        missing=f"file {file_id!r} is gone from storage",
+        field="file_id",
+        media_type=row.content_type,
+        filename=row.filename,
+    )

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import mimetypes
-from collections.abc import Iterator
-from typing import Annotated, BinaryIO
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from api.deps import CeleryDep, DatabaseUrl, Owner, SettingsDep, StorageDep
+from api.downloads import iter_body, object_response
 from api.errors import ApiError, ErrorBody
 from api.metrics import MetricsDep
 from api.schemas import ItemsPublic, JobCreate, JobPublic, JobsPublic
@@ -139,14 +138,6 @@ def list_items(
     )
 
 
-def _stream(body: BinaryIO) -> Iterator[bytes]:
-    try:
-        while chunk := body.read(_READ_CHUNK):
-            yield chunk
-    finally:
-        body.close()
-
-
 @router.get(
     "/{job_id}/results",
     name="get_results",
@@ -165,7 +156,7 @@ def get_results(
     job = jobs.get_job(db, owner, job_id)
     key = f"{job.output_prefix}/{ERRORS_NAME if errors else RESULTS_NAME}"
     if job.status in JOB_FINAL and storage.exists(key):
-        return StreamingResponse(_stream(storage.open_read(key)), media_type=NDJSON)
+        return StreamingResponse(iter_body(storage.open_read(key)), media_type=NDJSON)
     partial = "false" if job.status in JOB_FINAL else "true"
     lines = iter_job_lines(db, job, errors=errors)
     return StreamingResponse(lines, media_type=NDJSON, headers={"X-Partial": partial})
@@ -184,10 +175,4 @@ def get_output_file(
         validate_key(full)
     except ValueError:
         raise ApiError(422, f"invalid key {key!r}", "key") from None
-    media_type = mimetypes.guess_type(full)[0] or "application/octet-stream"
-    path = storage.local_path(full)
-    if path is not None:
-        if not path.is_file():
-            raise ApiError(404, f"job {job_id} has no file {key!r}", "key")
-        return FileResponse(path, media_type=media_type)
-    return StreamingResponse(_stream(storage.open_read(full)), media_type=media_type)
+    return object_response(storage, full, missing=f"job {job_id} has no file {key!r}", field="key")

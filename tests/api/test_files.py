@@ -45,6 +45,14 @@ def test_upload_stores_and_deduplicates(client, settings_env, database_url):
     assert client.get("/v1/files", params={"sha256": "0" * 64}).json() == {"data": []}
     assert client.get(f"/v1/files/{body['id']}").json()["sha256"] == sha
 
+    content = client.get(f"/v1/files/{body['id']}/content")
+    assert content.status_code == 200
+    assert content.content == data
+    assert content.headers["content-type"] == "image/png"
+    missing = client.get("/v1/files/file_000000000000000000000000/content")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["field"] == "file_id"
+
 
 def test_oversized_upload_is_413(client, set_env, database_url, settings_env):
     set_env(max_upload_bytes="1000")

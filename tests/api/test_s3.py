@@ -30,6 +30,8 @@ def test_s3_uploads_presigned_results_and_downloads(client, set_env, s3_env, dat
     assert obj["ContentType"] == "image/jpeg"
     again = client.post("/v1/files", files={"file": ("d.jpg", data)}, data={"purpose": "image"})
     assert again.status_code == 200 and again.json()["id"] == upload.json()["id"]
+    content = client.get(f"/v1/files/{upload.json()['id']}/content")
+    assert content.status_code == 200 and content.content == data
 
     job = caption_job(client, n=1)
     assert job["output"]["prefix"] == f"s3://{s3_env.bucket}/jobs/jobs/{job['id']}"

@@ -188,19 +188,13 @@ def test_results_of_a_caption_job_make_a_trainer_folder(
 def test_caption_sidecars_without_local_images(
     cli: Cli, caption_run: Run, photos: Path, tmp_path: Path
 ) -> None:
-    """Uploaded inputs come back through GET /v1/files/{id}/content where the API has it;
-    otherwise the command says to pass --images."""
+    """Uploaded inputs come back through GET /v1/files/{id}/content: no --images needed."""
     run = cli("results", caption_run.job_id, "--out", tmp_path, "--sidecars")
-    if run.exit_code == 0:
-        assert (tmp_path / "images" / "red.png").read_bytes() == (photos / "red.png").read_bytes()
-    else:
-        assert run.exit_code == 4
-        assert (
-            run.stderr.strip()
-            .splitlines()[-1]
-            .endswith("pass --images DIR, the folder you captioned, to copy the images from there")
-        )
-        assert (tmp_path / "captions.csv").is_file()
+    assert run.exit_code == 0, run.stderr
+    assert (tmp_path / "images" / "red.png").read_bytes() == (photos / "red.png").read_bytes()
+    caption = (tmp_path / "images" / "red.txt").read_text()
+    assert caption.strip()
+    assert (tmp_path / "captions.csv").is_file()
 
 
 def test_status_shows_counts_output_and_first_errors(cli: Cli, caption_run: Run) -> None:

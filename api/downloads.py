@@ -1,0 +1,48 @@
+"""Sending a stored object to the client: a file response for local storage, a stream for S3."""
+
+from __future__ import annotations
+
+import mimetypes
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from fastapi import Response
+from fastapi.responses import FileResponse, StreamingResponse
+
+from api.errors import ApiError
+from janus_batch.storage import NotFoundError, Storage
+
+READ_CHUNK = 1 << 16
+
+
+def iter_body(body: BinaryIO) -> Iterator[bytes]:
+    """Read a binary stream in blocks, closing it at the end."""
+    try:
+        while chunk := body.read(READ_CHUNK):
+            yield chunk
+    finally:
+        body.close()
+
+
+def object_response(
+    storage: Storage,
+    key: str,
+    *,
+    missing: str,
+    field: str,
+    media_type: str | None = None,
+    filename: str | None = None,
+) -> Response:
+    """The object at `key`, or a 404 carrying `missing` (naming `field`)."""
+    media_type = media_type or mimetypes.guess_type(key)[0] or "application/octet-stream"
+    headers = {"Content-Disposition": f'inline; filename="{filename}"'} if filename else None
+    path = storage.local_path(key)
+    if path is not None:
+        if not path.is_file():
+            raise ApiError(404, missing, field)
+        return FileResponse(path, media_type=media_type, headers=headers)
+    try:
+        body = storage.open_read(key)
+    except NotFoundError:
+        raise ApiError(404, missing, field) from None
+    return StreamingResponse(iter_body(body), media_type=media_type, headers=headers)
