@@ -7,7 +7,8 @@ order of state changes, which is the same for both kinds:
 1. claim the chunk's items (conditional UPDATE; already final or leased items are skipped)
    and mark the job running, in one transaction;
 2. `prepare` the claimed items (fetch inputs, build requests); failures become outcomes;
-3. for each micro-batch: stop if the job is being cancelled, else `run` it; then, in one
+3. for each micro-batch: stop if the job is being cancelled, else `run` it (out of memory:
+   run each half on its own, down to single items, before failing them); then, in one
    transaction, record the outcomes (counters bumped by rows actually changed), extend the
    lease of the items still to do, and re-read the job status;
 4. items left when a cancel is seen become `cancelled`; the last transaction tries the move
@@ -133,14 +134,31 @@ def _start(ctx: Context, job_id: str, item_ids: Sequence[int]) -> tuple[Job | No
 
 
 def _run_batch(ctx: Context, handler: Handler, job: Job, batch: list[Work]) -> list[Outcome]:
+    """Run one micro-batch. If the engine runs out of memory, each half is run on its own
+    (down to single items) before items fail; any other error fails the micro-batch."""
     started = time.monotonic()
+    split = False
     try:
         outcomes = handler.run(ctx, job, batch)
     except Exception as exc:  # the whole micro-batch fails, the worker goes on
-        log.exception("job=%s micro-batch of %d items failed", job.id, len(batch))
-        return [failed(w.item, f"model error: {_describe(exc)}") for w in batch]
+        if len(batch) > 1 and _out_of_memory(exc):
+            log.warning(
+                "job=%s micro-batch of %d items: %s; retrying it in halves",
+                job.id,
+                len(batch),
+                _describe(exc),
+            )
+            split = True  # retried below, once this exception (and its frames) is released
+        else:
+            log.exception("job=%s micro-batch of %d items failed", job.id, len(batch))
+            return [failed(w.item, f"model error: {_describe(exc)}") for w in batch]
     finally:
         BATCH_SECONDS.labels(handler.kind).observe(time.monotonic() - started)
+    if split:
+        half = len(batch) // 2
+        return _run_batch(ctx, handler, job, batch[:half]) + _run_batch(
+            ctx, handler, job, batch[half:]
+        )
     for outcome in outcomes:
         if outcome.status == ItemStatus.FAILED:
             log.info("job=%s idx=%d failed: %s", job.id, outcome.item.idx, outcome.error)
@@ -173,6 +191,13 @@ def _checkpoint(
 def _send_finalize(ctx: Context, job_id: str) -> None:
     log.info("job=%s all items final: finalize enqueued", job_id)
     send_control(ctx.app, c.FINALIZE_JOB_TASK, job_id)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether the engine failed for want of memory (a smaller batch may fit)."""
+    from janus import JanusRuntimeError  # loaded with the engine that raised
+
+    return isinstance(exc, JanusRuntimeError) and exc.transient
 
 
 def _describe(exc: BaseException) -> str:

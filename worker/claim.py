@@ -155,3 +155,16 @@ def cancel_pending(session: Session, job_id: str, item_ids: Sequence[int]) -> in
     )
     bump_counts(session, job_id, cancelled=result.rowcount)
     return result.rowcount
+
+
+def cancel_all_pending(session: Session, job_id: str) -> int:
+    """Cancel every still-pending item of a cancelling job (those inserted after the cancel,
+    or whose chunk message was lost), bumping its counter."""
+    result = session.execute(
+        update(Item)
+        .where(Item.job_id == job_id, Item.status == ItemStatus.PENDING)
+        .values(status=ItemStatus.CANCELLED, error="job cancelled", finished_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    bump_counts(session, job_id, cancelled=result.rowcount)
+    return result.rowcount

@@ -6,10 +6,15 @@ case-insensitive); `{"manifest": uri}` reads one item per line from `s3://`, `ht
 chunk at a time, and `add_items` inserts and enqueues page by page, so workers start before
 the listing ends and memory stays flat whatever the size.
 
-A malformed manifest line becomes a failed item (`manifest line 7: invalid JSON (...)`), not
-a failed job. A source that cannot be read fails the job with a readable error; a transient
+A caption manifest line may name an uploaded image by file id (`{"image": "file_..."}`, as
+the CLI does for folders over the inline limit): ids are resolved to `storage:<key>` among
+the job owner's files, one query per page of lines. A malformed line, or an unknown or
+foreign file id, becomes a failed item (`manifest line 7: invalid JSON (...)`), not a failed
+job. A source that cannot be read fails the job with a readable error; a transient
 error (after retries) raises, and the sweeper sends expand again later. Redelivery resumes:
-after the last listed key (S3) or the lines already turned into items (manifest).
+after the last listed key (S3) or the lines already turned into items (manifest). A job
+cancelled before (or while) its source is expanded is closed here: marked expanded, its
+pending items cancelled, and handed to finalization.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from sqlalchemy import func, select, update
 
 from janus_batch import constants as c
 from janus_batch.db import session_scope
+from janus_batch.files import file_resolver, referenced_file_ids
 from janus_batch.inputs import InvalidInput, caption_item, generate_item, parse_params
 from janus_batch.items import NewItem, add_items
 from janus_batch.models import Item, Job, utcnow
@@ -31,6 +37,7 @@ from janus_batch.queue import send_control
 from janus_batch.states import JobKind, JobStatus
 from janus_batch.storage import StorageError, TransientStorageError
 from worker import sources
+from worker.claim import cancel_all_pending
 from worker.context import Context
 
 log = logging.getLogger(__name__)
@@ -41,6 +48,8 @@ CHECK_EVERY = 1000
 RAW_CHARS = 500
 INSERT_PAGE = 2000
 """Items inserted (and their chunks enqueued) per transaction while the source is read."""
+RESOLVE_PAGE = 1000
+"""Manifest lines parsed together, so the file ids they name are looked up in one query."""
 
 
 class Cancelled(Exception):
@@ -55,6 +64,10 @@ def expand_source(ctx: Context, job_id: str) -> int:
         last_input = session.scalar(
             select(Item.input).where(Item.job_id == job_id).order_by(Item.idx.desc()).limit(1)
         )
+    if job is not None and job.status == JobStatus.CANCELLING and not job.expanded:
+        log.info("job=%s cancelled before its expansion: handed to finalization", job_id)
+        _finish(ctx, job_id, None)
+        return 0
     if reason := _skip_reason(job):
         log.info("job=%s expand skipped: %s", job_id, reason)
         return 0
@@ -99,13 +112,14 @@ def _skip_reason(job: Job | None) -> str | None:
     return None
 
 
-def _empty_error(source: dict[str, Any]) -> str | None:
-    """The job's error when its source turned out to hold no items."""
+def _empty_error(source: dict[str, Any]) -> str:
+    """The job's error when its source turned out to hold no items (never None: a job that
+    ends without items and without an error was cancelled, see `worker.finalize`)."""
     if "s3_prefix" in source:
         return f"no images found under {source['s3_prefix']}"
     if "manifest" in source:
         return f"manifest {source['manifest']} has no items"
-    return None
+    return "the job has no source to expand"
 
 
 def _items(
@@ -144,9 +158,10 @@ def _manifest_items(
     skip: int,
     guard: Callable[[], None],
 ) -> Iterator[NewItem]:
-    """One item per non-blank line (a bad line gives a failed item), skipping the first `skip`."""
-    settings = ctx.settings
+    """One item per non-blank line (a bad line gives a failed item), skipping the first `skip`;
+    lines are parsed a page at a time so the page's file ids take one query."""
     seen = 0
+    page: list[tuple[int, bytes]] = []
     for lineno, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
@@ -155,21 +170,62 @@ def _manifest_items(
             continue
         if seen % CHECK_EVERY == 0:
             guard()
-        yield _manifest_item(job.kind, params, lineno, raw, settings)
+        page.append((lineno, raw))
+        if len(page) >= RESOLVE_PAGE:
+            yield from _manifest_page(ctx, job, params, page)
+            page = []
+    if page:
+        yield from _manifest_page(ctx, job, params, page)
 
 
-def _manifest_item(kind: str, params: Any, lineno: int, raw: bytes, settings: Any) -> NewItem:
-    where = f"manifest line {lineno}"
-    text = raw.decode("utf-8", errors="replace")
+class _BadLine:
+    """A manifest line that is not JSON, with the reason."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _parse_line(raw: bytes) -> Any:
     try:
-        try:
-            value = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            msg = err.msg if isinstance(err, json.JSONDecodeError) else "not UTF-8"
-            raise InvalidInput(where, f"invalid JSON ({msg})") from None
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        msg = err.msg if isinstance(err, json.JSONDecodeError) else "not UTF-8"
+        return _BadLine(f"invalid JSON ({msg})")
+
+
+def _manifest_page(
+    ctx: Context, job: Job, params: Any, page: list[tuple[int, bytes]]
+) -> Iterator[NewItem]:
+    """The items of a page of manifest lines, file ids resolved among the owner's files."""
+    values = [_parse_line(raw) for _, raw in page]
+    resolve_file = None
+    if job.kind == JobKind.CAPTION:
+        ids = referenced_file_ids([v for v in values if not isinstance(v, _BadLine)], "image")
+        resolve_file = file_resolver(ctx.database_url, job.owner, ids, "image")
+    for (lineno, raw), value in zip(page, values, strict=True):
+        yield _manifest_item(job.kind, params, lineno, raw, value, ctx.settings, resolve_file)
+
+
+def _manifest_item(
+    kind: str,
+    params: Any,
+    lineno: int,
+    raw: bytes,
+    value: Any,
+    settings: Any,
+    resolve_file: Callable[[str, str], str] | None,
+) -> NewItem:
+    where = f"manifest line {lineno}"
+    try:
+        if isinstance(value, _BadLine):
+            raise InvalidInput(where, value.message)
         if kind == JobKind.CAPTION:
             return caption_item(
-                value, params, where=where, max_prompt_chars=settings.max_prompt_chars
+                value,
+                params,
+                where=where,
+                max_prompt_chars=settings.max_prompt_chars,
+                resolve_file=resolve_file,
             )
         return generate_item(
             value,
@@ -179,6 +235,7 @@ def _manifest_item(kind: str, params: Any, lineno: int, raw: bytes, settings: An
             max_n=settings.max_n,
         )
     except InvalidInput as exc:
+        text = raw.decode("utf-8", errors="replace")
         return NewItem(input={"line": lineno, "raw": text.strip()[:RAW_CHARS]}, error=str(exc))
 
 
@@ -197,7 +254,10 @@ def _guard(ctx: Context, job_id: str) -> Callable[[], None]:
 
 
 def _finish(ctx: Context, job_id: str, error: str | None, empty_error: str | None = None) -> None:
-    """Mark the job expanded (recording an error, if any) and try the move to finalizing."""
+    """Mark the job expanded (recording an error, if any) and try the move to finalizing.
+
+    Items of a cancelling job still pending (inserted after the cancel) are cancelled first.
+    """
     with session_scope(ctx.database_url) as session:
         job = session.get(Job, job_id)
         if job is None:
@@ -208,6 +268,8 @@ def _finish(ctx: Context, job_id: str, error: str | None, empty_error: str | Non
         if error:
             values["error"] = error
         session.execute(update(Job).where(Job.id == job_id).values(**values))
+        if job.status == JobStatus.CANCELLING:
+            cancel_all_pending(session, job_id)
         won = try_start_finalizing(session, job_id)
     if won:
         log.info("job=%s nothing left to do: finalize enqueued", job_id)

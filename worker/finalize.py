@@ -5,24 +5,30 @@ caption or images, model, params, status); `errors.jsonl` one line per failed or
 item (custom_id, idx, input, error, status). Both are written (even when empty) to temporary
 files, streamed from the items in idx order a page at a time (flat memory), then uploaded
 under `<output_prefix>/`. Their content depends only on the rows, so a second run writes the
-same bytes.
+same bytes. The lines come from `janus_batch.results`, the same functions the API uses to
+stream a running job's partial results, so both always agree.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
 
 from sqlalchemy import select, update
 
 from janus_batch import constants as c
 from janus_batch.db import session_scope
 from janus_batch.models import Item, Job, utcnow
-from janus_batch.states import ItemStatus, JobStatus
+from janus_batch.results import (
+    ERROR_STATUSES,
+    RESULT_STATUSES,
+    encode_line,
+    error_line,
+    result_line,
+)
+from janus_batch.states import JobStatus
 from worker.context import Context
 
 log = logging.getLogger(__name__)
@@ -37,7 +43,9 @@ def final_status(job: Job) -> tuple[JobStatus, str | None]:
     - `cancelled` if any item was cancelled (a cancel was requested while items were left);
     - `failed` if the job already carries an error (its source could not be read or listed,
       or held nothing);
-    - `failed` if no item succeeded (all failed, or the job has no items);
+    - `cancelled` if the job has no items and no error: it was cancelled before its source
+      produced any (every other way of ending up without items records an error);
+    - `failed` if no item succeeded (all failed);
     - `succeeded` otherwise: a partly failed job succeeds, its `failed` count shows the rest.
     """
     if job.cancelled > 0:
@@ -46,7 +54,7 @@ def final_status(job: Job) -> tuple[JobStatus, str | None]:
         return JobStatus.FAILED, None
     if job.succeeded == 0:
         if job.total == 0:
-            return JobStatus.FAILED, "the job has no items"
+            return JobStatus.CANCELLED, None
         return JobStatus.FAILED, f"all {job.failed} items failed (see {c.ERRORS_NAME})"
     return JobStatus.SUCCEEDED, None
 
@@ -108,34 +116,6 @@ def iter_items(database_url: str, job_id: str, page: int = PAGE) -> Iterator[Ite
         last = rows[-1].idx
 
 
-def result_line(job: Job, item: Item) -> dict[str, Any]:
-    """The results.jsonl line of a succeeded item."""
-    return {
-        "custom_id": item.custom_id,
-        "idx": item.idx,
-        "input": item.input,
-        **(item.result or {}),
-        "model": job.model,
-        "params": job.params,
-        "status": item.status,
-    }
-
-
-def error_line(item: Item) -> dict[str, Any]:
-    """The errors.jsonl line of a failed or cancelled item."""
-    return {
-        "custom_id": item.custom_id,
-        "idx": item.idx,
-        "input": item.input,
-        "error": item.error,
-        "status": item.status,
-    }
-
-
-def _write(f: IO[str], line: dict[str, Any]) -> None:
-    f.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n")
-
-
 def write_manifests(ctx: Context, job: Job) -> tuple[int, int]:
     """Write results.jsonl and errors.jsonl of `job` to storage; returns their line counts."""
     prefix = job.output_prefix.rstrip("/")
@@ -143,15 +123,15 @@ def write_manifests(ctx: Context, job: Job) -> tuple[int, int]:
     with tempfile.TemporaryDirectory(prefix="janus-finalize-") as tmp:
         results_path, errors_path = Path(tmp) / c.RESULTS_NAME, Path(tmp) / c.ERRORS_NAME
         with (
-            open(results_path, "w", encoding="utf-8") as results,
-            open(errors_path, "w", encoding="utf-8") as errors,
+            open(results_path, "wb") as results,
+            open(errors_path, "wb") as errors,
         ):
             for item in iter_items(ctx.database_url, job.id):
-                if item.status == ItemStatus.SUCCEEDED:
-                    _write(results, result_line(job, item))
+                if item.status in RESULT_STATUSES:
+                    results.write(encode_line(result_line(job, item)))
                     counts["results"] += 1
-                elif item.status in (ItemStatus.FAILED, ItemStatus.CANCELLED):
-                    _write(errors, error_line(item))
+                elif item.status in ERROR_STATUSES:
+                    errors.write(encode_line(error_line(item)))
                     counts["errors"] += 1
                 else:
                     log.warning("job=%s idx=%d is %s at finalize", job.id, item.idx, item.status)

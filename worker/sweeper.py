@@ -11,7 +11,11 @@ Run by Celery beat every `settings.sweep_interval` (task `janus.sweep`) or direc
 3. jobs `finalizing` for over `STUCK_FINALIZING` get their finalize task again;
 4. jobs not yet expanded and idle for `stale_pending_seconds` get their expand task again;
 5. jobs whose items are all final but that never moved to `finalizing` (a crash between a
-   commit and the hand-off) move now, and finalize is enqueued.
+   commit and the hand-off) move now, and finalize is enqueued;
+6. jobs `cancelling` and idle for `stale_pending_seconds` with no item running, that were
+   never expanded (cancelled before their expand task ran, and that task lost) or still
+   hold pending items (their chunk messages lost): pending items are cancelled, expansion
+   is closed, and the job goes to finalization.
 
 Every change is a conditional UPDATE, so a sweep racing a worker never counts twice.
 """
@@ -24,7 +28,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import redis
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, or_, select, update
 
 from janus_batch import constants as c
 from janus_batch.db import session_scope
@@ -32,7 +36,7 @@ from janus_batch.models import Item, Job, utcnow
 from janus_batch.progress import bump_counts, try_start_finalizing
 from janus_batch.queue import CHUNK_QUEUES, chunked, send_chunk, send_control
 from janus_batch.states import ItemStatus, JobKind, JobStatus
-from worker.claim import MAX_ATTEMPTS
+from worker.claim import MAX_ATTEMPTS, cancel_all_pending
 from worker.context import Context
 
 log = logging.getLogger(__name__)
@@ -57,6 +61,7 @@ def sweep(ctx: Context, now: datetime | None = None) -> dict[str, int]:
         "refinalized": resend_finalize(ctx, now),
         "reexpanded": resend_expand(ctx, now),
         "finalizing_started": start_finalizing(ctx),
+        "cancel_finished": finish_cancelled(ctx, now),
     }
     if any(counts.values()):
         log.info("sweep: %s", counts)
@@ -243,3 +248,35 @@ def start_finalizing(ctx: Context) -> int:
         log.info("job=%s all items final but not finalizing: finalize enqueued", job_id)
         send_control(ctx.app, c.FINALIZE_JOB_TASK, job_id)
     return won
+
+
+def _has_items(status: ItemStatus) -> Any:
+    return select(Item.id).where(Item.job_id == Job.id, Item.status == status).exists()
+
+
+def finish_cancelled(ctx: Context, now: datetime) -> int:
+    """Step 6: idle cancelling jobs with nothing running but something left open (never
+    expanded, or pending items) are closed: pending items cancelled, expanded, finalized."""
+    cutoff = now - timedelta(seconds=ctx.settings.stale_pending_seconds)
+    condition = and_(
+        Job.status == JobStatus.CANCELLING,
+        ~_has_items(ItemStatus.RUNNING),
+        or_(Job.expanded.is_(False), _has_items(ItemStatus.PENDING)),
+    )
+    finished = 0
+    for job_id in _stale_jobs(ctx, condition, cutoff, now):
+        with session_scope(ctx.database_url) as session:
+            n = cancel_all_pending(session, job_id)
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == JobStatus.CANCELLING)
+                .values(expanded=True)
+            )
+            won = try_start_finalizing(session, job_id)
+        finished += 1
+        log.info(
+            "job=%s cancelled and idle: %d pending items cancelled, expansion closed", job_id, n
+        )
+        if won:
+            send_control(ctx.app, c.FINALIZE_JOB_TASK, job_id)
+    return finished

@@ -1,9 +1,13 @@
-"""Cancelling a job while a chunk runs: the chunk stops between micro-batches."""
+"""Cancelling a job while a chunk runs (the chunk stops between micro-batches), and before or
+while its source is expanded (the expansion closes the job and hands it to finalization)."""
 
 from __future__ import annotations
 
+import json
+import uuid
 from typing import Any
 
+import pytest
 from sqlalchemy import update
 
 from janus_batch import constants as c
@@ -13,8 +17,11 @@ from janus_batch.jobs import cancel_job
 from janus_batch.models import Job
 from janus_batch.states import ItemStatus, JobKind, JobStatus
 from tests.worker.helpers import create_job, drain, get_items, get_job, pop_message, read_jsonl
+from worker import expand, sources
 from worker.chunk import run_chunk
 from worker.context import Context
+from worker.expand import expand_source
+from worker.finalize import finalize_job
 from worker.generate import GenerateHandler
 
 
@@ -75,3 +82,65 @@ def test_chunk_of_a_cancelling_job_cancels_its_pending_items(ctx: Context) -> No
     job = get_job(ctx, job_id)
     assert (job.status, job.cancelled, job.succeeded) == (JobStatus.FINALIZING, 3, 0)
     assert pop_message(ctx, "janus.control") == (c.FINALIZE_JOB_TASK, [job_id])
+
+
+def manifest_job(ctx: Context, lines: int = 3) -> str:
+    """A caption job over an uploaded manifest of `lines` images, not yet expanded."""
+    body = "".join(json.dumps({"image": f"s3://b/img-{i}.jpg"}) + "\n" for i in range(lines))
+    key = f"inputs/bench/{uuid.uuid4().hex}.jsonl"
+    ctx.storage.put_bytes(key, body.encode())
+    return create_job(ctx, JobKind.CAPTION, source={"manifest": f"storage:{key}"})
+
+
+def test_cancel_before_expand_finalizes_as_cancelled(ctx: Context) -> None:
+    job_id = manifest_job(ctx)
+    cancel_like_the_api(ctx, job_id)  # the expand message is still queued
+    job = get_job(ctx, job_id)
+    assert (job.status, job.expanded) == (JobStatus.CANCELLING, False)
+    assert pop_message(ctx, "janus.control") is None  # not finalizable yet: not expanded
+
+    assert expand_source(ctx, job_id) == 0
+
+    job = get_job(ctx, job_id)
+    assert (job.status, job.expanded, job.total) == (JobStatus.FINALIZING, True, 0)
+    assert pop_message(ctx, "janus.control") == (c.FINALIZE_JOB_TASK, [job_id])
+    assert finalize_job(ctx, job_id) == JobStatus.CANCELLED
+    job = get_job(ctx, job_id)
+    assert (job.status, job.error, job.total) == (JobStatus.CANCELLED, None, 0)
+    assert get_items(ctx, job_id) == []
+    assert ctx.storage.get_bytes(f"jobs/{job_id}/results.jsonl") == b""
+    assert ctx.storage.get_bytes(f"jobs/{job_id}/errors.jsonl") == b""
+    assert expand_source(ctx, job_id) == 0  # a late redelivery adds nothing
+    assert get_items(ctx, job_id) == []
+
+
+def test_cancel_during_expand_cancels_items_inserted_after_it(
+    ctx: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Page 1 is inserted, the cancel arrives, page 2 is inserted before the next check: the
+    expansion stops and cancels page 2 itself (no chunk has to run for the job to finish)."""
+    monkeypatch.setattr(expand, "INSERT_PAGE", 2)
+    monkeypatch.setattr(expand, "RESOLVE_PAGE", 1)
+    monkeypatch.setattr(expand, "CHECK_EVERY", 5)
+    job_id = manifest_job(ctx, lines=8)
+    original = sources.read_lines
+
+    def cancelled_after_two_lines(*args: Any, **kwargs: Any) -> Any:
+        for n, line in enumerate(original(*args, **kwargs)):
+            if n == 2:
+                cancel_like_the_api(ctx, job_id)
+            yield line
+
+    monkeypatch.setattr(sources, "read_lines", cancelled_after_two_lines)
+    assert expand_source(ctx, job_id) == 0
+
+    job = get_job(ctx, job_id)
+    assert (job.status, job.expanded) == (JobStatus.FINALIZING, True)
+    assert (job.total, job.cancelled) == (4, 4)
+    assert [r.status for r in get_items(ctx, job_id)] == [ItemStatus.CANCELLED] * 4
+    drain(ctx)  # the two chunk messages find nothing to do; finalize runs
+    job = get_job(ctx, job_id)
+    assert (job.status, job.total, job.cancelled, job.succeeded) == (
+        JobStatus.CANCELLED, 4, 4, 0,
+    )  # fmt: skip
+    assert len(read_jsonl(ctx.storage.get_bytes(f"jobs/{job_id}/errors.jsonl"))) == 4

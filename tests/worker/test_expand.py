@@ -10,6 +10,8 @@ import pytest
 from PIL import Image
 
 from janus_batch import constants as c
+from janus_batch import files
+from janus_batch.files import save_upload
 from janus_batch.inputs import caption_item, parse_params
 from janus_batch.items import add_items
 from janus_batch.states import ItemStatus, JobKind, JobStatus
@@ -163,7 +165,7 @@ def test_manifest_with_bad_lines(ctx: Any, s3_env: Any) -> None:
     assert rows[2].input == {"line": 4, "raw": '{"image": "s3://b/k.png",, }'}
     assert rows[2].error.startswith("manifest line 4: invalid JSON (")
     assert rows[3].error.startswith("manifest line 5.image: unsupported image reference")
-    assert rows[4].error == "manifest line 6.image: file ids are not accepted here"
+    assert rows[4].error == "manifest line 6.image: unknown file id 'file_abc123'"
     assert rows[5].input["prompt"] == "What color is it?"
     assert rows[0].custom_id == "first"
     [(_, chunk)] = peek_messages(ctx, "janus.caption")
@@ -220,3 +222,74 @@ def test_unreadable_manifest_fails_the_job(ctx: Any) -> None:
     drain(ctx)
     job = get_job(ctx, job_id)
     assert job.status == JobStatus.FAILED and "nope.jsonl" in job.error
+
+
+def upload(ctx: Any, owner: str, data: bytes, filename: str, purpose: str = "image") -> str:
+    row, _ = save_upload(
+        ctx.database_url,
+        ctx.storage,
+        owner=owner,
+        stream=io.BytesIO(data),
+        filename=filename,
+        purpose=purpose,
+        max_bytes=10_000_000,
+    )
+    return row.id
+
+
+def test_manifest_of_file_ids_resolves_the_owners_files(
+    ctx: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI's big-folder path: images uploaded, then a manifest of their file ids."""
+    mine = [upload(ctx, c.LOCAL_OWNER, png_bytes((i * 40, 90, 90)), f"{i}.png") for i in range(3)]
+    foreign = upload(ctx, "someone-else", png_bytes((1, 2, 3)), "theirs.png")
+    a_manifest = upload(ctx, c.LOCAL_OWNER, b'{"image": "s3://b/k.png"}\n', "m.jsonl", "manifest")
+    unknown = "file_" + "0" * 24
+    entries = [
+        {"image": mine[0], "custom_id": "a"},
+        {"image": foreign},
+        mine[1],  # a bare string is an image reference too
+        {"image": unknown},
+        {"image": a_manifest},
+        {"image": mine[2], "prompt": "What color?"},
+    ]
+    body = "".join(json.dumps(e) + "\n" for e in entries).encode()
+    ctx.storage.put_bytes("inputs/local/ids/manifest.jsonl", body)
+    lookups: list[list[str]] = []
+    original = files.load_files
+
+    def counted(database_url: str, owner: str, file_ids: Any) -> Any:
+        lookups.append(sorted(file_ids))
+        return original(database_url, owner, file_ids)
+
+    monkeypatch.setattr(files, "load_files", counted)
+    monkeypatch.setattr(expand, "RESOLVE_PAGE", 4)
+    job_id = create_job(
+        ctx, JobKind.CAPTION, source={"manifest": "storage:inputs/local/ids/manifest.jsonl"}
+    )
+
+    assert expand_source(ctx, job_id) == 6
+    assert lookups == [sorted([mine[0], foreign, mine[1], unknown]), sorted([a_manifest, mine[2]])]
+    rows = get_items(ctx, job_id)
+    assert [r.status for r in rows] == ["pending", "failed", "pending", "failed", "failed",
+                                       "pending"]  # fmt: skip
+    key = files.get_file(ctx.database_url, c.LOCAL_OWNER, mine[0]).storage_key
+    assert rows[0].input == {
+        "image": mine[0],
+        "uri": f"storage:{key}",
+        "prompt": "Describe this image.",
+    }
+    assert rows[0].custom_id == "a"
+    assert rows[2].input["image"] == mine[1] and rows[2].input["uri"].startswith("storage:inputs/")
+    assert rows[1].error == f"manifest line 2.image: unknown file id '{foreign}'"
+    assert rows[1].input == {"line": 2, "raw": json.dumps({"image": foreign})}
+    assert rows[3].error == f"manifest line 4.image: unknown file id '{unknown}'"
+    assert rows[4].error == (
+        f"manifest line 5.image: file '{a_manifest}' was uploaded as manifest, not image"
+    )
+
+    drain(ctx)
+    job = get_job(ctx, job_id)
+    assert (job.status, job.succeeded, job.failed) == (JobStatus.SUCCEEDED, 3, 3)
+    results = read_jsonl(ctx.storage.get_bytes(f"jobs/{job_id}/results.jsonl"))
+    assert [r["input"]["image"] for r in results] == [mine[0], mine[1], mine[2]]

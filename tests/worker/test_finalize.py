@@ -9,6 +9,7 @@ from sqlalchemy import update
 
 from janus_batch.db import session_scope
 from janus_batch.models import Item, Job, utcnow
+from janus_batch.results import iter_job_lines
 from janus_batch.states import ItemStatus, JobKind, JobStatus
 from tests.worker.helpers import create_job, get_job, read_jsonl
 from worker.finalize import final_status, finalize_job, iter_items
@@ -22,7 +23,7 @@ from worker.finalize import final_status, finalize_job, iter_items
         ((3, 1, 1, 1), None, (JobStatus.CANCELLED, None)),
         ((3, 0, 0, 3), None, (JobStatus.CANCELLED, None)),
         ((3, 0, 3, 0), None, (JobStatus.FAILED, "all 3 items failed (see errors.jsonl)")),
-        ((0, 0, 0, 0), None, (JobStatus.FAILED, "the job has no items")),
+        ((0, 0, 0, 0), None, (JobStatus.CANCELLED, None)),  # cancelled before any item
         ((0, 0, 0, 0), "no images found under s3://b/p/", (JobStatus.FAILED, None)),
         ((5, 5, 0, 0), "cannot list s3://b/p/", (JobStatus.FAILED, None)),
     ],
@@ -86,6 +87,9 @@ def test_finalize_writes_manifests_once(ctx: Any) -> None:
         3, "cancelled", "job cancelled",
     )  # fmt: skip
     assert len(errors) == 2
+    # The same lines the API streams from SQL for partial results (one definition).
+    assert b"".join(iter_job_lines(ctx.database_url, job, page_size=1)) == results_bytes
+    assert b"".join(iter_job_lines(ctx.database_url, job, errors=True)) == errors_bytes
 
     # A second delivery changes nothing; a rerun after a crash writes the same bytes.
     assert finalize_job(ctx, job_id) == JobStatus.CANCELLED

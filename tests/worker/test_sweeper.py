@@ -1,4 +1,5 @@
-"""The sweeper: expired leases, poison pills, lost messages, stuck finalization."""
+"""The sweeper: expired leases, poison pills, lost messages, stuck finalization, cancelled jobs
+left open."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from sqlalchemy import update
 
 from janus_batch import constants as c
 from janus_batch.db import session_scope
+from janus_batch.jobs import cancel_job
 from janus_batch.models import Item, Job, utcnow
 from janus_batch.states import ItemStatus, JobKind, JobStatus
 from tests.worker.helpers import (
@@ -158,3 +160,47 @@ def test_stalled_expansion_is_resent(make_ctx: Any, s3_env: Any) -> None:
     drain(ctx)
     job = get_job(ctx, job_id)
     assert job.status == JobStatus.FAILED and job.error.startswith("no images found")
+
+
+def test_cancelled_job_whose_expand_was_lost_is_finished(make_ctx: Any, s3_env: Any) -> None:
+    ctx = make_ctx(stale_pending_seconds="60")
+    job_id = create_job(ctx, JobKind.CAPTION, source={"s3_prefix": f"s3://{s3_env.bucket}/p/"})
+    cancel_job(ctx.database_url, ctx.app, c.LOCAL_OWNER, job_id)  # expand message then lost
+    later = utcnow() + timedelta(seconds=61)
+
+    assert sweep(ctx)["cancel_finished"] == 0  # not idle long enough
+    counts = sweep(ctx, now=later)
+    assert (counts["cancel_finished"], counts["reexpanded"]) == (1, 0)
+    assert sweep(ctx, now=later)["cancel_finished"] == 0
+    job = get_job(ctx, job_id)
+    assert (job.status, job.expanded) == (JobStatus.FINALIZING, True)
+    assert peek_messages(ctx, "janus.control") == [(c.FINALIZE_JOB_TASK, [job_id])]
+    drain(ctx)
+    job = get_job(ctx, job_id)
+    assert (job.status, job.total, job.error) == (JobStatus.CANCELLED, 0, None)
+
+
+def test_cancelling_job_with_lost_pending_items_is_finished(make_ctx: Any) -> None:
+    ctx = make_ctx(stale_pending_seconds="60")
+    job_id = create_job(ctx, JobKind.GENERATE, ["a", "b", "c"])
+    _, chunk = pop_message(ctx, "janus.generate")
+    with session_scope(ctx.database_url) as session:  # claimed by a live worker
+        assert claim_items(session, job_id, chunk[1][:1], lease_seconds=600)
+        # cancelling, but two items left pending and their message lost
+        session.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.CANCELLING))
+    later = utcnow() + timedelta(seconds=61)
+
+    assert sweep(ctx, now=later)["cancel_finished"] == 0  # an item is still running
+    assert [r.status for r in get_items(ctx, job_id)] == ["running", "pending", "pending"]
+    with session_scope(ctx.database_url) as session:  # the worker finishes its item
+        session.execute(
+            update(Item)
+            .where(Item.id == chunk[1][0])
+            .values(status=ItemStatus.SUCCEEDED, lease_until=None, result={"images": []})
+        )
+        session.execute(update(Job).where(Job.id == job_id).values(succeeded=1))
+    assert sweep(ctx, now=later)["cancel_finished"] == 1
+    drain(ctx)
+    job = get_job(ctx, job_id)
+    assert (job.status, job.succeeded, job.cancelled) == (JobStatus.CANCELLED, 1, 2)
+    assert [r.status for r in get_items(ctx, job_id)] == ["succeeded", "cancelled", "cancelled"]

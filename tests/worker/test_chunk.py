@@ -1,0 +1,80 @@
+"""Micro-batches that run out of memory are retried in halves before their items fail."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from janus import JanusRuntimeError
+from janus_batch.states import ItemStatus, JobKind
+from tests.worker.helpers import create_job, get_items, get_job, pop_message
+from worker.chunk import run_chunk
+from worker.context import Context
+from worker.generate import GenerateHandler
+
+OOM = "out of memory on cpu: tried to allocate 2.00 GiB"
+
+
+class OomEngine:
+    """The tiny engine, raising the engine's out-of-memory error when `fails(prompts)`."""
+
+    def __init__(self, engine: Any, fails: Callable[[list[str]], bool]) -> None:
+        self.engine, self.fails = engine, fails
+        self.model_name = engine.model_name
+        self.calls: list[list[str]] = []
+
+    def generate(self, requests: list[Any]) -> list[Any]:
+        prompts = [r.prompt for r in requests]
+        self.calls.append(prompts)
+        if self.fails(prompts):
+            raise JanusRuntimeError(OOM)
+        return self.engine.generate(requests)
+
+
+def run_with(ctx: Context, tiny_engine: Any, fails: Callable[[list[str]], bool]) -> Any:
+    """Eight unguided prompts (4 per micro-batch with 4 rows) in one chunk, run by OomEngine."""
+    prompts = ["p0", "p1", "huge", "p3", "p4", "p5", "p6", "p7"]
+    job_id = create_job(ctx, JobKind.GENERATE, prompts, params={"cfg_weight": 1.0})
+    _, chunk = pop_message(ctx, "janus.generate")
+    engine = OomEngine(tiny_engine, fails)
+    oom_ctx = Context(ctx.settings, ctx.storage, ctx.app, engine=lambda: engine)
+    counts = run_chunk(oom_ctx, GenerateHandler(), *chunk)
+    return job_id, engine, counts
+
+
+def test_out_of_memory_once_is_retried_in_halves(ctx: Context, tiny_engine: Any) -> None:
+    first = [True]
+
+    def once(_: list[str]) -> bool:
+        raise_now, first[0] = first[0], False
+        return raise_now
+
+    job_id, engine, counts = run_with(ctx, tiny_engine, fails=once)
+    assert counts == {ItemStatus.SUCCEEDED: 8}
+    assert [len(call) for call in engine.calls] == [4, 2, 2, 4]
+    assert get_job(ctx, job_id).succeeded == 8
+
+
+def test_an_item_that_never_fits_fails_alone(ctx: Context, tiny_engine: Any) -> None:
+    job_id, engine, counts = run_with(ctx, tiny_engine, fails=lambda prompts: "huge" in prompts)
+    assert counts == {ItemStatus.SUCCEEDED: 7, ItemStatus.FAILED: 1}
+    assert engine.calls[:4] == [["p0", "p1", "huge", "p3"], ["p0", "p1"], ["huge", "p3"], ["huge"]]
+    assert [len(call) for call in engine.calls[4:]] == [1, 4]
+    rows = get_items(ctx, job_id)
+    assert [r.status for r in rows] == ["succeeded"] * 2 + ["failed"] + ["succeeded"] * 5
+    assert rows[2].error == f"model error: JanusRuntimeError: {OOM}"
+
+
+def test_other_errors_fail_the_micro_batch_without_retry(ctx: Context, tiny_engine: Any) -> None:
+    def broken(prompts: list[str]) -> bool:
+        if "huge" in prompts:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return False
+
+    job_id, engine, counts = run_with(ctx, tiny_engine, fails=broken)
+    assert counts == {ItemStatus.SUCCEEDED: 4, ItemStatus.FAILED: 4}
+    assert [len(call) for call in engine.calls] == [4, 4]
+    rows = get_items(ctx, job_id)
+    assert rows[0].error == (
+        "model error: RuntimeError: CUDA error: an illegal memory access was encountered"
+    )
