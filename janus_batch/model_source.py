@@ -25,8 +25,8 @@ def locate_model(model: str, timeout: float = 5.0) -> tuple[bool, str]:
     try:
         snapshot_download(model, local_files_only=True)
         return True, f"{model} from the local Hugging Face cache"
-    except Exception:  # noqa: BLE001 - any miss means "not cached"
-        pass
+    except Exception as err:  # noqa: BLE001 - any miss means "not cached"
+        log.debug("%s is not in the Hugging Face cache: %s", model, err)
     if os.environ.get("HF_HUB_OFFLINE") in {"1", "true", "True"}:
         return False, f"{model} is not in the Hugging Face cache and HF_HUB_OFFLINE is set"
     try:

@@ -82,9 +82,7 @@ def chunked(ids: Iterable[int], size: int) -> Iterable[list[int]]:
 def send_chunk(app: Celery, kind: str, job_id: str, item_ids: Sequence[int]) -> None:
     """Enqueue one chunk message: the job id and the ids of its items (never payloads)."""
     kind = JobKind(kind)
-    app.send_task(
-        CHUNK_TASKS[kind], args=[job_id, list(item_ids)], queue=CHUNK_QUEUES[kind]
-    )
+    app.send_task(CHUNK_TASKS[kind], args=[job_id, list(item_ids)], queue=CHUNK_QUEUES[kind])
 
 
 def send_control(app: Celery, task: str, *args: object) -> None:

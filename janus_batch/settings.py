@@ -76,7 +76,9 @@ class Settings(BaseSettings):
         "an API key created with `janus-batch keys create`.",
     )
     lease_seconds: int = Field(
-        default=900, ge=10, description="How long a worker owns claimed items before the "
+        default=900,
+        ge=10,
+        description="How long a worker owns claimed items before the "
         "sweeper may hand them to another worker.",
     )
     sweep_interval: float = Field(
@@ -86,8 +88,9 @@ class Settings(BaseSettings):
         default=600, ge=1, description="A pending item untouched this long is re-enqueued."
     )
     visibility_timeout: int = Field(
-        default=7200, ge=60, description="Redis transport visibility timeout; must exceed the "
-        "longest chunk.",
+        default=7200,
+        ge=60,
+        description="Redis transport visibility timeout; must exceed the longest chunk.",
     )
     fetch_concurrency: int = Field(default=8, ge=1, description="Parallel input downloads.")
     upload_concurrency: int = Field(default=8, ge=1, description="Parallel result uploads.")

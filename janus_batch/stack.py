@@ -21,7 +21,7 @@ import httpx
 
 from janus_batch import constants as c
 
-WORKER_QUEUES = ",".join([c.CAPTION_QUEUE, c.GENERATE_QUEUE, c.CONTROL_QUEUE])
+WORKER_QUEUES = f"{c.CAPTION_QUEUE},{c.GENERATE_QUEUE},{c.CONTROL_QUEUE}"
 
 
 def free_port() -> int:
@@ -31,12 +31,28 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def worker_command(name: str = "worker", beat: bool = False, schedule: Path | None = None) -> list[str]:
+def worker_command(
+    name: str = "worker", beat: bool = False, schedule: Path | None = None
+) -> list[str]:
     """The worker command line: one solo process (one per GPU), task events on for Flower."""
     cmd = [
-        sys.executable, "-m", "celery", "-A", "worker.app", "worker",
-        "-P", "solo", "-c", "1", "-Q", WORKER_QUEUES, "-E",
-        "-n", f"{name}@%h", "--loglevel", "INFO",
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.app",
+        "worker",
+        "-P",
+        "solo",
+        "-c",
+        "1",
+        "-Q",
+        WORKER_QUEUES,
+        "-E",
+        "-n",
+        f"{name}@%h",
+        "--loglevel",
+        "INFO",
     ]
     if beat:
         cmd += ["-B", "-s", str(schedule or "celerybeat-schedule")]
@@ -46,8 +62,16 @@ def worker_command(name: str = "worker", beat: bool = False, schedule: Path | No
 def api_command(port: int) -> list[str]:
     """The API server command line."""
     return [
-        sys.executable, "-m", "uvicorn", "api.main:app",
-        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "api.main:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
     ]
 
 
@@ -120,8 +144,9 @@ def local_stack(
     port = api_port or free_port()
     env = {**os.environ, **env}
     with ExitStack() as stack:
-        worker = spawn("worker", worker_command("local", beat, log_dir / "celerybeat-schedule"),
-                       env, log_dir)
+        worker = spawn(
+            "worker", worker_command("local", beat, log_dir / "celerybeat-schedule"), env, log_dir
+        )
         stack.callback(worker.stop)
         api = spawn("api", api_command(port), env, log_dir)
         stack.callback(api.stop)

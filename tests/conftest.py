@@ -21,6 +21,18 @@ pytest_plugins = ["tests.fixtures.s3"]
 
 
 @pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random Janus checkpoint (64x64 images, 16 image tokens), written once per
+    session; every test that needs a model uses it (no network)."""
+    import torch
+
+    from janus import make_tiny_checkpoint
+
+    torch.set_num_threads(1)
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny-janus") / "tiny64", image_size=64)
+
+
+@pytest.fixture(scope="session")
 def redis_url() -> str:
     """URL of the machine's Redis (started if it was down)."""
     return services.ensure_redis()

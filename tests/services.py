@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import psycopg
 import redis
@@ -89,3 +90,43 @@ def drop_pg_database(name: str) -> None:
     """Drop a test database, closing whatever still holds it."""
     with _admin() as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def process_env(
+    base: Path,
+    *,
+    database_url: str,
+    redis_url: str,
+    queue_prefix: str,
+    model: Path | None = None,
+    **settings: str,
+) -> dict[str, str]:
+    """Environment of an API or worker child process on the test services: a database, a
+    private Redis key space, local results under `base`, and (for workers) a model on the
+    CPU with one thread. Extra keyword settings become JANUS_BATCH_<NAME> variables."""
+    env = {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "JANUS_BATCH_DATA_DIR": str(base / "data"),
+        "JANUS_BATCH_DATABASE_URL": database_url,
+        "JANUS_BATCH_REDIS_URL": redis_url,
+        "JANUS_BATCH_QUEUE_PREFIX": queue_prefix,
+        "JANUS_BATCH_STORAGE_URL": str(base / "results"),
+    }
+    if model is not None:
+        env.update(
+            {
+                "JANUS_BATCH_MODEL": str(model),
+                "JANUS_BATCH_DEVICE": "cpu",
+                "JANUS_BATCH_DTYPE": "float32",
+                "JANUS_BATCH_TORCH_THREADS": "1",
+            }
+        )
+    env.update({f"JANUS_BATCH_{name.upper()}": value for name, value in settings.items()})
+    return env

@@ -10,7 +10,9 @@ from janus_batch.settings import get_settings
 
 console = Console()
 db_app = typer.Typer(help="The job database (SQLite or PostgreSQL).", no_args_is_help=True)
-keys_app = typer.Typer(help="API keys (used when JANUS_BATCH_AUTH_MODE=keys).", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="API keys (used when JANUS_BATCH_AUTH_MODE=keys).", no_args_is_help=True
+)
 
 
 @db_app.command("upgrade")

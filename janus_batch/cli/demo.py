@@ -16,8 +16,8 @@ from PIL import Image, ImageDraw
 from rich.console import Console
 from rich.panel import Panel
 
-from janus_batch.client import Client
 from janus_batch.cli.watch import watch_jobs
+from janus_batch.client import Client
 from janus_batch.embedded_redis import redis_answers, start_embedded
 from janus_batch.model_source import locate_model
 from janus_batch.settings import get_settings
@@ -88,8 +88,9 @@ def demo(
     redis_url = settings.redis_url
     if not redis_answers(redis_url):
         redis_url, handle = start_embedded(data_dir / "redis")
-        console.print(f"[yellow]no Redis at {settings.redis_url}: started the bundled one at "
-                      f"{redis_url}[/]")
+        console.print(
+            f"[yellow]no Redis at {settings.redis_url}: started the bundled one at {redis_url}[/]"
+        )
     env["JANUS_BATCH_REDIS_URL"] = redis_url
     env["JANUS_BATCH_MODEL"] = _choose_model(data_dir, settings.model)
 
@@ -103,22 +104,34 @@ def demo(
     console.print(f"results:  {settings.resolved_storage_url()}")
     try:
         with local_stack(env, data_dir / "logs") as stack, Client(stack.api_url) as client:
-            console.print(f"API at {stack.api_url} (docs: {stack.api_url}/docs); "
-                          f"logs in {data_dir / 'logs'}")
+            console.print(
+                f"API at {stack.api_url} (docs: {stack.api_url}/docs); logs in {data_dir / 'logs'}"
+            )
             ids = []
             for path in _sample_images(data_dir / "demo-inputs"):
                 ids.append(client.upload_file(path, "image")["id"])
-            caption = client.create_job({
-                "kind": "caption",
-                "params": {"prompt": "Describe this image in one sentence.", "max_new_tokens": 24},
-                "items": [{"image": fid, "custom_id": f"sample-{i}"} for i, fid in enumerate(ids)],
-            })
-            generate = client.create_job({
-                "kind": "generate",
-                "params": {"n": 2, "cfg_weight": 5.0, "temperature": 1.0},
-                "items": [{"prompt": p, "seed": 1000 + i, "custom_id": f"prompt-{i}"}
-                          for i, p in enumerate(PROMPTS)],
-            })
+            caption = client.create_job(
+                {
+                    "kind": "caption",
+                    "params": {
+                        "prompt": "Describe this image in one sentence.",
+                        "max_new_tokens": 24,
+                    },
+                    "items": [
+                        {"image": fid, "custom_id": f"sample-{i}"} for i, fid in enumerate(ids)
+                    ],
+                }
+            )
+            generate = client.create_job(
+                {
+                    "kind": "generate",
+                    "params": {"n": 2, "cfg_weight": 5.0, "temperature": 1.0},
+                    "items": [
+                        {"prompt": p, "seed": 1000 + i, "custom_id": f"prompt-{i}"}
+                        for i, p in enumerate(PROMPTS)
+                    ],
+                }
+            )
             jobs = watch_jobs(client, [caption["id"], generate["id"]], console, timeout=timeout)
             _report(client, jobs, settings.resolved_storage_url())
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -11,9 +12,11 @@ model_app = typer.Typer(help="Model checkpoints.", no_args_is_help=True)
 
 @model_app.command("make-tiny")
 def make_tiny(
-    directory: Path = typer.Argument(..., help="Where to write the checkpoint."),
-    image_size: int = typer.Option(64, help="Image side: 384 gives the real 576-token shape."),
-    seed: int = typer.Option(0, help="Seed of the random weights."),
+    directory: Annotated[Path, typer.Argument(help="Where to write the checkpoint.")],
+    image_size: Annotated[
+        int, typer.Option(help="Image side: 384 gives the real 576-token shape.")
+    ] = 64,
+    seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
 ) -> None:
     """Write a tiny randomly initialised Janus checkpoint (same architecture, small sizes)."""
     from janus import make_tiny_checkpoint

@@ -58,14 +58,6 @@ def invoke(env: dict[str, str], *args: Any) -> Run:
     return Run(result.exit_code, result.stdout, result.stderr, result.exception)
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny random Janus checkpoint (64x64 images), written once per session."""
-    from janus import make_tiny_checkpoint
-
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny-janus"), image_size=64)
-
-
 @dataclass
 class S3Inputs:
     """A bucket on the moto server holding two small images under `pics/`."""
@@ -118,7 +110,7 @@ def s3_inputs(moto_server: MotoServer) -> Iterator[S3Inputs]:
 def stack(
     tmp_path_factory: pytest.TempPathFactory,
     redis_url: str,
-    tiny_model: Path,
+    tiny_checkpoint: Path,
     s3_inputs: S3Inputs,
 ) -> Iterator[Stack]:
     """The API and one worker (real processes) for a whole test module."""
@@ -132,20 +124,18 @@ def stack(
     dispose_engines()
     prefix = f"jbtest-cli-{uuid.uuid4().hex[:8]}:"
     env = {
-        "JANUS_BATCH_DATABASE_URL": database_url,
-        "JANUS_BATCH_REDIS_URL": redis_url,
-        "JANUS_BATCH_QUEUE_PREFIX": prefix,
-        "JANUS_BATCH_STORAGE_URL": str(base / "results"),
-        "JANUS_BATCH_DATA_DIR": str(base / "data"),
-        "JANUS_BATCH_MODEL": str(tiny_model),
-        "JANUS_BATCH_DEVICE": "cpu",
-        "JANUS_BATCH_DTYPE": "float32",
-        "JANUS_BATCH_TORCH_THREADS": "1",
-        "JANUS_BATCH_CHUNK_SIZE": "8",
-        "JANUS_BATCH_BATCH_ROWS": "8",
-        "JANUS_BATCH_MAX_RETRIES": "1",
-        "JANUS_BATCH_S3_ENDPOINT_URL": s3_inputs.endpoint_url,
-        "JANUS_BATCH_S3_REGION": REGION,
+        **services.process_env(
+            base,
+            database_url=database_url,
+            redis_url=redis_url,
+            queue_prefix=prefix,
+            model=tiny_checkpoint,
+            chunk_size="8",
+            batch_rows="8",
+            max_retries="1",
+            s3_endpoint_url=s3_inputs.endpoint_url,
+            s3_region=REGION,
+        ),
         **AWS_ENV,
     }
     try:

@@ -20,20 +20,8 @@ from pathlib import Path
 import pytest
 
 from janus_batch.stack import Child, Stack, local_stack, spawn
+from tests import services
 from tests.fixtures.s3 import S3Env, empty_and_delete_bucket
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random Janus checkpoint (64x64 images, 16 image tokens), written once."""
-    import torch
-
-    from janus import make_tiny_checkpoint
-
-    torch.set_num_threads(1)
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("e2e-tiny-janus"), image_size=64)
 
 
 @pytest.fixture
@@ -46,23 +34,14 @@ def stack_env(
 ) -> dict[str, str]:
     """Environment of the API and worker processes: test database, private Redis key space,
     tiny model on CPU with one thread, results in a local folder."""
-    return {
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "JANUS_BATCH_DATA_DIR": str(tmp_path / "data"),
-        "JANUS_BATCH_DATABASE_URL": database_url,
-        "JANUS_BATCH_REDIS_URL": redis_url,
-        "JANUS_BATCH_QUEUE_PREFIX": queue_prefix,
-        "JANUS_BATCH_STORAGE_URL": str(tmp_path / "results"),
-        "JANUS_BATCH_MODEL": str(tiny_checkpoint),
-        "JANUS_BATCH_DEVICE": "cpu",
-        "JANUS_BATCH_DTYPE": "float32",
-        "JANUS_BATCH_TORCH_THREADS": "1",
-        "JANUS_BATCH_MAX_RETRIES": "1",
-    }
+    return services.process_env(
+        tmp_path,
+        database_url=database_url,
+        redis_url=redis_url,
+        queue_prefix=queue_prefix,
+        model=tiny_checkpoint,
+        max_retries="1",
+    )
 
 
 @pytest.fixture

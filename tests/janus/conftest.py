@@ -11,7 +11,7 @@ import huggingface_hub.constants as hub_constants
 import pytest
 import torch
 
-from janus import JanusEngine, make_tiny_checkpoint
+from janus import JanusEngine
 
 hub_constants.HF_HUB_OFFLINE = True  # in case huggingface_hub was imported before this file
 
@@ -23,12 +23,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory):
-    """The fast tiny checkpoint: 16 image tokens, 64x64 images."""
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("janus") / "tiny64", image_size=64, seed=0)
 
 
 @pytest.fixture(scope="session")

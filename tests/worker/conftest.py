@@ -19,17 +19,6 @@ BATCH_ROWS = 4
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random Janus checkpoint (64x64 images), written once per session."""
-    import torch
-
-    from janus import make_tiny_checkpoint
-
-    torch.set_num_threads(1)
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny-janus"), image_size=64)
-
-
-@pytest.fixture(scope="session")
 def tiny_engine(tiny_checkpoint: Path) -> Any:
     """The tiny checkpoint loaded once per session on CPU in float32."""
     from janus import JanusEngine
