@@ -64,6 +64,8 @@ def add_items(
     """
     idx = start_idx
     added = 0
+    # Whole chunks per page, so only the last page ends in a partial chunk.
+    page_size = max(chunk_size, page_size - page_size % chunk_size)
     for page in _pages(items, page_size):
         now = utcnow()
         rows = [
