@@ -123,6 +123,37 @@ def _upload_manifest(client: Client, path: Path) -> str:
     return row["id"]
 
 
+def _submit_items(
+    client: Client,
+    body: dict[str, Any],
+    items: list[dict[str, Any]],
+    *,
+    inline_limit: int,
+    stem: str,
+    idempotency_key: str | None,
+    what: str,
+) -> dict:
+    """Send up to `inline_limit` items inline; more (or when the API answers 413 for
+    `items`) go as an uploaded JSONL manifest that a worker expands."""
+    if len(items) <= inline_limit:
+        try:
+            return _submit(client, {**body, "items": items}, idempotency_key, what)
+        except ApiError as exc:
+            if exc.status != 413 or exc.field != "items":
+                raise
+            err.print(f"{exc}: sending a manifest instead", soft_wrap=True)
+    with tempfile.TemporaryDirectory(prefix="janus-batch-") as tmp:
+        manifest = write_jsonl(items, Path(tmp) / f"{stem}.jsonl")
+        source = {"manifest": _upload_manifest(client, manifest)}
+    return _submit(client, {**body, "source": source}, idempotency_key, what)
+
+
+InlineLimit = Annotated[
+    int,
+    typer.Option(min=1, help="Send up to this many items inline; more are uploaded as a manifest."),
+]
+
+
 @with_exit_codes
 @handle_errors
 def caption(
@@ -151,6 +182,7 @@ def caption(
     interval: Interval = 1.0,
     timeout: Timeout = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Parallel uploads.")] = 8,
+    inline_limit: InlineLimit = DEFAULT_INLINE_LIMIT,
     idempotency_key: IdempotencyKey = None,
     api_url: ApiUrl = DEFAULT_API_URL,
     api_key: ApiKey = None,
@@ -178,26 +210,27 @@ def caption(
                 exts = ", ".join(sorted(IMAGE_EXTENSIONS))
                 raise UsageError(f"no images ({exts}) under {path}")
             uploads = _upload_images(client, root, paths, concurrency)
-            body["items"] = [{"image": u.file_id, "custom_id": u.rel} for u in uploads]
-            what = f"{_count(len(uploads), 'image')} from {path}"
-        elif where.kind == "manifest_file":
-            body["source"] = {"manifest": _upload_manifest(client, Path(where.value))}
-            what = f"manifest {where.value}"
-        elif where.kind == "manifest_uri":
-            body["source"] = {"manifest": where.value}
-            what = f"manifest {where.value}"
+            items = [{"image": u.file_id, "custom_id": u.rel} for u in uploads]
+            job = _submit_items(
+                client,
+                body,
+                items,
+                inline_limit=inline_limit,
+                stem=path.stem or "images",
+                idempotency_key=idempotency_key,
+                what=f"{_count(len(uploads), 'image')} from {path}",
+            )
         else:
-            body["source"] = {"s3_prefix": where.value}
-            what = f"every image under {where.value}"
-        try:
+            if where.kind == "manifest_file":
+                body["source"] = {"manifest": _upload_manifest(client, Path(where.value))}
+                what = f"manifest {where.value}"
+            elif where.kind == "manifest_uri":
+                body["source"] = {"manifest": where.value}
+                what = f"manifest {where.value}"
+            else:
+                body["source"] = {"s3_prefix": where.value}
+                what = f"every image under {where.value}"
             job = _submit(client, body, idempotency_key, what)
-        except ApiError as exc:
-            if exc.status == 413 and exc.field == "items":
-                raise UsageError(
-                    f"{exc}. Caption the folder in parts, or put the images in S3 and caption "
-                    "s3://bucket/prefix/"
-                ) from None
-            raise
         if wait:
             raise typer.Exit(wait_for(client, job["id"], interval=interval, timeout=timeout))
 
@@ -230,12 +263,7 @@ def generate(
     image_format: Annotated[
         ImageFormat | None, typer.Option("--format", help="Output image format (default: png).")
     ] = None,
-    inline_limit: Annotated[
-        int,
-        typer.Option(
-            min=1, help="Send up to this many items inline; more are uploaded as a manifest."
-        ),
-    ] = DEFAULT_INLINE_LIMIT,
+    inline_limit: InlineLimit = DEFAULT_INLINE_LIMIT,
     wait: Wait = False,
     interval: Interval = 1.0,
     timeout: Timeout = None,
@@ -262,18 +290,14 @@ def generate(
     }
     what = f"{_count(len(items), 'prompt')} from {prompts.name}"
     with make_client(api_url, api_key) as client:
-        job = None
-        if len(items) <= inline_limit:
-            try:
-                job = _submit(client, {**body, "items": items}, idempotency_key, what)
-            except ApiError as exc:
-                if exc.status != 413 or exc.field != "items":
-                    raise
-                err.print(f"{exc}: sending a manifest instead", soft_wrap=True)
-        if job is None:
-            with tempfile.TemporaryDirectory(prefix="janus-batch-") as tmp:
-                manifest = write_jsonl(items, Path(tmp) / f"{prompts.stem}.jsonl")
-                body["source"] = {"manifest": _upload_manifest(client, manifest)}
-            job = _submit(client, body, idempotency_key, what)
+        job = _submit_items(
+            client,
+            body,
+            items,
+            inline_limit=inline_limit,
+            stem=prompts.stem,
+            idempotency_key=idempotency_key,
+            what=what,
+        )
         if wait:
             raise typer.Exit(wait_for(client, job["id"], interval=interval, timeout=timeout))

@@ -291,6 +291,39 @@ def test_generate_sends_a_manifest_above_the_inline_limit(
     ]
 
 
+def test_caption_folder_above_the_inline_limit_goes_as_a_manifest_of_file_ids(
+    cli: Cli, api: Client, photos: Path
+) -> None:
+    run = cli(
+        "caption",
+        photos,
+        "--max-new-tokens",
+        "4",
+        "--inline-limit",
+        "2",
+        "--wait",
+        "--interval",
+        "0.2",
+        "--timeout",
+        TIMEOUT,
+    )
+    assert run.exit_code == 1, run.stderr  # broken.png fails, the rest succeed
+    assert "manifest" in run.stderr and "uploaded" in run.stderr
+    job = api.get_job(run.job_id)
+    assert "manifest" in job["source"]
+    counts = job["counts"]
+    assert counts["total"] == 4  # red, blue, sub/green, broken (notes.md is not an image)
+    assert counts["failed"] == 1 and counts["succeeded"] == counts["total"] - 1
+    items = api.items(run.job_id)["data"]
+    assert all(i["input"]["image"].startswith("file_") for i in items)
+    assert {i["custom_id"] for i in items} == {
+        "red.png",
+        "blue.jpg",
+        "sub/green.webp",
+        "broken.png",
+    }
+
+
 def test_caption_an_s3_prefix_and_copy_its_images(cli: Cli, stack: Stack, tmp_path: Path) -> None:
     run = cli(
         "caption",
