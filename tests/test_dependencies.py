@@ -25,14 +25,29 @@ def _imports(path: Path, top_level_only: bool) -> set[str]:
 RULES = [
     # package, forbidden top-level modules, check nested (function-level) imports too
     ("api", {"torch", "transformers", "janus", "worker", "tokenizers"}, True),
-    ("janus", {"celery", "sqlalchemy", "boto3", "botocore", "redis", "janus_batch", "api",
-               "worker", "fastapi"}, True),
+    (
+        "janus",
+        {
+            "celery",
+            "sqlalchemy",
+            "boto3",
+            "botocore",
+            "redis",
+            "janus_batch",
+            "api",
+            "worker",
+            "fastapi",
+        },
+        True,
+    ),
     ("janus_batch", {"torch", "transformers", "janus", "worker", "api"}, False),
 ]
 
 
 @pytest.mark.parametrize(("package", "forbidden", "nested"), RULES, ids=[r[0] for r in RULES])
-def test_package_respects_its_dependency_rule(package: str, forbidden: set[str], nested: bool) -> None:
+def test_package_respects_its_dependency_rule(
+    package: str, forbidden: set[str], nested: bool
+) -> None:
     files = sorted((ROOT / package).rglob("*.py"))
     assert files, f"{package}/ has no modules"
     offenders = {

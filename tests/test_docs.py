@@ -12,7 +12,7 @@ README = (ROOT / "README.md").read_text()
 
 
 def test_every_setting_is_in_the_readme_table() -> None:
-    rows = set(re.findall(r"^\| `(JANUS_BATCH_[A-Z0-9_]+)` \|", README, flags=re.M))
+    rows = set(re.findall(r"^\| `(JANUS_BATCH_[A-Z0-9_]+)` \|", README, flags=re.MULTILINE))
     assert rows == {f"JANUS_BATCH_{name.upper()}" for name in Settings.model_fields}
 
 
