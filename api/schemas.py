@@ -56,7 +56,7 @@ class JobCreate(BaseModel):
     )
     items: list[Any] | None = Field(
         default=None,
-        description="Inline items. caption: {image, prompt?, custom_id?} (image = s3://, "
+        description="Inline items. caption: {image, prompt?, seed?, custom_id?} (image = s3://, "
         "https:// or a file id); generate: {prompt, n?, seed?, cfg_weight?, temperature?, "
         "custom_id?}.",
     )

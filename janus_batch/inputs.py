@@ -93,10 +93,12 @@ class GenerateParams(_Strict):
 
 
 class CaptionItemIn(_Strict):
-    """One caption item as sent: an image reference and optional question / custom id."""
+    """One caption item as sent: an image reference and optional question, sampling seed and
+    custom id."""
 
     image: str = Field(min_length=1, max_length=4096)
     prompt: str | None = Field(default=None, min_length=1)
+    seed: Seed | None = None
     custom_id: CustomId | None = None
 
 
@@ -153,6 +155,11 @@ def check_image_ref(ref: str, field: str, what: str = "image reference") -> str:
     return ref
 
 
+def draw_seed() -> int:
+    """A seed for an item sent without one (recorded in its input)."""
+    return secrets.randbits(63)
+
+
 def _check_prompt(text: str, field: str, max_chars: int) -> str:
     if not text.strip():
         raise InvalidInput(field, "must not be empty")
@@ -169,7 +176,8 @@ def caption_item(
     max_prompt_chars: int,
     resolve_file: Callable[[str, str], str] | None = None,
 ) -> NewItem:
-    """Validate one caption item into a row input `{image, uri, prompt}`.
+    """Validate one caption item into a row input `{image, uri, prompt, seed}`; a missing
+    seed is drawn, so a sampled caption (temperature > 0) can be made again.
 
     `resolve_file(file_id, field)` turns an uploaded file id into a fetchable URI
     (`storage:<key>`), raising InvalidInput when the id is unknown to the caller.
@@ -189,7 +197,9 @@ def caption_item(
             raise InvalidInput(f"{where}.image", "file ids are not accepted here")
         uri = resolve_file(image, f"{where}.image")
     prompt = _check_prompt(item.prompt or params.prompt, f"{where}.prompt", max_prompt_chars)
-    return NewItem(input={"image": image, "uri": uri, "prompt": prompt}, custom_id=item.custom_id)
+    seed = item.seed if item.seed is not None else draw_seed()
+    value = {"image": image, "uri": uri, "prompt": prompt, "seed": seed}
+    return NewItem(input=value, custom_id=item.custom_id)
 
 
 def generate_item(
@@ -211,7 +221,7 @@ def generate_item(
     value = {
         "prompt": prompt,
         "n": n,
-        "seed": item.seed if item.seed is not None else secrets.randbits(63),
+        "seed": item.seed if item.seed is not None else draw_seed(),
         "cfg_weight": item.cfg_weight if item.cfg_weight is not None else params.cfg_weight,
         "temperature": item.temperature if item.temperature is not None else params.temperature,
         "top_k": item.top_k if item.top_k is not None else params.top_k,

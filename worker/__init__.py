@@ -7,8 +7,10 @@
 - `expand` (with `sources`): an S3 prefix or a manifest streamed into items;
 - `finalize`: results.jsonl / errors.jsonl and the job's final status;
 - `sweeper`: expired leases, lost messages, stuck jobs;
-- `runtime`, `context`, `metrics`: the engine's lifecycle, the pipeline's dependencies,
-  Prometheus metrics.
+- `runtime`, `context`: the engine's lifecycle and the pipeline's dependencies.
+
+Prometheus metrics are the objects of `janus_batch.metrics`, recorded by `chunk`, the
+handlers and `sweeper`, and served by `app` on `JANUS_BATCH_METRICS_PORT`.
 
 Tests call the pipeline functions directly with their own `Context`.
 """

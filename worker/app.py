@@ -12,7 +12,8 @@ The sweeper runs on Celery beat, either inside one worker (add `-B`) or as its o
 
 A worker that serves only `-Q janus.control` (expand, finalize, sweep) loads no model. CPU
 works too (JANUS_BATCH_DEVICE=cpu). All settings are `JANUS_BATCH_*` variables; with
-JANUS_BATCH_METRICS_PORT=9100 each worker process serves Prometheus metrics there.
+JANUS_BATCH_METRICS_PORT=9100 each worker process serves Prometheus metrics there (the
+objects of `janus_batch.metrics`, served from the process that runs the tasks).
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from typing import Any
 from celery import signals
 
 from janus_batch import constants as c
+from janus_batch import metrics
 from janus_batch.db import dispose_engines
 from janus_batch.queue import get_celery
 from janus_batch.settings import get_settings
-from worker import metrics, runtime
+from worker import runtime
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,17 @@ def consumes_model_queues(queue_names: Any) -> bool:
     return not queue_names or bool(MODEL_QUEUES & set(queue_names))
 
 
+def serve_metrics(port: int) -> bool:
+    """Serve this process's metrics on `port`; False (logged) if the port is taken, e.g. by
+    a second prefork child: run `-P solo`, one process and one port per GPU."""
+    try:
+        metrics.start_worker_metrics_server(port)
+    except OSError as exc:
+        log.warning("metrics not served on port %d: %s", port, exc)
+        return False
+    return True
+
+
 @signals.worker_init.connect
 def _on_worker_init(sender: Any = None, **_: Any) -> None:
     """In the worker's main process, before any pool: note whether the model is needed."""
@@ -51,13 +64,13 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
 @signals.worker_process_init.connect
 def _on_process_init(**_: Any) -> None:
     """In each process that runs tasks (a prefork child, or the solo worker itself): drop
-    connections inherited over fork, then load the model once."""
+    connections inherited over fork, serve the metrics, then load the model once."""
     dispose_engines()
     runtime.reset()
     settings = get_settings()
     runtime.configure_torch(settings)
     if settings.metrics_port:
-        metrics.serve(settings.metrics_port)
+        serve_metrics(settings.metrics_port)
     if _needs_model:
         log.info("loading model %s on %s", settings.model, settings.device)
         runtime.get_engine()

@@ -2,7 +2,9 @@
 
 An image that cannot be fetched (missing key, 404) or decoded (corrupt, truncated, not an
 image) fails only its own item with a readable error; transient fetch errors are retried with
-backoff by `janus_batch.fetch` first. Result of an item: `{"caption": text}`.
+backoff by `janus_batch.fetch` first. Sampling (temperature > 0) uses the item's recorded
+`seed`, so resubmitting the same image, question and seed gives the same caption. Result of
+an item: `{"caption": text}`.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from janus_batch import metrics
 from janus_batch.fetch import FetchError, fetch_many
 from janus_batch.models import Job
 from janus_batch.states import ItemStatus, JobKind
-from worker.chunk import Handler, Work, failed
+from worker.chunk import Handler, Work, failed, run_engine
 from worker.claim import Claimed, Outcome
 from worker.context import Context
 
@@ -35,6 +38,13 @@ def open_image(data: bytes, uri: str) -> Image.Image:
         raise ValueError(f"cannot read image {uri}: {exc}") from None
 
 
+def item_seed(item: Claimed) -> int:
+    """The sampling seed of a caption item: the one recorded in its input (drawn at submission
+    when not given), or its row id for items created before seeds were recorded."""
+    seed = item.input.get("seed")
+    return int(seed) if seed is not None else item.id
+
+
 class CaptionHandler(Handler):
     """The caption-specific steps of a chunk."""
 
@@ -44,14 +54,15 @@ class CaptionHandler(Handler):
         self, ctx: Context, job: Job, items: list[Claimed]
     ) -> tuple[list[Work], list[Outcome]]:
         settings = ctx.settings
-        fetched = fetch_many(
-            [item.input["uri"] for item in items],
-            concurrency=settings.fetch_concurrency,
-            storage=ctx.storage,
-            endpoint_url=settings.s3_endpoint_url,
-            region=settings.s3_region,
-            max_retries=settings.max_retries,
-        )
+        with metrics.FETCH_SECONDS.time():
+            fetched = fetch_many(
+                [item.input["uri"] for item in items],
+                concurrency=settings.fetch_concurrency,
+                storage=ctx.storage,
+                endpoint_url=settings.s3_endpoint_url,
+                region=settings.s3_region,
+                max_retries=settings.max_retries,
+            )
         work: list[Work] = []
         errors: list[Outcome] = []
         for item, data in zip(items, fetched, strict=True):
@@ -81,14 +92,14 @@ class CaptionHandler(Handler):
                     max_new_tokens=int(params.get("max_new_tokens") or ctx.settings.max_new_tokens),
                     temperature=float(params["temperature"]),
                     top_p=float(params["top_p"]),
-                    seed=int(w.item.input.get("seed", w.item.id)),
+                    seed=item_seed(w.item),
                 )
             except ValueError as exc:  # JanusRequestError is a ValueError too
                 outcomes[w.item.id] = failed(w.item, str(exc))
                 continue
             ready.append((w, request))
         if ready:
-            results = ctx.engine().caption([request for _, request in ready])
+            results = run_engine(self.kind, ctx.engine(), [request for _, request in ready])
             for (w, _), result in zip(ready, results, strict=True):
                 if result.error is not None:
                     outcomes[w.item.id] = failed(w.item, result.error)

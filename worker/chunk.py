@@ -13,6 +13,10 @@ order of state changes, which is the same for both kinds:
    lease of the items still to do, and re-read the job status;
 4. items left when a cancel is seen become `cancelled`; the last transaction tries the move
    to `finalizing` and the winner enqueues `janus.finalize_job`.
+
+Metrics (`janus_batch.metrics`): items are counted once the transaction that moved them has
+committed, by the rows it changed; `run_engine` times each engine call and hooks the engine
+so its forward passes record their fill.
 """
 
 from __future__ import annotations
@@ -25,14 +29,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from janus_batch import constants as c
+from janus_batch import metrics
 from janus_batch.db import session_scope
 from janus_batch.models import Job
 from janus_batch.progress import mark_running, try_start_finalizing
 from janus_batch.queue import send_control
-from janus_batch.states import ItemStatus, JobStatus
+from janus_batch.states import ItemStatus, JobKind, JobStatus
 from worker.claim import Claimed, Outcome, cancel_pending, claim_items, complete_items, extend_lease
 from worker.context import Context
-from worker.metrics import BATCH_SECONDS, CHUNK_SECONDS, ITEMS
 
 log = logging.getLogger(__name__)
 
@@ -73,41 +77,65 @@ def failed(item: Claimed, error: str) -> Outcome:
 def run_chunk(ctx: Context, handler: Handler, job_id: str, item_ids: Sequence[int]) -> Counter[str]:
     """Process one chunk message; returns the counts this call changed (by item status)."""
     started = time.monotonic()
-    job, claimed = _start(ctx, job_id, item_ids)
+    job, claimed = _start(ctx, handler.kind, job_id, item_ids)
     if job is None or not claimed:
         return Counter()
     log.info("job=%s chunk claimed %d/%d items", job_id, len(claimed), len(item_ids))
     try:
+        total = _run_claimed(ctx, handler, job, claimed)
+    finally:
+        metrics.CHUNK_SECONDS.labels(handler.kind).observe(time.monotonic() - started)
+    log.info("job=%s chunk done: %s", job_id, dict(total) or "nothing recorded")
+    return total
+
+
+def _run_claimed(ctx: Context, handler: Handler, job: Job, claimed: list[Claimed]) -> Counter[str]:
+    """Prepare, run and record the claimed items of a chunk; the counts recorded."""
+    kind = handler.kind
+    try:
         work, early = handler.prepare(ctx, job, claimed)
     except Exception as exc:  # a bug in preparation must not strand the claimed items
-        log.exception("job=%s preparing the chunk failed", job_id)
+        log.exception("job=%s preparing the chunk failed", job.id)
         work, early = [], [failed(item, f"worker error: {_describe(exc)}") for item in claimed]
     total: Counter[str] = Counter()
     remaining = list(work)
-    status = _checkpoint(ctx, job_id, early, remaining, total)
+    status = _checkpoint(ctx, kind, job.id, early, remaining, total)
     for batch in handler.batches(ctx, work):
         if status in STOPPING:
             break
         outcomes = _run_batch(ctx, handler, job, batch)
         done = {w.item.id for w in batch}
         remaining = [w for w in remaining if w.item.id not in done]
-        status = _checkpoint(ctx, job_id, outcomes, remaining, total)
+        status = _checkpoint(ctx, kind, job.id, outcomes, remaining, total)
     if remaining:
-        log.info("job=%s cancelled: %d claimed items not run", job_id, len(remaining))
+        log.info("job=%s cancelled: %d claimed items not run", job.id, len(remaining))
         cancelled = [
             Outcome(w.item, ItemStatus.CANCELLED, error="job cancelled") for w in remaining
         ]
-        _checkpoint(ctx, job_id, cancelled, [], total)
-    for item_status, n in total.items():
-        ITEMS.labels(handler.kind, item_status).inc(n)
-    CHUNK_SECONDS.labels(handler.kind).observe(time.monotonic() - started)
-    log.info("job=%s chunk done: %s", job_id, dict(total) or "nothing recorded")
+        _checkpoint(ctx, kind, job.id, cancelled, [], total)
     return total
 
 
-def _start(ctx: Context, job_id: str, item_ids: Sequence[int]) -> tuple[Job | None, list[Claimed]]:
+def run_engine(kind: str, engine: Any, requests: list[Any]) -> list[Any]:
+    """One engine call (a micro-batch: `engine.caption` or `engine.generate`), its size and
+    model seconds recorded; the first call hooks the engine so each forward pass records
+    its fill. Engines without the hook (test doubles) are called all the same."""
+    hook = getattr(engine, "on_pass", None)
+    if hasattr(engine, "max_batch_rows") and not isinstance(hook, metrics.PassRecorder):
+        engine.on_pass = metrics.PassRecorder(engine.max_batch_rows, then=hook)
+    call = engine.caption if kind == JobKind.CAPTION else engine.generate
+    started = time.perf_counter()
+    results = call(requests)
+    metrics.observe_batch(kind, size=len(requests), model_seconds=time.perf_counter() - started)
+    return list(results)
+
+
+def _start(
+    ctx: Context, kind: str, job_id: str, item_ids: Sequence[int]
+) -> tuple[Job | None, list[Claimed]]:
     """Claim the chunk's items, or cancel them if the job is being cancelled."""
     finalize = False
+    cancelled = 0
     claimed: list[Claimed] = []
     with session_scope(ctx.database_url) as session:
         job = session.get(Job, job_id)
@@ -118,14 +146,18 @@ def _start(ctx: Context, job_id: str, item_ids: Sequence[int]) -> tuple[Job | No
             log.info("job=%s chunk skipped: job is %s", job_id, job.status)
             return job, []
         if job.status in STOPPING:
-            n = cancel_pending(session, job_id, item_ids)
-            log.info("job=%s chunk of a cancelled job: %d pending items cancelled", job_id, n)
+            cancelled = cancel_pending(session, job_id, item_ids)
+            log.info(
+                "job=%s chunk of a cancelled job: %d pending items cancelled", job_id, cancelled
+            )
         else:
             claimed = claim_items(session, job_id, item_ids, ctx.settings.lease_seconds)
             if claimed:
                 mark_running(session, job_id)
         if not claimed:
             finalize = try_start_finalizing(session, job_id)
+    if cancelled:
+        metrics.ITEMS_PROCESSED.labels(kind, ItemStatus.CANCELLED).inc(cancelled)
     if finalize:
         _send_finalize(ctx, job_id)
     if not claimed and job.status not in STOPPING:
@@ -136,7 +168,6 @@ def _start(ctx: Context, job_id: str, item_ids: Sequence[int]) -> tuple[Job | No
 def _run_batch(ctx: Context, handler: Handler, job: Job, batch: list[Work]) -> list[Outcome]:
     """Run one micro-batch. If the engine runs out of memory, each half is run on its own
     (down to single items) before items fail; any other error fails the micro-batch."""
-    started = time.monotonic()
     split = False
     try:
         outcomes = handler.run(ctx, job, batch)
@@ -152,8 +183,6 @@ def _run_batch(ctx: Context, handler: Handler, job: Job, batch: list[Work]) -> l
         else:
             log.exception("job=%s micro-batch of %d items failed", job.id, len(batch))
             return [failed(w.item, f"model error: {_describe(exc)}") for w in batch]
-    finally:
-        BATCH_SECONDS.labels(handler.kind).observe(time.monotonic() - started)
     if split:
         half = len(batch) // 2
         return _run_batch(ctx, handler, job, batch[:half]) + _run_batch(
@@ -167,6 +196,7 @@ def _run_batch(ctx: Context, handler: Handler, job: Job, batch: list[Work]) -> l
 
 def _checkpoint(
     ctx: Context,
+    kind: str,
     job_id: str,
     outcomes: list[Outcome],
     remaining: list[Work],
@@ -176,13 +206,16 @@ def _checkpoint(
     when nothing remains, try the move to finalizing. Returns the job status."""
     finalize = False
     with session_scope(ctx.database_url) as session:
-        total.update(complete_items(session, job_id, outcomes))
+        changed = complete_items(session, job_id, outcomes)
         if remaining:
             extend_lease(session, (w.item for w in remaining), ctx.settings.lease_seconds)
         else:
             finalize = try_start_finalizing(session, job_id)
         job = session.get(Job, job_id)
         status = job.status if job is not None else None
+    total.update(changed)  # committed: count them
+    for item_status, n in changed.items():
+        metrics.ITEMS_PROCESSED.labels(kind, item_status).inc(n)
     if finalize:
         _send_finalize(ctx, job_id)
     return status

@@ -13,10 +13,11 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from janus_batch import metrics
 from janus_batch.fetch import retry_transient
 from janus_batch.models import Job
 from janus_batch.states import ItemStatus, JobKind
-from worker.chunk import Handler, Work, failed
+from worker.chunk import Handler, Work, failed, run_engine
 from worker.claim import Claimed, Outcome
 from worker.context import Context
 from worker.encode import ImageFormat, encode_image, image_format
@@ -72,17 +73,13 @@ class GenerateHandler(Handler):
 
     def run(self, ctx: Context, job: Job, batch: list[Work]) -> list[Outcome]:
         engine = ctx.engine()
-        results = engine.generate([w.payload for w in batch])
+        results = run_engine(self.kind, engine, [w.payload for w in batch])
         fmt = image_format((job.params or {}).get("format"))
         uploads = []
         for w, result in zip(batch, results, strict=True):
             if result.error is None:
                 uploads.extend((w, generated) for generated in result.images)
-        with ThreadPoolExecutor(
-            max_workers=max(1, min(ctx.settings.upload_concurrency, len(uploads) or 1)),
-            thread_name_prefix="janus-upload",
-        ) as pool:
-            stored = list(pool.map(lambda u: _store(ctx, job, engine.model_name, fmt, *u), uploads))
+        stored = _store_all(ctx, job, engine.model_name, fmt, uploads) if uploads else []
         by_item: dict[int, list[dict[str, Any] | str]] = {}
         for (w, _), entry in zip(uploads, stored, strict=True):
             by_item.setdefault(w.item.id, []).append(entry)
@@ -99,6 +96,20 @@ class GenerateHandler(Handler):
                 result_json = {"images": entries, "format": fmt.ext}
                 outcomes.append(Outcome(w.item, ItemStatus.SUCCEEDED, result=result_json))
         return outcomes
+
+
+def _store_all(
+    ctx: Context, job: Job, model: str, fmt: ImageFormat, uploads: list[tuple[Work, Any]]
+) -> list[dict[str, Any] | str]:
+    """Encode and upload a micro-batch's images concurrently (timed for the metrics)."""
+    with (
+        metrics.UPLOAD_SECONDS.time(),
+        ThreadPoolExecutor(
+            max_workers=max(1, min(ctx.settings.upload_concurrency, len(uploads))),
+            thread_name_prefix="janus-upload",
+        ) as pool,
+    ):
+        return list(pool.map(lambda u: _store(ctx, job, model, fmt, *u), uploads))
 
 
 def _store(

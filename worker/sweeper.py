@@ -17,7 +17,8 @@ Run by Celery beat every `settings.sweep_interval` (task `janus.sweep`) or direc
    hold pending items (their chunk messages lost): pending items are cancelled, expansion
    is closed, and the job goes to finalization.
 
-Every change is a conditional UPDATE, so a sweep racing a worker never counts twice.
+Every change is a conditional UPDATE, so a sweep racing a worker never counts twice. Each run
+ends by setting the `janus_queue_depth` gauge from the length of every queue.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import redis
 from sqlalchemy import and_, or_, select, update
 
 from janus_batch import constants as c
+from janus_batch import metrics
 from janus_batch.db import session_scope
 from janus_batch.models import Item, Job, utcnow
 from janus_batch.progress import bump_counts, try_start_finalizing
@@ -48,6 +50,7 @@ POISON_ERROR = (
     f"worker lost {MAX_ATTEMPTS} times while processing this item "
     "(the process was killed or crashed)"
 )
+QUEUES = [c.CAPTION_QUEUE, c.GENERATE_QUEUE, c.CONTROL_QUEUE]
 LIVE_JOBS = (JobStatus.QUEUED, JobStatus.RUNNING)
 STOPPING = (JobStatus.CANCELLING, JobStatus.CANCELLED)
 
@@ -65,7 +68,21 @@ def sweep(ctx: Context, now: datetime | None = None) -> dict[str, int]:
     }
     if any(counts.values()):
         log.info("sweep: %s", counts)
+    record_queue_depths(ctx)
     return counts
+
+
+def record_queue_depths(ctx: Context) -> dict[str, int]:
+    """Set the queue depth gauge from LLEN of every queue (after this sweep's re-enqueues);
+    a Redis error is logged, not raised: the sweep's work is done by then."""
+    client = redis.Redis.from_url(ctx.settings.redis_url)
+    try:
+        return metrics.record_queue_depths(client, QUEUES, ctx.settings.queue_prefix)
+    except redis.RedisError as exc:
+        log.warning("sweep: queue depths not recorded: %s", exc)
+        return {}
+    finally:
+        client.close()
 
 
 def _finalize_if_done(ctx: Context, job_ids: set[str]) -> None:

@@ -3,6 +3,7 @@ message; Idempotency-Key returns the same job."""
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import select
@@ -12,7 +13,7 @@ from janus_batch import jobs
 from janus_batch.db import session_scope
 from janus_batch.models import Item, Job
 from janus_batch.queue import get_celery
-from tests.api.helpers import caption_job
+from tests.api.helpers import caption_job, finish_items
 from tests.services import free_port
 
 
@@ -59,12 +60,51 @@ def test_caption_job_inserts_items_and_enqueues_chunks(
     assert [r.idx for r in rows] == [0, 1, 2, 3, 4]
     assert [r.custom_id for r in rows] == ["c0", "c1", "c2", "c3", "c4"]
     assert rows[0].input == {
-        "image": "s3://bucket/img0.jpg", "uri": "s3://bucket/img0.jpg", "prompt": "What is this?"
+        "image": "s3://bucket/img0.jpg", "uri": "s3://bucket/img0.jpg", "prompt": "What is this?",
+        "seed": rows[0].input["seed"],
     }  # fmt: skip
+    assert all(isinstance(r.input["seed"], int) for r in rows)  # drawn (see the test below)
     assert all(r.status == "pending" for r in rows)
     stored = _job(database_url, job["id"])
     assert stored.output_prefix == f"jobs/{job['id']}"
     assert stored.owner == c.LOCAL_OWNER
+
+
+def test_caption_job_records_seeds(client, database_url):
+    """A caption item's seed (given, or drawn) is recorded in its input and comes back in its
+    results line, so a sampled caption can be made again by resubmitting it."""
+    items = [
+        {"image": "s3://bucket/a.jpg", "seed": 7},
+        {"image": "s3://bucket/a.jpg", "seed": 2**63 - 1},
+        {"image": "s3://bucket/b.jpg", "custom_id": "drawn"},
+        "s3://bucket/c.jpg",
+    ]
+    body = {"kind": "caption", "params": {"temperature": 0.8}, "items": items}
+    response = client.post("/v1/jobs", json=body)
+    assert response.status_code == 202, response.text
+    job = response.json()
+
+    listed = client.get(f"/v1/jobs/{job['id']}/items").json()["data"]
+    seeds = [item["input"]["seed"] for item in listed]
+    assert seeds[:2] == [7, 2**63 - 1]
+    assert all(isinstance(s, int) and 0 <= s < 2**63 for s in seeds[2:])
+    assert seeds[2] != seeds[3]  # drawn apart (63 random bits)
+    assert [r.input["seed"] for r in _items(database_url, job["id"])] == seeds
+
+    finish_items(database_url, job["id"], [0, 2], result={"caption": "a dog"})
+    response = client.get(f"/v1/jobs/{job['id']}/results")
+    assert response.status_code == 200, response.text
+    lines = [json.loads(line) for line in response.text.splitlines()]
+    assert [(line["idx"], line["input"]["seed"]) for line in lines] == [(0, 7), (2, seeds[2])]
+    assert lines[1]["custom_id"] == "drawn" and lines[1]["caption"] == "a dog"
+
+
+def test_caption_seed_bounds_match_generate(client):
+    for seed in (-1, 2**63, 1.5, "seven"):
+        body = {"kind": "caption", "items": [{"image": "s3://bucket/a.jpg", "seed": seed}]}
+        response = client.post("/v1/jobs", json=body)
+        assert response.status_code == 422, (seed, response.text)
+        assert response.json()["error"]["field"] == "items[0].seed"
 
 
 def test_generate_job_records_seeds_and_item_overrides(client, database_url, queue_len):

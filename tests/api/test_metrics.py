@@ -91,7 +91,9 @@ def test_worker_metrics_are_served_on_their_own_port(redis_url, queue_prefix):
     items = worker_metrics.ITEMS_PROCESSED.labels("generate", "succeeded")
     start = items._value.get()
     items.inc(5)
-    worker_metrics.observe_batch("generate", rows=12, max_rows=16, size=6, model_seconds=2.5)
+    worker_metrics.observe_batch("generate", size=6, model_seconds=2.5)
+    worker_metrics.PassRecorder(16)("generate", 6, 12)  # the engine's on_pass hook
+    worker_metrics.CHUNK_SECONDS.labels("generate").observe(4.0)
     with worker_metrics.FETCH_SECONDS.time():
         pass
     worker_metrics.UPLOAD_SECONDS.observe(0.3)
@@ -116,6 +118,7 @@ def test_worker_metrics_are_served_on_their_own_port(redis_url, queue_prefix):
     total = "janus_worker_items_processed_total"
     assert value(samples, total, kind="generate", outcome="succeeded") == start + 5
     assert value(samples, "janus_worker_batch_size_count", kind="generate") >= 1
+    assert value(samples, "janus_worker_chunk_seconds_count", kind="generate") >= 1
     assert value(samples, "janus_worker_batch_fill_ratio_bucket", kind="generate", le="0.7") < (
         value(samples, "janus_worker_batch_fill_ratio_bucket", kind="generate", le="0.8")
     )  # 12/16 = 0.75 falls in (0.7, 0.8]
@@ -123,3 +126,9 @@ def test_worker_metrics_are_served_on_their_own_port(redis_url, queue_prefix):
     assert value(samples, "janus_worker_fetch_seconds_count") >= 1
     assert value(samples, "janus_worker_upload_seconds_count") >= 1
     assert value(samples, "janus_queue_depth", queue="janus.caption") == 3
+    families = {family.name for family in text_string_to_metric_families(response.text)}
+    assert {
+        "janus_worker_items_processed", "janus_worker_chunk_seconds", "janus_worker_batch_size",
+        "janus_worker_batch_fill_ratio", "janus_worker_model_seconds", "janus_worker_fetch_seconds",
+        "janus_worker_upload_seconds", "janus_queue_depth", "process_cpu_seconds",
+    } <= families  # fmt: skip

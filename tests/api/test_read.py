@@ -92,11 +92,12 @@ def test_results_stream_partial_from_sql(client, database_url):
     assert response.headers["x-partial"] == "true"
     lines = _lines(response)
     assert [line["idx"] for line in lines] == [0, 2]
+    seeds = [i["input"]["seed"] for i in client.get(f"/v1/jobs/{job['id']}/items").json()["data"]]
     assert lines[0] == {
         "custom_id": "c0",
         "idx": 0,
         "input": {"image": "s3://bucket/img0.jpg", "uri": "s3://bucket/img0.jpg",
-                  "prompt": "Describe."},
+                  "prompt": "Describe.", "seed": seeds[0]},
         "caption": "a dog",
         "model": job["model"],
         "params": job["params"],
@@ -106,7 +107,7 @@ def test_results_stream_partial_from_sql(client, database_url):
     errors = _lines(client.get(f"/v1/jobs/{job['id']}/results", params={"errors": "true"}))
     assert errors == [
         {"custom_id": "c3", "idx": 3, "input": lines[0]["input"] | {
-            "image": "s3://bucket/img3.jpg", "uri": "s3://bucket/img3.jpg"},
+            "image": "s3://bucket/img3.jpg", "uri": "s3://bucket/img3.jpg", "seed": seeds[3]},
          "error": "404 Not Found", "status": "failed"}
     ]  # fmt: skip
 

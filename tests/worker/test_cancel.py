@@ -115,10 +115,11 @@ def test_cancel_before_expand_finalizes_as_cancelled(ctx: Context) -> None:
 
 
 def test_cancel_during_expand_cancels_items_inserted_after_it(
-    ctx: Context, monkeypatch: pytest.MonkeyPatch
+    make_ctx: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Page 1 is inserted, the cancel arrives, page 2 is inserted before the next check: the
     expansion stops and cancels page 2 itself (no chunk has to run for the job to finish)."""
+    ctx = make_ctx(chunk_size="2")  # an insert page holds whole chunks: pages of 2
     monkeypatch.setattr(expand, "INSERT_PAGE", 2)
     monkeypatch.setattr(expand, "RESOLVE_PAGE", 1)
     monkeypatch.setattr(expand, "CHECK_EVERY", 5)

@@ -106,3 +106,49 @@ def test_engine_exception_fails_the_micro_batch_not_the_worker(make_ctx: Any, s3
     }
     job = get_job(ctx, job_id)
     assert (job.status, job.failed) == (JobStatus.FINALIZING, 5)
+
+
+def captions_of(ctx: Any, s3_env: Any, items: list[dict[str, Any]]) -> list[Any]:
+    """Run a sampled caption job (temperature 0.8) of `items`; its rows in item order."""
+    for item in items:
+        item["image"] = f"s3://{s3_env.bucket}/seeds/{item['image']}"
+    params = {"temperature": 0.8, "max_new_tokens": 8}
+    job_id = create_job(ctx, JobKind.CAPTION, items, params=params)
+    drain(ctx)
+    rows = get_items(ctx, job_id)
+    assert all(row.status == ItemStatus.SUCCEEDED for row in rows), [r.error for r in rows]
+    return rows
+
+
+def test_sampled_captions_follow_the_recorded_seed(ctx: Any, s3_env: Any) -> None:
+    client = s3_env.client()
+    client.put_object(Bucket=s3_env.bucket, Key="seeds/red.png", Body=png_bytes())
+    client.put_object(Bucket=s3_env.bucket, Key="seeds/blue.png", Body=png_bytes((10, 10, 240)))
+
+    [alone] = captions_of(ctx, s3_env, [{"image": "red.png", "seed": 1234}])
+    shared, other_seed, drawn = captions_of(
+        ctx,
+        s3_env,
+        [
+            {"image": "blue.png", "seed": 99},  # other requests share the batch this time
+            {"image": "red.png", "seed": 1234},
+            {"image": "red.png", "seed": 4321},
+            {"image": "red.png"},
+        ],
+    )[1:]
+
+    assert alone.input["seed"] == shared.input["seed"] == 1234
+    assert shared.result["caption"] == alone.result["caption"]  # same image, question and seed
+    assert other_seed.result["caption"] != alone.result["caption"]  # another seed samples anew
+    # a seed not given was drawn and recorded: resubmitting it makes the same caption again
+    assert isinstance(drawn.input["seed"], int) and 0 <= drawn.input["seed"] < 2**63
+    [again] = captions_of(ctx, s3_env, [{"image": "red.png", "seed": drawn.input["seed"]}])
+    assert again.result["caption"] == drawn.result["caption"]
+
+
+def test_rows_without_a_recorded_seed_fall_back_to_their_id() -> None:
+    from worker.caption import item_seed
+    from worker.claim import Claimed
+
+    assert item_seed(Claimed(id=42, idx=0, attempts=1, input={"uri": "s3://b/k"})) == 42
+    assert item_seed(Claimed(id=42, idx=0, attempts=1, input={"uri": "s3://b/k", "seed": 7})) == 7

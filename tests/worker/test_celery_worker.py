@@ -12,12 +12,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
 from janus_batch.db import session_scope
 from janus_batch.models import Item
 from janus_batch.states import JOB_FINAL, ItemStatus, JobKind, JobStatus
+from tests.services import free_port
 from tests.worker.helpers import create_job, get_items, get_job, png_bytes, read_jsonl
 from worker.sweeper import sweep
 
@@ -28,9 +31,9 @@ QUEUES = "janus.caption,janus.generate,janus.control"
 class WorkerProcess:
     """A `celery -A worker.app worker -P solo` subprocess logging to a file."""
 
-    def __init__(self, log_path: Path, queues: str = QUEUES) -> None:
+    def __init__(self, log_path: Path, queues: str = QUEUES, **extra_env: str) -> None:
         self.log_path = log_path
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **extra_env}
         command = [
             sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-P", "solo",
             "-c", "1", "-Q", queues, "-E", "--loglevel", "INFO",
@@ -65,8 +68,8 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     """Start worker processes; every one is stopped (or killed) afterwards."""
     workers: list[WorkerProcess] = []
 
-    def start(queues: str = QUEUES) -> WorkerProcess:
-        worker = WorkerProcess(tmp_path / f"worker-{len(workers)}.log", queues)
+    def start(queues: str = QUEUES, **extra_env: str) -> WorkerProcess:
+        worker = WorkerProcess(tmp_path / f"worker-{len(workers)}.log", queues, **extra_env)
         workers.append(worker)
         return worker
 
@@ -104,7 +107,8 @@ def test_real_worker_processes_jobs(ctx: Any, s3_env: Any, start_worker: Any) ->
         params={"max_new_tokens": 4},
     )  # fmt: skip
     images = create_job(ctx, JobKind.GENERATE, [{"prompt": f"p{i}", "n": 2} for i in range(10)])
-    worker = start_worker()
+    port = free_port()
+    worker = start_worker(JANUS_BATCH_METRICS_PORT=str(port))
     control = start_worker("janus.control")  # a CPU-only worker for expand/finalize/sweep
 
     for job_id in (captions, images):
@@ -121,6 +125,24 @@ def test_real_worker_processes_jobs(ctx: Any, s3_env: Any, start_worker: Any) ->
     log = worker.log()
     assert f"job={images}" in log and "model" in log and "loaded" in log
     assert "control-only worker: no model loaded" in control.log()
+
+    # the worker process served its own metrics on JANUS_BATCH_METRICS_PORT
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    samples = {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+    def processed(kind: str, outcome: str) -> float:
+        labels = frozenset({("kind", kind), ("outcome", outcome)})
+        return samples.get(("janus_worker_items_processed_total", labels), 0.0)
+
+    assert processed("caption", "succeeded") == 1 and processed("caption", "failed") == 1
+    assert processed("generate", "succeeded") == 10
+    assert samples[("janus_worker_chunk_seconds_count", frozenset({("kind", "generate")}))] == 2
+    assert samples[("janus_worker_fetch_seconds_count", frozenset())] == 1
+    assert samples[("janus_worker_upload_seconds_count", frozenset())] >= 1
 
 
 def test_sigkill_mid_chunk_loses_nothing(make_ctx: Any, start_worker: Any) -> None:

@@ -278,7 +278,9 @@ def test_manifest_of_file_ids_resolves_the_owners_files(
         "image": mine[0],
         "uri": f"storage:{key}",
         "prompt": "Describe this image.",
+        "seed": rows[0].input["seed"],  # drawn, recorded
     }
+    assert isinstance(rows[0].input["seed"], int)
     assert rows[0].custom_id == "a"
     assert rows[2].input["image"] == mine[1] and rows[2].input["uri"].startswith("storage:inputs/")
     assert rows[1].error == f"manifest line 2.image: unknown file id '{foreign}'"

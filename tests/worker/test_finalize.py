@@ -56,7 +56,7 @@ def settle(ctx: Any, job_id: str) -> None:
 
 
 def test_finalize_writes_manifests_once(ctx: Any) -> None:
-    images = [{"image": f"s3://b/{i}.png", "custom_id": f"id-{i}"} for i in range(4)]
+    images = [{"image": f"s3://b/{i}.png", "custom_id": f"id-{i}", "seed": i} for i in range(4)]
     job_id = create_job(ctx, JobKind.CAPTION, images, params={"prompt": "What is it?"})
     settle(ctx, job_id)
 
@@ -69,7 +69,12 @@ def test_finalize_writes_manifests_once(ctx: Any) -> None:
     assert results[0] == {
         "custom_id": "id-0",
         "idx": 0,
-        "input": {"image": "s3://b/0.png", "uri": "s3://b/0.png", "prompt": "What is it?"},
+        "input": {
+            "image": "s3://b/0.png",
+            "uri": "s3://b/0.png",
+            "prompt": "What is it?",
+            "seed": 0,
+        },
         "caption": "a cat",
         "model": job.model,
         "params": job.params,
@@ -79,7 +84,12 @@ def test_finalize_writes_manifests_once(ctx: Any) -> None:
     assert errors[0] == {
         "custom_id": "id-1",
         "idx": 1,
-        "input": {"image": "s3://b/1.png", "uri": "s3://b/1.png", "prompt": "What is it?"},
+        "input": {
+            "image": "s3://b/1.png",
+            "uri": "s3://b/1.png",
+            "prompt": "What is it?",
+            "seed": 1,
+        },
         "error": "cannot read image x",
         "status": "failed",
     }

@@ -1,14 +1,9 @@
-"""The engine lifecycle, the worker's model-loading decision, task registration, metrics."""
+"""The engine lifecycle, the worker's model-loading decision, task registration (metrics are
+in test_metrics)."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from prometheus_client import REGISTRY
-
 from janus_batch import constants as c
-from janus_batch.states import JobKind
-from tests.worker.helpers import create_job, drain
 from worker import runtime
 
 
@@ -42,14 +37,3 @@ def test_tasks_are_registered_by_name() -> None:
     names = {c.CAPTION_CHUNK_TASK, c.GENERATE_CHUNK_TASK, c.EXPAND_SOURCE_TASK,
              c.FINALIZE_JOB_TASK, c.SWEEP_TASK}  # fmt: skip
     assert names <= set(app.tasks)
-
-
-def test_item_metrics(ctx: Any) -> None:
-    def done() -> float:
-        labels = {"kind": "generate", "status": "succeeded"}
-        return REGISTRY.get_sample_value("janus_worker_items_total", labels) or 0.0
-
-    before = done()
-    create_job(ctx, JobKind.GENERATE, ["a", "b"])
-    drain(ctx)
-    assert done() == before + 2
