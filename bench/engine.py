@@ -32,6 +32,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np
 import torch
+import transformers
 from PIL import Image
 
 from janus import CaptionRequest, GenerateRequest, JanusEngine, make_tiny_checkpoint
@@ -167,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs after a warm-up")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    transformers.logging.set_verbosity_error()  # the baseline's generate() warns per call
     n = args.prompts
     prompts = (PROMPTS * (n // len(PROMPTS) + 1))[:n]
     with tempfile.TemporaryDirectory() as directory:
