@@ -10,7 +10,8 @@ from fastapi import Response
 from fastapi.responses import FileResponse, StreamingResponse
 
 from api.errors import ApiError
-from janus_batch.storage import NotFoundError, Storage
+from janus_batch.models import Job
+from janus_batch.storage import NotFoundError, Storage, validate_key
 
 READ_CHUNK = 1 << 16
 
@@ -46,3 +47,15 @@ def object_response(
     except NotFoundError:
         raise ApiError(404, missing, field) from None
     return StreamingResponse(iter_body(body), media_type=media_type, headers=headers)
+
+
+def job_output_key(job: Job, key: str) -> str | None:
+    """The full storage key of `key` (full, or relative to the job's prefix), or None when
+    it is not a valid key under the job's prefix."""
+    prefix = f"{job.output_prefix}/"
+    full = key if key.startswith(prefix) else prefix + key
+    try:
+        validate_key(full)
+    except ValueError:
+        return None
+    return full

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -101,3 +101,18 @@ def settings_env(
     yield get_settings()
     get_settings.cache_clear()
     get_celery.cache_clear()
+
+
+@pytest.fixture
+def set_env(monkeypatch: pytest.MonkeyPatch, settings_env: object) -> Callable[..., object]:
+    """Change JANUS_BATCH_* variables for the rest of the test and return the new Settings:
+    set_env(max_n="4", auth_mode="keys")."""
+    from janus_batch.settings import get_settings
+
+    def apply(**values: str) -> object:
+        for name, value in values.items():
+            monkeypatch.setenv(f"JANUS_BATCH_{name.upper()}", value)
+        get_settings.cache_clear()
+        return get_settings()
+
+    return apply

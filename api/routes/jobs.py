@@ -8,7 +8,7 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from api.deps import CeleryDep, DatabaseUrl, Owner, SettingsDep, StorageDep
-from api.downloads import iter_body, object_response
+from api.downloads import iter_body, job_output_key, object_response
 from api.errors import ApiError, ErrorBody
 from api.metrics import MetricsDep
 from api.schemas import ItemsPublic, JobCreate, JobPublic, JobsPublic
@@ -18,7 +18,6 @@ from janus_batch.constants import ERRORS_NAME, RESULTS_NAME
 from janus_batch.models import Job
 from janus_batch.results import iter_job_lines
 from janus_batch.states import JOB_FINAL, ItemStatus, JobKind, JobStatus
-from janus_batch.storage import validate_key
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -169,10 +168,7 @@ def get_output_file(
     """Download one output object of the job: a storage key under the job's prefix (as in
     the results lines), or a key relative to it (`images/00000000_0.png`)."""
     job = jobs.get_job(db, owner, job_id)
-    prefix = f"{job.output_prefix}/"
-    full = key if key.startswith(prefix) else prefix + key
-    try:
-        validate_key(full)
-    except ValueError:
-        raise ApiError(422, f"invalid key {key!r}", "key") from None
+    full = job_output_key(job, key)
+    if full is None:
+        raise ApiError(422, f"invalid key {key!r}", "key")
     return object_response(storage, full, missing=f"job {job_id} has no file {key!r}", field="key")

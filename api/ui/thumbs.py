@@ -19,12 +19,13 @@ from fastapi import APIRouter, Path, Query, Response
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from api.deps import DatabaseUrl, Owner, SettingsDep, StorageDep
+from api.downloads import job_output_key
 from api.errors import ApiError
 from janus_batch import jobs
 from janus_batch.fetch import FetchError, fetch_uri
 from janus_batch.models import Job
 from janus_batch.states import JobKind
-from janus_batch.storage import NotFoundError, Storage, StorageError, validate_key
+from janus_batch.storage import NotFoundError, Storage, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -102,13 +103,8 @@ def _thumbnail_or_422(data: bytes, size: int, what: str) -> bytes:
 def output_key(job: Job, key: str) -> str:
     """The full storage key of `key` (full or relative to the job's prefix); 404 unless it
     is under the job's prefix and not itself a thumbnail."""
-    prefix = f"{job.output_prefix}/"
-    full = key if key.startswith(prefix) else prefix + key
-    try:
-        validate_key(full)
-    except ValueError:
-        raise ApiError(404, f"job {job.id} has no file {key!r}", "key") from None
-    if full.startswith(f"{prefix}thumbs/"):
+    full = job_output_key(job, key)
+    if full is None or full.startswith(f"{job.output_prefix}/thumbs/"):
         raise ApiError(404, f"job {job.id} has no file {key!r}", "key")
     return full
 

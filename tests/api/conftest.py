@@ -13,7 +13,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from api.main import create_app
-from janus_batch.settings import Settings, get_settings
+from janus_batch.settings import Settings
 
 
 @pytest.fixture
@@ -21,19 +21,6 @@ def client(settings_env: Settings) -> Iterator[TestClient]:
     """A client of a fresh app in open mode (owner = local)."""
     with TestClient(create_app()) as test_client:
         yield test_client
-
-
-@pytest.fixture
-def set_env(monkeypatch: pytest.MonkeyPatch, settings_env: Settings) -> Callable[..., Settings]:
-    """Change JANUS_BATCH_* variables for the rest of the test: set_env(max_n="4")."""
-
-    def apply(**values: str) -> Settings:
-        for name, value in values.items():
-            monkeypatch.setenv(f"JANUS_BATCH_{name.upper()}", value)
-        get_settings.cache_clear()
-        return get_settings()
-
-    return apply
 
 
 @pytest.fixture
