@@ -165,33 +165,57 @@ def _start(
     return job, claimed
 
 
-def _run_batch(ctx: Context, handler: Handler, job: Job, batch: list[Work]) -> list[Outcome]:
-    """Run one micro-batch. If the engine runs out of memory, each half is run on its own
-    (down to single items) before items fail; any other error fails the micro-batch."""
-    split = False
+def _run_batch(
+    ctx: Context, handler: Handler, job: Job, batch: list[Work], *, retry_oom: bool = True
+) -> list[Outcome]:
+    """Run one micro-batch; any error fails its items, the worker goes on.
+
+    The engine allocates every forward pass for JANUS_BATCH_BATCH_ROWS rows whatever the
+    micro-batch holds (that keeps outputs independent of their neighbours), so a smaller
+    batch would not fit where this one did not. Out of memory is retried once after freeing
+    cached memory (fragmentation, a neighbour process); a second time fails the items with
+    a message that says which setting to lower.
+    """
+    retry = False
     try:
         outcomes = handler.run(ctx, job, batch)
-    except Exception as exc:  # the whole micro-batch fails, the worker goes on
-        if len(batch) > 1 and _out_of_memory(exc):
+    except Exception as exc:
+        oom = _out_of_memory(exc)
+        if oom and retry_oom:
             log.warning(
-                "job=%s micro-batch of %d items: %s; retrying it in halves",
+                "job=%s micro-batch of %d items: %s; freeing cached memory, retrying once",
                 job.id,
                 len(batch),
                 _describe(exc),
             )
-            split = True  # retried below, once this exception (and its frames) is released
+            retry = True  # retried below, once this exception (and its frames) is released
         else:
             log.exception("job=%s micro-batch of %d items failed", job.id, len(batch))
-            return [failed(w.item, f"model error: {_describe(exc)}") for w in batch]
-    if split:
-        half = len(batch) // 2
-        return _run_batch(ctx, handler, job, batch[:half]) + _run_batch(
-            ctx, handler, job, batch[half:]
-        )
+            hint = (
+                f" (each forward pass holds {ctx.settings.batch_rows} rows: lower "
+                "JANUS_BATCH_BATCH_ROWS or use a larger GPU)"
+                if oom
+                else ""
+            )
+            return [failed(w.item, f"model error: {_describe(exc)}{hint}") for w in batch]
+    if retry:
+        _free_cached_memory()
+        return _run_batch(ctx, handler, job, batch, retry_oom=False)
     for outcome in outcomes:
         if outcome.status == ItemStatus.FAILED:
             log.info("job=%s idx=%d failed: %s", job.id, outcome.item.idx, outcome.error)
     return outcomes
+
+
+def _free_cached_memory() -> None:
+    """Return the allocator's cached blocks (CUDA) so a retry starts from a clean pool."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _checkpoint(
@@ -227,7 +251,7 @@ def _send_finalize(ctx: Context, job_id: str) -> None:
 
 
 def _out_of_memory(exc: BaseException) -> bool:
-    """Whether the engine failed for want of memory (a smaller batch may fit)."""
+    """Whether the engine failed for want of memory."""
     from janus import JanusRuntimeError  # loaded with the engine that raised
 
     return isinstance(exc, JanusRuntimeError) and exc.transient
