@@ -230,23 +230,37 @@ def generate_item(
     return NewItem(input=value, custom_id=item.custom_id)
 
 
+def parse_json_line(line: bytes | str) -> tuple[Any, str | None]:
+    """One JSONL line: (value, None), or (None, why it cannot be read). Besides syntax
+    errors this catches what json.loads raises on hostile input: nesting deep enough to
+    overflow the recursion limit and integers longer than Python converts."""
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError:
+            return None, "is not UTF-8"
+    try:
+        return json.loads(line), None
+    except json.JSONDecodeError as err:
+        return None, f"invalid JSON ({err.msg})"
+    except RecursionError:
+        return None, "invalid JSON (nested too deeply)"
+    except ValueError as err:  # e.g. an integer of more than 4300 digits
+        return None, f"invalid JSON ({err})"
+
+
 def iter_jsonl(
     lines: Iterable[bytes | str], *, where: str = "manifest"
 ) -> Iterator[tuple[int, Any]]:
     """Yield (line number, parsed JSON) for each non-blank line; a bad line raises with its
     number, e.g. `manifest line 7: invalid JSON (Expecting ',' delimiter)`."""
     for lineno, line in enumerate(lines, start=1):
-        if isinstance(line, bytes):
-            try:
-                line = line.decode("utf-8")
-            except UnicodeDecodeError:
-                raise InvalidInput(f"{where} line {lineno}", "is not UTF-8") from None
         if not line.strip():
             continue
-        try:
-            yield lineno, json.loads(line)
-        except json.JSONDecodeError as err:
-            raise InvalidInput(f"{where} line {lineno}", f"invalid JSON ({err.msg})") from None
+        value, error = parse_json_line(line)
+        if error is not None:
+            raise InvalidInput(f"{where} line {lineno}", error)
+        yield lineno, value
 
 
 def check_items(

@@ -19,7 +19,6 @@ pending items cancelled, and handed to finalization.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -29,7 +28,13 @@ from sqlalchemy import func, select, update
 from janus_batch import constants as c
 from janus_batch.db import session_scope
 from janus_batch.files import file_resolver, referenced_file_ids
-from janus_batch.inputs import InvalidInput, caption_item, generate_item, parse_params
+from janus_batch.inputs import (
+    InvalidInput,
+    caption_item,
+    generate_item,
+    parse_json_line,
+    parse_params,
+)
 from janus_batch.items import NewItem, add_items
 from janus_batch.models import Item, Job, utcnow
 from janus_batch.progress import try_start_finalizing
@@ -186,11 +191,8 @@ class _BadLine:
 
 
 def _parse_line(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        msg = err.msg if isinstance(err, json.JSONDecodeError) else "not UTF-8"
-        return _BadLine(f"invalid JSON ({msg})")
+    value, error = parse_json_line(raw)
+    return _BadLine(error) if error is not None else value
 
 
 def _manifest_page(

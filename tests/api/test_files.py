@@ -84,6 +84,12 @@ def test_manifest_uploads_are_checked_line_by_line(client, database_url):
 
     latin1 = _upload(client, "l.jsonl", b'"ok"\n"caf\xe9"\n', "manifest")
     assert latin1.status_code == 422 and "manifest line 2: is not UTF-8" in latin1.text
+    deep = _upload(client, "d.jsonl", b'"ok"\n' + b"[" * 100_000 + b"]" * 100_000, "manifest")
+    assert (
+        deep.status_code == 422 and "manifest line 2: invalid JSON (nested too deeply)" in deep.text
+    )
+    huge = _upload(client, "h.jsonl", b'{"seed": ' + b"9" * 5000 + b"}\n", "manifest")
+    assert huge.status_code == 422 and "manifest line 1: invalid JSON (" in huge.text
     blank = _upload(client, "e.jsonl", b"\n\n  \n", "manifest")
     assert blank.status_code == 422 and "no entries" in blank.text
     assert _file_rows(database_url) == 1

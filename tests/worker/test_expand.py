@@ -178,6 +178,27 @@ def test_manifest_with_bad_lines(ctx: Any, s3_env: Any) -> None:
     assert [e["input"].get("line") for e in errors] == [4, 5, 6]
 
 
+def test_hostile_manifest_lines_fail_alone_and_the_job_finishes(ctx: Any, s3_env: Any) -> None:
+    """Deep nesting and giant integers make json.loads raise RecursionError / ValueError;
+    they must become failed items, not an expand task that crashes on every delivery."""
+    uri = f"s3://{s3_env.bucket}/m/cat.png"
+    lines = [
+        json.dumps({"image": uri}).encode(),
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"image": "' + uri.encode() + b'", "seed": ' + b"9" * 5000 + b"}",
+    ]
+    ctx.storage.put_bytes("inputs/file_m9/manifest.jsonl", b"\n".join(lines) + b"\n")
+    job_id = create_job(
+        ctx, JobKind.CAPTION, source={"manifest": "storage:inputs/file_m9/manifest.jsonl"}
+    )
+    assert expand_source(ctx, job_id) == 3
+    rows = get_items(ctx, job_id)
+    assert [r.status for r in rows] == ["pending", "failed", "failed"]
+    assert rows[1].error == "manifest line 2: invalid JSON (nested too deeply)"
+    assert rows[2].error.startswith("manifest line 3: invalid JSON (")
+    assert get_job(ctx, job_id).expanded
+
+
 def test_manifest_resume_skips_lines_already_added(ctx: Any, s3_env: Any) -> None:
     ctx.storage.put_bytes("inputs/file_m2/manifest.jsonl", caption_manifest(s3_env))
     job_id = create_job(
