@@ -291,6 +291,9 @@ def cancel_job(db: str, app: Celery, owner: str, job_id: str) -> Job:
     if job.status in JOB_FINAL or job.status == JobStatus.FINALIZING:
         raise JobConflict(f"job {job_id} is already {job.status}; it cannot be cancelled")
     with session_scope(db) as session:
+        # Items before the job row: the worker's claim locks in that order too, so the two
+        # cannot deadlock on PostgreSQL. A job that is already final has no pending items.
+        n = _cancel_pending(session, job_id)
         moved = session.execute(
             update(Job)
             .where(Job.id == job_id, Job.status.in_(list(job_sources(JobStatus.CANCELLING))))
@@ -299,7 +302,6 @@ def cancel_job(db: str, app: Celery, owner: str, job_id: str) -> Job:
         current = session.scalar(select(Job.status).where(Job.id == job_id))
         if not moved and current != JobStatus.CANCELLING:
             raise JobConflict(f"job {job_id} is already {current}; it cannot be cancelled")
-        n = _cancel_pending(session, job_id)
         bump_counts(session, job_id, cancelled=n)
         won = try_start_finalizing(session, job_id)
     log.info("job=%s cancelled %d pending items", job_id, n)
