@@ -95,4 +95,10 @@ def run_caption_pass(
         if all(done) or step + 1 >= max(limits):
             break
         logits = model.lm_head(decoder.step(embed_tokens(chosen.unsqueeze(-1))))
-    return [processor.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in outputs]
+    return [_text(processor.tokenizer.decode(ids, skip_special_tokens=True)) for ids in outputs]
+
+
+def _text(decoded: str) -> str:
+    """Trim whitespace and the replacement character left when max_new_tokens cut a
+    multi-byte character in half."""
+    return decoded.strip().rstrip("\ufffd").rstrip()

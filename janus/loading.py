@@ -143,14 +143,25 @@ def load_checkpoint(model: str, device: torch.device, dtype: torch.dtype):
         config = AutoConfig.from_pretrained(source)
         if getattr(config, "model_type", None) != "janus":
             raise JanusLoadError(
-                f"{where} is not a Janus checkpoint (model_type={config.model_type!r}, expected 'janus')"
+                f"{where} is not a Janus checkpoint (model_type={config.model_type!r}, "
+                "expected 'janus')"
             )
         processor = AutoProcessor.from_pretrained(source)
-        network = JanusForConditionalGeneration.from_pretrained(source, dtype=dtype)
+        # sdpa: the fixed-shape decoder passes a boolean 4-D mask, which eager attention
+        # would add as 0/1 instead of masking, and flash-attention-2 rejects.
+        network = JanusForConditionalGeneration.from_pretrained(
+            source, dtype=dtype, attn_implementation="sdpa"
+        )
     except JanusLoadError:
         raise
     except Exception as exc:  # transformers raises OSError, ValueError, HF hub errors...
         reason = " ".join(str(exc).split()).rstrip(".")
+        if "multi_modality" in reason:
+            raise JanusLoadError(
+                f"{where} is in the original deepseek-ai layout (model_type 'multi_modality', "
+                "trust_remote_code), not transformers' Janus format: use "
+                "deepseek-community/Janus-Pro-1B or -7B instead."
+            ) from exc
         hint = (
             ""
             if is_local

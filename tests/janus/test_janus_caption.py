@@ -97,3 +97,11 @@ def test_invalid_requests_are_rejected_on_creation(engine):
     with pytest.raises(JanusError):
         engine.caption(["not a request"])
     assert engine.caption([]) == []
+
+
+def test_caption_text_drops_a_cut_multibyte_character() -> None:
+    from janus.caption import _text
+
+    assert _text("  a caf\ufffd") == "a caf"
+    assert _text("plain ") == "plain"
+    assert _text("\ufffd") == ""

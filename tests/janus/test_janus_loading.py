@@ -113,3 +113,15 @@ def test_unreachable_hub_id_offline(hub_id):
 def test_max_batch_rows_must_fit_a_guided_image(engine):
     with pytest.raises(JanusLoadError, match="max_batch_rows"):
         JanusEngine(engine.model, engine.processor, model_name="x", max_batch_rows=1)
+
+
+def test_original_deepseek_layout_points_at_the_transformers_checkpoints(tmp_path) -> None:
+    import json
+
+    import pytest
+
+    from janus import JanusEngine, JanusLoadError
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "multi_modality"}))
+    with pytest.raises(JanusLoadError, match="deepseek-community/Janus-Pro-1B"):
+        JanusEngine.load(str(tmp_path), device="cpu", dtype="float32")

@@ -53,7 +53,9 @@ def test_captions_equal_transformers_generate(engine, reference):
     expected = []
     for row in output[:, inputs["input_ids"].shape[1] :].tolist():
         row = row[: row.index(eos)] if eos in row else row
-        expected.append(processor.tokenizer.decode(row, skip_special_tokens=True).strip())
+        text = processor.tokenizer.decode(row, skip_special_tokens=True)
+        # The engine drops the U+FFFD left when max_new_tokens cuts a multi-byte character.
+        expected.append(text.strip().rstrip("\ufffd").rstrip())
     results = engine.caption(
         [CaptionRequest(im, q, max_new_tokens=12) for im, q in zip(images, questions)]
     )
