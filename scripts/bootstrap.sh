@@ -2,7 +2,9 @@
 # Create .venv (if missing) and install torch + janus-batch with its dev extras into it.
 # Idempotent: a second run only checks. Torch is installed first and on its own, so the
 # project's `torch>=2.4` range is satisfied by it and nothing more is downloaded.
-# JANUS_BATCH_TORCH overrides the torch requirement (e.g. "torch" for a CUDA build from PyPI).
+# JANUS_BATCH_TORCH overrides the torch requirement, flags included, e.g.
+#   JANUS_BATCH_TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+# (PyPI's Linux wheel of torch is the CUDA build, several GB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -16,7 +18,8 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   echo "bootstrap: installing $TORCH_REQ"
-  "$VENV/bin/python" -m pip install -q "$TORCH_REQ"
+  # shellcheck disable=SC2086 # word splitting on purpose: the variable may carry pip flags
+  "$VENV/bin/python" -m pip install -q $TORCH_REQ
 fi
 stamp="$VENV/.janus-batch-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
