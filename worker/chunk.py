@@ -25,6 +25,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -37,6 +38,7 @@ from janus_batch.queue import send_control
 from janus_batch.states import ItemStatus, JobKind, JobStatus
 from worker.claim import Claimed, Outcome, cancel_pending, claim_items, complete_items, extend_lease
 from worker.context import Context
+from worker.heartbeat import LeaseHeartbeat
 
 log = logging.getLogger(__name__)
 
@@ -90,30 +92,42 @@ def run_chunk(ctx: Context, handler: Handler, job_id: str, item_ids: Sequence[in
 
 
 def _run_claimed(ctx: Context, handler: Handler, job: Job, claimed: list[Claimed]) -> Counter[str]:
-    """Prepare, run and record the claimed items of a chunk; the counts recorded."""
+    """Prepare, run and record the claimed items of a chunk; the counts recorded. A lease
+    heartbeat keeps the items leased meanwhile; items found taken back are not run here."""
     kind = handler.kind
-    try:
-        work, early = handler.prepare(ctx, job, claimed)
-    except Exception as exc:  # a bug in preparation must not strand the claimed items
-        log.exception("job=%s preparing the chunk failed", job.id)
-        work, early = [], [failed(item, f"worker error: {_describe(exc)}") for item in claimed]
     total: Counter[str] = Counter()
-    remaining = list(work)
-    status = _checkpoint(ctx, kind, job.id, early, remaining, total)
-    for batch in handler.batches(ctx, work):
-        if status in STOPPING:
-            break
-        outcomes = _run_batch(ctx, handler, job, batch)
-        done = {w.item.id for w in batch}
-        remaining = [w for w in remaining if w.item.id not in done]
-        status = _checkpoint(ctx, kind, job.id, outcomes, remaining, total)
-    if remaining:
-        log.info("job=%s cancelled: %d claimed items not run", job.id, len(remaining))
-        cancelled = [
-            Outcome(w.item, ItemStatus.CANCELLED, error="job cancelled") for w in remaining
-        ]
-        _checkpoint(ctx, kind, job.id, cancelled, [], total)
+    with LeaseHeartbeat(ctx, job.id, {item.id: item.attempts for item in claimed}) as heartbeat:
+        try:
+            work, early = handler.prepare(ctx, job, claimed)
+        except Exception as exc:  # a bug in preparation must not strand the claimed items
+            log.exception("job=%s preparing the chunk failed", job.id)
+            work, early = [], [failed(item, f"worker error: {_describe(exc)}") for item in claimed]
+        remaining = _owned(heartbeat, work)
+        status = _checkpoint(ctx, kind, job.id, early, remaining, total, heartbeat)
+        remaining = _owned(heartbeat, remaining)
+        for batch in handler.batches(ctx, work):
+            if status in STOPPING:
+                break
+            batch = _owned(heartbeat, batch)
+            if not batch:
+                continue
+            outcomes = _run_batch(ctx, handler, job, batch)
+            done = {w.item.id for w in batch}
+            remaining = [w for w in remaining if w.item.id not in done]
+            status = _checkpoint(ctx, kind, job.id, outcomes, remaining, total, heartbeat)
+            remaining = _owned(heartbeat, remaining)
+        if remaining:
+            log.info("job=%s cancelled: %d claimed items not run", job.id, len(remaining))
+            cancelled = [
+                Outcome(w.item, ItemStatus.CANCELLED, error="job cancelled") for w in remaining
+            ]
+            _checkpoint(ctx, kind, job.id, cancelled, [], total, heartbeat)
     return total
+
+
+def _owned(heartbeat: LeaseHeartbeat, work: list[Work]) -> list[Work]:
+    """The work whose items this worker still owns (the sweeper took the others back)."""
+    return [w for w in work if heartbeat.owns(w.item.id)]
 
 
 def run_engine(kind: str, engine: Any, requests: list[Any]) -> list[Any]:
@@ -225,14 +239,21 @@ def _checkpoint(
     outcomes: list[Outcome],
     remaining: list[Work],
     total: Counter[str],
+    heartbeat: LeaseHeartbeat | None = None,
 ) -> str | None:
     """Record outcomes, extend the lease of the rest, re-read the job status (one transaction);
-    when nothing remains, try the move to finalizing. Returns the job status."""
+    when nothing remains, try the move to finalizing. Returns the job status. Items of
+    `remaining` whose lease was taken back are released from the heartbeat (not run)."""
     finalize = False
-    with session_scope(ctx.database_url) as session:
+    lost: set[int] = set()
+    hold = heartbeat.hold() if heartbeat is not None else nullcontext()
+    if heartbeat is not None:
+        heartbeat.release(o.item.id for o in outcomes)  # finished: no more beats
+    with hold, session_scope(ctx.database_url) as session:
         changed = complete_items(session, job_id, outcomes)
         if remaining:
-            extend_lease(session, (w.item for w in remaining), ctx.settings.lease_seconds)
+            still = extend_lease(session, (w.item for w in remaining), ctx.settings.lease_seconds)
+            lost = {w.item.id for w in remaining} - still
         else:
             finalize = try_start_finalizing(session, job_id)
         job = session.get(Job, job_id)
@@ -240,6 +261,15 @@ def _checkpoint(
     total.update(changed)  # committed: count them
     for item_status, n in changed.items():
         metrics.ITEMS_PROCESSED.labels(kind, item_status).inc(n)
+    if lost:
+        log.warning(
+            "job=%s lease of %d items taken back (ids %s): they are not run here",
+            job_id,
+            len(lost),
+            sorted(lost),
+        )
+        if heartbeat is not None:
+            heartbeat.release(lost)
     if finalize:
         _send_finalize(ctx, job_id)
     return status

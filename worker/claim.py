@@ -10,7 +10,7 @@ number of rows an UPDATE actually changed, in the same transaction.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -120,14 +120,22 @@ def complete_items(session: Session, job_id: str, outcomes: Iterable[Outcome]) -
     return counts
 
 
-def extend_lease(session: Session, items: Iterable[Claimed], lease_seconds: int) -> None:
-    """Push the lease of items still owned by this attempt `lease_seconds` into the future."""
+def extend_lease(session: Session, items: Iterable[Claimed], lease_seconds: int) -> set[int]:
+    """Push the lease of items still owned by this attempt `lease_seconds` into the future;
+    returns the ids still owned (the rows the UPDATE matched). An id missing from it was
+    finished, or taken back by the sweeper: this worker must not run it any more."""
+    return extend_leases(session, {item.id: item.attempts for item in items}, lease_seconds)
+
+
+def extend_leases(session: Session, owned: Mapping[int, int], lease_seconds: int) -> set[int]:
+    """`extend_lease` by {item id: attempts}; returns the ids still owned."""
     by_attempt: dict[int, list[int]] = {}
-    for item in items:
-        by_attempt.setdefault(item.attempts, []).append(item.id)
+    for item_id, attempts in owned.items():
+        by_attempt.setdefault(attempts, []).append(item_id)
     until = utcnow() + timedelta(seconds=lease_seconds)
+    still: set[int] = set()
     for attempts, ids in by_attempt.items():
-        session.execute(
+        rows = session.execute(
             update(Item)
             .where(
                 Item.id.in_(ids),
@@ -135,8 +143,11 @@ def extend_lease(session: Session, items: Iterable[Claimed], lease_seconds: int)
                 Item.attempts == attempts,
             )
             .values(lease_until=until)
+            .returning(Item.id)
             .execution_options(synchronize_session=False)
-        )
+        ).scalars()
+        still.update(rows)
+    return still
 
 
 def cancel_pending(session: Session, job_id: str, item_ids: Sequence[int]) -> int:

@@ -1,0 +1,160 @@
+"""The lease heartbeat: a chunk slower than its lease keeps its items; items the sweeper took
+back are reported by `extend_lease` and not run by the worker that lost them."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+from sqlalchemy.exc import OperationalError
+
+import worker.chunk
+from janus_batch.db import session_scope
+from janus_batch.models import Item, utcnow
+from janus_batch.states import ItemStatus, JobKind
+from tests.worker.helpers import create_job, get_items, get_job, pop_message
+from worker import heartbeat as heartbeat_module
+from worker.chunk import Work, run_chunk
+from worker.claim import Outcome, claim_items, extend_lease
+from worker.heartbeat import LeaseHeartbeat
+from worker.sweeper import sweep
+
+
+def expire(ctx: Any, ids: list[int]) -> None:
+    with session_scope(ctx.database_url) as session:
+        session.execute(
+            update(Item).where(Item.id.in_(ids)).values(lease_until=utcnow() - timedelta(1))
+        )
+
+
+class SlowHandler:
+    """A handler stand-in: the fetch and each micro-batch (one item) take `seconds`; `during`
+    runs inside the first micro-batch."""
+
+    kind = JobKind.GENERATE
+
+    def __init__(self, seconds: float, during: Any = None) -> None:
+        self.seconds = seconds
+        self.during = during
+        self.ran: list[int] = []
+
+    def prepare(self, ctx: Any, job: Any, items: list[Any]) -> tuple[list[Work], list[Outcome]]:
+        time.sleep(self.seconds)
+        return [Work(item, None) for item in items], []
+
+    def batches(self, ctx: Any, work: list[Work]) -> Iterator[list[Work]]:
+        for w in work:
+            yield [w]
+
+    def run(self, ctx: Any, job: Any, batch: list[Work]) -> list[Outcome]:
+        if self.during is not None and not self.ran:
+            self.during()
+        time.sleep(self.seconds)
+        self.ran.extend(w.item.id for w in batch)
+        return [Outcome(w.item, ItemStatus.SUCCEEDED, result={"images": []}) for w in batch]
+
+
+def short_lease(ctx: Any, seconds: int = 1) -> Any:
+    """The context with a lease below the settings' minimum (not validated)."""
+    settings = ctx.settings.model_copy(update={"lease_seconds": seconds})
+    return dataclasses.replace(ctx, settings=settings)
+
+
+def test_slow_chunk_keeps_its_lease_against_a_live_sweeper(
+    ctx: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        worker.chunk, "LeaseHeartbeat", functools.partial(LeaseHeartbeat, interval=0.2)
+    )
+    ctx = short_lease(ctx)
+    job_id = create_job(ctx, JobKind.GENERATE, ["a"])
+    _, (_, ids) = pop_message(ctx, "janus.generate")
+    swept: Counter[str] = Counter()
+    done = threading.Event()
+
+    def sweeper() -> None:
+        while not done.is_set():
+            swept.update(sweep(ctx))  # the real clock
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=sweeper)
+    thread.start()
+    try:  # the fetch and the micro-batch each outlast the 1 s lease
+        counts = run_chunk(ctx, SlowHandler(seconds=1.3), job_id, ids)
+    finally:
+        done.set()
+        thread.join()
+
+    assert counts == {ItemStatus.SUCCEEDED: 1}
+    assert (swept["requeued_leases"], swept["poisoned"]) == (0, 0)
+    assert pop_message(ctx, "janus.generate") is None
+    [row] = get_items(ctx, job_id)
+    assert (row.status, row.attempts) == (ItemStatus.SUCCEEDED, 1)
+    assert get_job(ctx, job_id).succeeded == 1
+
+
+def test_extend_lease_returns_only_owned_ids(ctx: Any) -> None:
+    job_id = create_job(ctx, JobKind.GENERATE, ["a", "b", "c"])
+    ids = [row.id for row in get_items(ctx, job_id)]
+    with session_scope(ctx.database_url) as session:
+        claimed = claim_items(session, job_id, ids, lease_seconds=60)
+    expire(ctx, ids[:2])
+    assert sweep(ctx)["requeued_leases"] == 2  # taken back
+
+    with session_scope(ctx.database_url) as session:
+        assert extend_lease(session, claimed, 60) == {ids[2]}
+    rows = get_items(ctx, job_id)
+    assert [r.status for r in rows] == [ItemStatus.PENDING, ItemStatus.PENDING, "running"]
+
+
+def test_chunk_does_not_run_items_taken_back(ctx: Any) -> None:
+    job_id = create_job(ctx, JobKind.GENERATE, ["a", "b", "c"])
+    _, (_, ids) = pop_message(ctx, "janus.generate")
+
+    def taken_back() -> None:  # while the first micro-batch runs, the lease of the last lapses
+        expire(ctx, ids[2:])
+        assert sweep(ctx)["requeued_leases"] == 1
+
+    handler = SlowHandler(seconds=0, during=taken_back)
+    assert run_chunk(ctx, handler, job_id, ids) == {ItemStatus.SUCCEEDED: 2}
+    assert handler.ran == ids[:2]
+    rows = get_items(ctx, job_id)
+    assert [(r.status, r.attempts) for r in rows] == [
+        (ItemStatus.SUCCEEDED, 1),
+        (ItemStatus.SUCCEEDED, 1),
+        (ItemStatus.PENDING, 1),  # re-enqueued for another worker
+    ]
+    assert pop_message(ctx, "janus.generate") is not None
+
+
+def test_heartbeat_drops_lost_items_and_survives_db_errors(
+    ctx: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    job_id = create_job(ctx, JobKind.GENERATE, ["a", "b"])
+    ids = [row.id for row in get_items(ctx, job_id)]
+    with session_scope(ctx.database_url) as session:
+        claimed = claim_items(session, job_id, ids, lease_seconds=60)
+    with LeaseHeartbeat(ctx, job_id, {c.id: c.attempts for c in claimed}, interval=60) as beat:
+        expire(ctx, ids[:1])
+        assert sweep(ctx)["requeued_leases"] == 1
+        assert beat.beat() == {ids[0]}
+        assert (beat.owns(ids[0]), beat.owns(ids[1])) == (False, True)
+
+        def broken(*args: Any) -> set[int]:
+            raise OperationalError("UPDATE", {}, Exception("database is gone"))
+
+        monkeypatch.setattr(heartbeat_module, "extend_leases", broken)
+        with caplog.at_level(logging.WARNING, logger="worker.heartbeat"):
+            assert beat.beat() == set()  # logged, not raised
+        assert "lease heartbeat failed" in caplog.text
+        assert beat.owns(ids[1])
+    assert beat.beat() == set()  # stopped: no more beats
