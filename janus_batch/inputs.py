@@ -22,6 +22,8 @@ DEFAULT_QUESTION = "Describe this image."
 IMAGE_SCHEMES = ("s3", "https", "http")
 FILE_ID_PREFIX = "file_"
 MAX_SEED = 2**63 - 1
+MAX_INT32 = 2**31 - 1
+"""Upper bound of top_k: the engine turns it into a tensor (n is bounded by max_n)."""
 
 
 class InvalidInput(ValueError):
@@ -69,6 +71,7 @@ class _Strict(BaseModel):
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+TopK = Annotated[int, Field(ge=1, le=MAX_INT32)]
 CustomId = Annotated[str, Field(min_length=1, max_length=512)]
 
 
@@ -87,7 +90,7 @@ class GenerateParams(_Strict):
     n: int = Field(default=1, ge=1)
     cfg_weight: float = Field(default=5.0, ge=1.0, le=50.0)
     temperature: Temperature = 1.0
-    top_k: int | None = Field(default=None, ge=1)
+    top_k: TopK | None = None
     top_p: TopP | None = None
     format: Literal["png", "jpeg", "webp"] = "png"
 
@@ -110,7 +113,7 @@ class GenerateItemIn(_Strict):
     seed: Seed | None = None
     cfg_weight: float | None = Field(default=None, ge=1.0, le=50.0)
     temperature: Temperature | None = None
-    top_k: int | None = Field(default=None, ge=1)
+    top_k: TopK | None = None
     top_p: TopP | None = None
     custom_id: CustomId | None = None
 
@@ -155,6 +158,88 @@ def check_image_ref(ref: str, field: str, what: str = "image reference") -> str:
     return ref
 
 
+STORAGE_REF_HINT = (
+    "points into this service's own storage; upload the file (POST /v1/files) and use its file id"
+)
+
+
+def _s3_location(uri: str) -> tuple[str, list[str]] | None:
+    """(bucket in lower case, key segments) of an `s3://` URI, None for any other URI.
+
+    Segments are normalized the way a lenient S3 server or proxy might: empty and `.`
+    segments dropped, `..` resolved. The scheme is matched case-insensitively.
+    """
+    if uri[:5].lower() != "s3://":
+        return None
+    bucket, _, key = uri[5:].partition("/")
+    parts: list[str] = []
+    for part in key.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if parts:
+                parts.pop()
+            continue
+        parts.append(part)
+    return bucket.lower(), parts
+
+
+def points_into_storage(ref: str, storage_url: str | None, *, listing: bool = False) -> bool:
+    """Whether the user-supplied `ref` (an `s3://` URI) reaches into the service's own storage
+    at `storage_url` (`s3://bucket/prefix`); never for other schemes or local storage.
+
+    With `listing=True` `ref` is a listing prefix: it is refused as well when the storage lies
+    under it (`s3://bucket/` or `s3://bucket/jo` when the storage is `s3://bucket/jobs`).
+    """
+    if not storage_url:
+        return False
+    store = _s3_location(storage_url.strip())
+    ref_loc = _s3_location(ref.strip())
+    if store is None or ref_loc is None:
+        return False
+    (store_bucket, store_parts), (bucket, parts) = store, ref_loc
+    if bucket != store_bucket:
+        return False
+    if parts[: len(store_parts)] == store_parts:
+        return True  # the reference is the storage location or lies under it
+    if not listing:
+        return False
+    # A listing prefix matches keys by string prefix: it reaches the storage when the
+    # storage prefix starts with it (the raw text or its normalized form).
+    store_prefix = "/".join(store_parts)
+    raw_key = ref.strip()[5:].partition("/")[2]
+    return any(store_prefix.startswith(text) for text in (raw_key, "/".join(parts)))
+
+
+def check_outside_storage(
+    ref: str, field: str, storage_url: str | None, *, listing: bool = False
+) -> str:
+    """Return `ref` unless it points into this service's own storage (InvalidInput)."""
+    if points_into_storage(ref, storage_url, listing=listing):
+        raise InvalidInput(field, f"'{ref.strip()}' {STORAGE_REF_HINT}")
+    return ref
+
+
+def check_request_refs(
+    kind: str, items: Any, source: dict[str, Any] | None, storage_url: str | None
+) -> None:
+    """Refuse user-supplied `s3://` references into the service's own storage in a job
+    request (inline caption images, source.manifest, source.s3_prefix) before anything else
+    is looked at; uploaded files are used by file id instead."""
+    if isinstance(items, list) and kind == JobKind.CAPTION:
+        for i, raw in enumerate(items):
+            image = raw.get("image") if isinstance(raw, dict) else raw
+            if isinstance(image, str):
+                check_outside_storage(image, f"items[{i}].image", storage_url)
+    if isinstance(source, dict):
+        for name in SOURCE_FIELDS:
+            value = source.get(name)
+            if isinstance(value, str):
+                check_outside_storage(
+                    value, f"source.{name}", storage_url, listing=name == "s3_prefix"
+                )
+
+
 def draw_seed() -> int:
     """A seed for an item sent without one (recorded in its input)."""
     return secrets.randbits(63)
@@ -175,12 +260,14 @@ def caption_item(
     where: str,
     max_prompt_chars: int,
     resolve_file: Callable[[str, str], str] | None = None,
+    storage_url: str | None = None,
 ) -> NewItem:
     """Validate one caption item into a row input `{image, uri, prompt, seed}`; a missing
     seed is drawn, so a sampled caption (temperature > 0) can be made again.
 
     `resolve_file(file_id, field)` turns an uploaded file id into a fetchable URI
-    (`storage:<key>`), raising InvalidInput when the id is unknown to the caller.
+    (`storage:<key>`), raising InvalidInput when the id is unknown to the caller. With
+    `storage_url` (the service's storage) an `s3://` image inside it is refused.
     """
     if isinstance(raw, str):
         raw = {"image": raw}
@@ -191,6 +278,7 @@ def caption_item(
     except ValidationError as err:
         raise _first_error(err, where) from None
     image = check_image_ref(item.image, f"{where}.image")
+    check_outside_storage(image, f"{where}.image", storage_url)
     uri = image
     if image.startswith(FILE_ID_PREFIX):
         if resolve_file is None:
@@ -272,10 +360,11 @@ def check_items(
     max_prompt_chars: int,
     max_n: int,
     resolve_file: Callable[[str, str], str] | None = None,
+    storage_url: str | None = None,
 ) -> list[NewItem]:
     """Validate a whole inline item list up front: its size, every item, unique custom ids.
 
-    `resolve_file` is passed to `caption_item` for uploaded image ids.
+    `resolve_file` and `storage_url` are passed to `caption_item`.
     """
     if not isinstance(raw_items, list):
         raise InvalidInput("items", "must be a list")
@@ -298,6 +387,7 @@ def check_items(
                 where=where,
                 max_prompt_chars=max_prompt_chars,
                 resolve_file=resolve_file,
+                storage_url=storage_url,
             )
         else:
             item = generate_item(
@@ -316,13 +406,18 @@ SOURCE_FIELDS = ("s3_prefix", "manifest")
 
 
 def check_source(
-    raw: Any, kind: str, *, resolve_file: Callable[[str, str], str] | None = None
+    raw: Any,
+    kind: str,
+    *,
+    resolve_file: Callable[[str, str], str] | None = None,
+    storage_url: str | None = None,
 ) -> dict[str, Any]:
     """Validate a job source and return what the job stores for the expand task.
 
     `{"s3_prefix": "s3://bucket/prefix/"}` (caption jobs: every image under it) or
     `{"manifest": "s3://...|https://...|file_..."}` (JSONL, one item per line). An uploaded
     file id is stored resolved, with the id kept: `{"manifest": "storage:<key>", "file_id": id}`.
+    With `storage_url` (the service's storage) an `s3://` reference into it is refused.
     """
     if not isinstance(raw, dict):
         raise InvalidInput("source", 'must be an object like {"manifest": "s3://bucket/key"}')
@@ -345,8 +440,10 @@ def check_source(
             )
         if not value.startswith("s3://") or not value[5:].split("/")[0]:
             raise InvalidInput(field, f"must look like s3://bucket/prefix/, got '{value}'")
+        check_outside_storage(value, field, storage_url, listing=True)
         return {"s3_prefix": value}
     check_image_ref(value, field, what="manifest reference")
+    check_outside_storage(value, field, storage_url)
     if value.startswith(FILE_ID_PREFIX):
         if resolve_file is None:
             raise InvalidInput(field, "file ids are not accepted here")

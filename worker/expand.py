@@ -10,7 +10,9 @@ A caption manifest line may name an uploaded image by file id (`{"image": "file_
 the CLI does for folders over the inline limit): ids are resolved to `storage:<key>` among
 the job owner's files, one query per page of lines. A malformed line, or an unknown or
 foreign file id, becomes a failed item (`manifest line 7: invalid JSON (...)`), not a failed
-job. A source that cannot be read fails the job with a readable error; a transient
+job. A line naming an `s3://` object inside the service's own storage fails alone too (it
+would read other users' data; uploads are named by file id). A source inside that storage,
+or one that cannot be read, fails the job with a readable error; a transient
 error (after retries) raises, and the sweeper sends expand again later. Redelivery resumes:
 after the last listed key (S3) or the lines already turned into items (manifest). A job
 cancelled before (or while) its source is expanded is closed here: marked expanded, its
@@ -148,7 +150,11 @@ def _items(
 def _prefix_item(uri: str, params: Any, settings: Any) -> NewItem:
     try:
         return caption_item(
-            {"image": uri}, params, where=uri, max_prompt_chars=settings.max_prompt_chars
+            {"image": uri},
+            params,
+            where=uri,
+            max_prompt_chars=settings.max_prompt_chars,
+            storage_url=settings.resolved_storage_url(),
         )
     except InvalidInput as exc:  # an odd key fails alone; input keeps the key for resuming
         return NewItem(input={"image": uri}, error=str(exc))
@@ -228,6 +234,7 @@ def _manifest_item(
                 where=where,
                 max_prompt_chars=settings.max_prompt_chars,
                 resolve_file=resolve_file,
+                storage_url=settings.resolved_storage_url(),
             )
         return generate_item(
             value,

@@ -18,6 +18,7 @@ import httpx
 from botocore.exceptions import BotoCoreError, ClientError
 
 from janus_batch.fetch import retry_transient
+from janus_batch.inputs import STORAGE_REF_HINT, points_into_storage
 from janus_batch.settings import Settings
 from janus_batch.storage import Storage, parse_s3_uri
 from janus_batch.storage.s3 import make_s3_client, translate_error
@@ -57,7 +58,10 @@ def list_images(
     on_page: Callable[[], None] | None = None,
 ) -> Iterator[str]:
     """`s3://bucket/key` of every image under `prefix_uri` in key order, after `start_after`;
-    `on_page` is called before each page is requested."""
+    `on_page` is called before each page is requested. A prefix reaching into the service's
+    own storage is refused (SourceError)."""
+    if points_into_storage(prefix_uri, settings.resolved_storage_url(), listing=True):
+        raise SourceError(f"source.s3_prefix '{prefix_uri}' {STORAGE_REF_HINT}")
     try:
         bucket, prefix = parse_s3_uri(prefix_uri, require_key=False)
     except ValueError as exc:
@@ -113,6 +117,8 @@ def read_lines(settings: Settings, storage: Storage, uri: str) -> Iterator[bytes
         with closing(storage.open_read(uri[len("storage:") :])) as stream:
             yield from split_lines(_read_chunks(stream))
     elif scheme == "s3":
+        if points_into_storage(uri, settings.resolved_storage_url()):
+            raise SourceError(f"source.manifest '{uri}' {STORAGE_REF_HINT}")
         yield from _s3_lines(settings, uri)
     elif scheme in ("http", "https"):
         yield from _http_lines(uri)

@@ -15,6 +15,7 @@ from api.schemas import ItemsPublic, JobCreate, JobPublic, JobsPublic
 from api.views import item_public, job_public
 from janus_batch import jobs
 from janus_batch.constants import ERRORS_NAME, RESULTS_NAME
+from janus_batch.inputs import check_request_refs
 from janus_batch.models import Job
 from janus_batch.results import iter_job_lines
 from janus_batch.states import JOB_FINAL, ItemStatus, JobKind, JobStatus
@@ -56,6 +57,9 @@ def create_job(
     """Submit a job (202). Inline items are validated all up front, then inserted and
     enqueued; a `source` is expanded by a worker task. A repeated Idempotency-Key returns
     the existing job (200) and creates nothing."""
+    source = body.source.model_dump(exclude_none=True) if body.source else None
+    # s3:// references into the service's own storage would read other users' data.
+    check_request_refs(body.kind, body.items, source, settings.resolved_storage_url())
     job, created = jobs.create_job(
         settings,
         app,
@@ -63,7 +67,7 @@ def create_job(
         kind=body.kind,
         params=body.params,
         items=body.items,
-        source=body.source.model_dump(exclude_none=True) if body.source else None,
+        source=source,
         idempotency_key=idempotency_key,
     )
     if not created:
@@ -170,5 +174,6 @@ def get_output_file(
     job = jobs.get_job(db, owner, job_id)
     full = job_output_key(job, key)
     if full is None:
-        raise ApiError(422, f"invalid key {key!r}", "key")
+        shown = key if len(key) <= 200 else key[:200] + "..."
+        raise ApiError(422, f"invalid key {shown!r}", "key")
     return object_response(storage, full, missing=f"job {job_id} has no file {key!r}", field="key")

@@ -25,10 +25,22 @@ class NotFoundError(StorageError):
     """The key, object or bucket does not exist."""
 
 
+class KeyTooLongError(NotFoundError, ValueError):
+    """A key over S3's length limits: invalid (a ValueError, like every bad key), and since no
+    object can have it, also "not found" for the callers that only handle storage errors."""
+
+
+MAX_KEY_BYTES = 1024
+"""S3's limit on a whole key (UTF-8 bytes)."""
+MAX_SEGMENT_BYTES = 255
+"""The longest segment (file name) local file systems accept, in UTF-8 bytes."""
+
+
 def validate_key(key: str) -> str:
     """Return `key` if it is a safe relative key, else raise ValueError.
 
-    Rejected: empty keys, absolute paths, backslashes, NUL, and empty, `.` or `..` segments.
+    Rejected: empty keys, absolute paths, backslashes, NUL, empty, `.` or `..` segments,
+    keys over 1024 UTF-8 bytes (S3's limit) and segments over 255 bytes (a file name's).
     The rules are strict on purpose so that a key names the same thing on every backend.
     """
     if not isinstance(key, str) or not key:
@@ -37,6 +49,15 @@ def validate_key(key: str) -> str:
         raise ValueError(f"storage key must be a relative '/'-separated path, got {key!r}")
     if any(part in ("", ".", "..") for part in key.split("/")):
         raise ValueError(f"storage key has an empty, '.' or '..' segment: {key!r}")
+    size = len(key.encode("utf-8", "surrogatepass"))
+    if size > MAX_KEY_BYTES:
+        raise KeyTooLongError(f"storage key is {size} bytes; the limit is {MAX_KEY_BYTES}")
+    if any(
+        len(part.encode("utf-8", "surrogatepass")) > MAX_SEGMENT_BYTES for part in key.split("/")
+    ):
+        raise KeyTooLongError(
+            f"storage key has a segment over {MAX_SEGMENT_BYTES} bytes: {key[:80]!r}..."
+        )
     return key
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +15,7 @@ from urllib.parse import unquote, urlparse
 from urllib.request import url2pathname
 
 from janus_batch.storage.base import (
+    KeyTooLongError,
     NotFoundError,
     Storage,
     StorageError,
@@ -26,6 +29,23 @@ TMP_PREFIX = ".janus-tmp-"
 """Names of in-progress writes start with this; listings skip them."""
 
 _MISSING = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
+
+
+def _is_missing(exc: OSError) -> bool:
+    """Whether an OSError means "no such object": missing, a folder, or a name too long to
+    exist (ENAMETOOLONG, e.g. a long root plus a long key)."""
+    return isinstance(exc, _MISSING) or exc.errno == errno.ENAMETOOLONG
+
+
+def _stat_file(path: Path) -> os.stat_result | None:
+    """The stat of the regular file at `path`, or None if there is none."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        if _is_missing(exc) or exc.errno in (errno.ELOOP, errno.EBADF):
+            return None
+        raise
+    return st if stat.S_ISREG(st.st_mode) else None
 
 
 def path_from_url(url: str) -> Path:
@@ -83,17 +103,21 @@ class LocalStorage(Storage):
         path = self._path(key)
         try:
             return open(path, "rb")
-        except _MISSING as exc:
-            raise NotFoundError(f"{self.uri(key)} does not exist") from exc
         except OSError as exc:
+            if _is_missing(exc):
+                raise NotFoundError(f"{self.uri(key)} does not exist") from exc
             raise StorageError(f"cannot read {self.uri(key)}: {exc}") from exc
 
     def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
+        return self.size(key) is not None
 
     def size(self, key: str) -> int | None:
-        path = self._path(key)
-        return path.stat().st_size if path.is_file() else None
+        try:
+            path = self._path(key)
+        except KeyTooLongError:  # no object can have such a key
+            return None
+        st = _stat_file(path)
+        return st.st_size if st is not None else None
 
     def delete(self, key: str) -> None:
         path = self._path(key)

@@ -316,3 +316,75 @@ def test_manifest_of_file_ids_resolves_the_owners_files(
     assert (job.status, job.succeeded, job.failed) == (JobStatus.SUCCEEDED, 3, 3)
     results = read_jsonl(ctx.storage.get_bytes(f"jobs/{job_id}/results.jsonl"))
     assert [r["input"]["image"] for r in results] == [mine[0], mine[1], mine[2]]
+
+
+def s3_ctx(make_ctx: Any, s3_env: Any) -> Any:
+    return make_ctx(
+        storage_url=s3_env.storage_url,
+        s3_endpoint_url=s3_env.endpoint_url,
+        s3_region=s3_env.region,
+    )
+
+
+def test_manifest_line_into_the_service_storage_fails_alone(make_ctx: Any, s3_env: Any) -> None:
+    """Storage is s3://bucket/jobs: a line naming an object under it (another user's upload)
+    fails alone; an image elsewhere in the same bucket and an uploaded file id still work."""
+    ctx = s3_ctx(make_ctx, s3_env)
+    secret = upload(ctx, "someone-else", png_bytes(), "secret.png")
+    [secret_key] = [k for k in ctx.storage.iter_keys("inputs/someone-else/")]
+    mine = upload(ctx, c.LOCAL_OWNER, png_bytes(), "mine.png")
+    client = s3_env.client()
+    client.put_object(Bucket=s3_env.bucket, Key="m/cat.png", Body=png_bytes())
+    inside = f"s3://{s3_env.bucket}/jobs/{secret_key}"
+    lines = [
+        {"image": f"s3://{s3_env.bucket}/m/cat.png"},
+        {"image": inside},
+        {"image": mine},
+        {"image": f"S3://{s3_env.bucket}//jobs/./{secret_key}"},
+    ]
+    ctx.storage.put_bytes(
+        "inputs/file_m7/manifest.jsonl", "\n".join(json.dumps(x) for x in lines).encode()
+    )
+    job_id = create_job(
+        ctx, JobKind.CAPTION, source={"manifest": "storage:inputs/file_m7/manifest.jsonl"}
+    )
+    assert expand_source(ctx, job_id) == 4
+    rows = get_items(ctx, job_id)
+    assert [r.status for r in rows] == ["pending", "failed", "pending", "failed"]
+    assert rows[1].error == (
+        f"manifest line 2.image: '{inside}' points into this service's own storage; "
+        "upload the file (POST /v1/files) and use its file id"
+    )
+    assert "own storage" in rows[3].error
+    assert rows[1].input == {"line": 2, "raw": json.dumps(lines[1])}
+    assert rows[2].input["uri"].startswith("storage:inputs/")
+    assert secret != mine
+
+    drain(ctx)
+    job = get_job(ctx, job_id)
+    assert (job.status, job.succeeded, job.failed) == (JobStatus.SUCCEEDED, 2, 2)
+
+
+@pytest.mark.parametrize(
+    ("source", "field"),
+    [
+        ({"manifest": "s3://{bucket}/jobs/jobs/job_other/errors.jsonl"}, "source.manifest"),
+        ({"s3_prefix": "s3://{bucket}/jobs/inputs/"}, "source.s3_prefix"),
+        ({"s3_prefix": "s3://{bucket}/"}, "source.s3_prefix"),
+    ],
+)
+def test_a_source_in_the_service_storage_fails_the_job(
+    make_ctx: Any, s3_env: Any, source: dict[str, str], field: str
+) -> None:
+    """A job stored before the API refused such sources is failed by expand, unread."""
+    ctx = s3_ctx(make_ctx, s3_env)
+    ctx.storage.put_bytes("jobs/job_other/errors.jsonl", b'{"image": "s3://b/k.png"}\n')
+    ctx.storage.put_bytes("inputs/x/abc/cat.png", png_bytes())
+    source = {k: v.format(bucket=s3_env.bucket) for k, v in source.items()}
+    job_id = create_job(ctx, JobKind.CAPTION, source=source)
+    assert expand_source(ctx, job_id) == 0
+    drain(ctx)
+    job = get_job(ctx, job_id)
+    assert job.status == JobStatus.FAILED and job.total == 0
+    assert job.error.startswith(f"{field} 's3://{s3_env.bucket}/")
+    assert "points into this service's own storage" in job.error
