@@ -8,6 +8,7 @@ without importing this module.
 from __future__ import annotations
 
 from celery import shared_task
+from sqlalchemy.exc import OperationalError
 
 from janus_batch import constants as c
 from worker.caption import CaptionHandler
@@ -18,26 +19,37 @@ from worker.finalize import finalize_job as finalize_pipeline
 from worker.generate import GenerateHandler
 from worker.sweeper import sweep as sweep_pipeline
 
+# A transient database error (a deadlock, a dropped connection, a locked SQLite file) before
+# a chunk's work is recorded: Celery retries the task with backoff instead of dropping the
+# message. Re-running is harmless: claims and state changes are conditional.
+RETRY_DB = {
+    "autoretry_for": (OperationalError,),
+    "retry_backoff": 2,
+    "retry_backoff_max": 60,
+    "retry_jitter": True,
+    "max_retries": 5,
+}
 
-@shared_task(name=c.CAPTION_CHUNK_TASK)
+
+@shared_task(name=c.CAPTION_CHUNK_TASK, **RETRY_DB)
 def caption_chunk(job_id: str, item_ids: list[int]) -> None:
     """Caption one chunk of a job's items."""
     run_chunk(current_context(), CaptionHandler(), job_id, item_ids)
 
 
-@shared_task(name=c.GENERATE_CHUNK_TASK)
+@shared_task(name=c.GENERATE_CHUNK_TASK, **RETRY_DB)
 def generate_chunk(job_id: str, item_ids: list[int]) -> None:
     """Generate the images of one chunk of a job's items."""
     run_chunk(current_context(), GenerateHandler(), job_id, item_ids)
 
 
-@shared_task(name=c.EXPAND_SOURCE_TASK)
+@shared_task(name=c.EXPAND_SOURCE_TASK, **RETRY_DB)
 def expand_source(job_id: str) -> None:
     """Turn a job's S3 prefix or manifest into items, enqueued as they are inserted."""
     expand_pipeline(current_context(), job_id)
 
 
-@shared_task(name=c.FINALIZE_JOB_TASK)
+@shared_task(name=c.FINALIZE_JOB_TASK, **RETRY_DB)
 def finalize_job(job_id: str) -> None:
     """Write a job's results.jsonl / errors.jsonl and set its final status."""
     finalize_pipeline(current_context(), job_id)
