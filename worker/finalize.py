@@ -100,7 +100,10 @@ def finalize_job(ctx: Context, job_id: str) -> str | None:
 
 
 def iter_items(database_url: str, job_id: str, page: int = PAGE) -> Iterator[Item]:
-    """The job's items in idx order, read by keyset pagination (one page in memory)."""
+    """The job's items in idx order, read by keyset pagination (one page in memory).
+
+    Each page also touches the job's updated_at, so the sweeper does not take a long
+    manifest write for a lost finalize and start a second one."""
     last = -1
     while True:
         with session_scope(database_url) as session:
@@ -110,6 +113,11 @@ def iter_items(database_url: str, job_id: str, page: int = PAGE) -> Iterator[Ite
                 .order_by(Item.idx)
                 .limit(page)
             ).all()
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == JobStatus.FINALIZING)
+                .values(updated_at=utcnow())
+            )
         yield from rows
         if len(rows) < page:
             return

@@ -121,3 +121,20 @@ def test_finalize_skips_a_job_not_ready(ctx: Any) -> None:
 def test_iter_items_pages_in_idx_order(ctx: Any) -> None:
     job_id = create_job(ctx, JobKind.GENERATE, [f"p{i}" for i in range(7)])
     assert [i.idx for i in iter_items(ctx.database_url, job_id, page=3)] == list(range(7))
+
+
+def test_reading_items_keeps_a_finalizing_job_fresh_for_the_sweeper(ctx: Any) -> None:
+    from datetime import timedelta
+
+    job_id = create_job(ctx, JobKind.GENERATE, [f"p{i}" for i in range(5)])
+    stale = utcnow() - timedelta(hours=1)
+    with session_scope(ctx.database_url) as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(status=JobStatus.FINALIZING, updated_at=stale)
+        )
+    assert len(list(iter_items(ctx.database_url, job_id, page=2))) == 5
+    touched = get_job(ctx, job_id).updated_at
+    touched = touched if touched.tzinfo else touched.replace(tzinfo=stale.tzinfo)
+    assert touched > stale + timedelta(minutes=59)
