@@ -17,6 +17,7 @@ from janus_batch import constants as c
 from janus_batch.db import session_scope
 from janus_batch.inputs import caption_item, generate_item, parse_params
 from janus_batch.items import add_items
+from janus_batch.jobs import cancel_job
 from janus_batch.models import Item, Job, new_id
 from janus_batch.states import JobKind, JobStatus
 from worker.caption import CaptionHandler
@@ -168,3 +169,23 @@ def jpeg_bytes(color: tuple[int, int, int] = (30, 200, 30)) -> bytes:
 
 def read_jsonl(data: bytes) -> list[dict[str, Any]]:
     return [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
+
+
+def cancel_like_the_api(ctx: Context, job_id: str) -> None:
+    """Cancel as POST /v1/jobs/{id}/cancel does: pending items cancelled, job cancelling or
+    finalizing (whose winner sends finalize)."""
+    cancel_job(ctx.database_url, ctx.app, c.LOCAL_OWNER, job_id)
+
+
+class CancellingEngine:
+    """The tiny engine, with the job cancelled (as the API does) during the first call."""
+
+    def __init__(self, engine: Any, ctx: Context, job_id: str) -> None:
+        self.engine, self.ctx, self.job_id, self.calls = engine, ctx, job_id, 0
+        self.model_name = engine.model_name
+
+    def generate(self, requests: list[Any]) -> list[Any]:
+        self.calls += 1
+        if self.calls == 1:
+            cancel_like_the_api(self.ctx, self.job_id)
+        return self.engine.generate(requests)

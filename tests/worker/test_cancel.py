@@ -11,38 +11,25 @@ import pytest
 from sqlalchemy import update
 
 from janus_batch import constants as c
-from janus_batch.constants import LOCAL_OWNER
 from janus_batch.db import session_scope
-from janus_batch.jobs import cancel_job
 from janus_batch.models import Job
 from janus_batch.states import ItemStatus, JobKind, JobStatus
-from tests.worker.helpers import create_job, drain, get_items, get_job, pop_message, read_jsonl
+from tests.worker.helpers import (
+    CancellingEngine,
+    cancel_like_the_api,
+    create_job,
+    drain,
+    get_items,
+    get_job,
+    pop_message,
+    read_jsonl,
+)
 from worker import expand, sources
 from worker.chunk import run_chunk
 from worker.context import Context
 from worker.expand import expand_source
 from worker.finalize import finalize_job
 from worker.generate import GenerateHandler
-
-
-def cancel_like_the_api(ctx: Context, job_id: str) -> None:
-    """The API's cancel: cancelling, pending items cancelled and counted, then the move to
-    finalizing (whose winner sends finalize)."""
-    cancel_job(ctx.database_url, ctx.app, LOCAL_OWNER, job_id)
-
-
-class CancellingEngine:
-    """The tiny engine, with a cancel arriving during the first call."""
-
-    def __init__(self, engine: Any, ctx: Context, job_id: str) -> None:
-        self.engine, self.ctx, self.job_id, self.calls = engine, ctx, job_id, 0
-        self.model_name = engine.model_name
-
-    def generate(self, requests: list[Any]) -> list[Any]:
-        self.calls += 1
-        if self.calls == 1:
-            cancel_like_the_api(self.ctx, self.job_id)
-        return self.engine.generate(requests)
 
 
 def test_cancel_mid_chunk(ctx: Context, tiny_engine: Any) -> None:

@@ -10,9 +10,15 @@ import pytest
 from prometheus_client import REGISTRY
 
 from janus_batch import constants as c
-from janus_batch.jobs import cancel_job
 from janus_batch.states import ItemStatus, JobKind
-from tests.worker.helpers import clear_queues, create_job, png_bytes, pop_message, redis_client
+from tests.worker.helpers import (
+    CancellingEngine,
+    clear_queues,
+    create_job,
+    png_bytes,
+    pop_message,
+    redis_client,
+)
 from worker.caption import CaptionHandler
 from worker.chunk import run_chunk
 from worker.context import Context
@@ -116,27 +122,13 @@ def test_a_redelivered_chunk_counts_nothing(ctx: Context) -> None:
     assert seen.delta("janus_worker_batch_size_count", kind="generate") == 0
 
 
-class CancelDuringCall:
-    """The tiny engine; the job is cancelled (as the API does) during the first call."""
-
-    def __init__(self, engine: Any, ctx: Context, job_id: str) -> None:
-        self.engine, self.ctx, self.job_id, self.calls = engine, ctx, job_id, 0
-        self.model_name = engine.model_name
-
-    def generate(self, requests: list[Any]) -> list[Any]:
-        self.calls += 1
-        if self.calls == 1:
-            cancel_job(self.ctx.database_url, self.ctx.app, c.LOCAL_OWNER, self.job_id)
-        return self.engine.generate(requests)
-
-
 def test_cancelled_items_are_counted_by_the_chunk_that_moved_them(
     ctx: Context, tiny_engine: Any
 ) -> None:
     job_id = create_job(ctx, JobKind.GENERATE, [f"prompt {i}" for i in range(10)])  # 8 + 2
     _, first = pop_message(ctx, c.GENERATE_QUEUE)
     _, second = pop_message(ctx, c.GENERATE_QUEUE)
-    engine = CancelDuringCall(tiny_engine, ctx, job_id)
+    engine = CancellingEngine(tiny_engine, ctx, job_id)
     cancelling = Context(ctx.settings, ctx.storage, ctx.app, engine=lambda: engine)
     seen = Samples()
 
