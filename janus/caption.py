@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import hf_adapter
 from .decoder import StaticDecoder
 from .images import normalize_image
 from .packing import round_up
@@ -56,7 +57,7 @@ def _prompt_embeds(model, tokens: TokenIds, unit: CaptionUnit) -> torch.Tensor:
     ids = unit.input_ids.to(device)
     embeds = model.get_input_embeddings()(ids)
     pixels = unit.pixel_values.to(device=device, dtype=dtype)
-    features = model.model.get_image_features(pixels).pooler_output[0].to(embeds.dtype)
+    features = hf_adapter.image_features(model, pixels).to(embeds.dtype)
     slots = ids == tokens.image_token
     if int(slots.sum()) != features.shape[0]:
         raise ValueError(f"{int(slots.sum())} image slots for {features.shape[0]} image features")
@@ -70,18 +71,18 @@ def run_caption_pass(
     """Decode one pass (all units share a shape key); returns one text per unit."""
     prompt_len, new_len = units[0].shape_key
     embed_tokens = model.get_input_embeddings()
-    decoder = StaticDecoder(model.model.language_model, capacity, prompt_len, new_len)
+    decoder = StaticDecoder(hf_adapter.text_model(model), capacity, prompt_len, new_len)
     for row, unit in enumerate(units):
         decoder.prefill([row], _prompt_embeds(model, tokens, unit).unsqueeze(0))
     settings = [
         RowSampling(u.request.seed, u.request.temperature, None, u.request.top_p) for u in units
     ]
     settings += [GREEDY] * (capacity - len(units))
-    sampler = RowSampler(settings, vocab=model.lm_head.out_features, device=model.device)
+    sampler = RowSampler(settings, vocab=hf_adapter.text_vocab_size(model), device=model.device)
     limits = [u.request.max_new_tokens for u in units]
     outputs: list[list[int]] = [[] for _ in units]
     done = [False] * len(units)
-    logits = model.lm_head(decoder.prefilled())
+    logits = hf_adapter.text_logits(model, decoder.prefilled())
     for step in range(max(limits)):
         values = (chosen := sampler.sample(logits)).tolist()
         for row in range(len(units)):
@@ -94,7 +95,7 @@ def run_caption_pass(
             done[row] = len(outputs[row]) >= limits[row]
         if all(done) or step + 1 >= max(limits):
             break
-        logits = model.lm_head(decoder.step(embed_tokens(chosen.unsqueeze(-1))))
+        logits = hf_adapter.text_logits(model, decoder.step(embed_tokens(chosen.unsqueeze(-1))))
     return [_text(processor.tokenizer.decode(ids, skip_special_tokens=True)) for ids in outputs]
 
 

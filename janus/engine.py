@@ -27,6 +27,9 @@ from .schemas import CaptionRequest, CaptionResult, GeneratedImage, GenerateRequ
 
 logger = logging.getLogger(__name__)
 
+SeededTokens = tuple[int, tuple[int, ...]]
+"""(seed, image tokens) of one generated image."""
+
 PassHook = Callable[[str, int, int], None]
 """Called after each forward pass with (kind, units in the pass, rows used by real units)."""
 
@@ -102,7 +105,7 @@ class JanusEngine:
                     unit = prepare_caption(self.processor, i, request, self.prompt_bucket)
                     self._check_length(unit.prompt_len + unit.new_len)
                     units.append(unit)
-                except Exception as exc:  # noqa: BLE001 - the request alone fails, with a readable reason
+                except Exception as exc:  # broad on purpose: only this request fails
                     logger.info("caption request %d failed: %s", i, _describe(exc))
                     results[i] = CaptionResult(error=_describe(exc))
             for batch in pack(
@@ -118,7 +121,7 @@ class JanusEngine:
                     self.max_batch_rows,
                 )
                 self._record("caption", len(batch), len(batch), started)
-                for unit, text in zip(batch, texts):
+                for unit, text in zip(batch, texts, strict=True):
                     results[unit.index] = CaptionResult(text=text)
         return [r if r is not None else CaptionResult(error="not processed") for r in results]
 
@@ -140,24 +143,27 @@ class JanusEngine:
     def generate_tokens(
         self, requests: Sequence[GenerateRequest]
     ) -> list[list[tuple[int, ...]] | str]:
-        """Image tokens only (no VQ decoding): per request its n token tuples, or an error string."""
+        """Image tokens only (no VQ decoding): per request its n token tuples, or an error."""
         with self._lock, torch.inference_mode():
             return [
                 t if isinstance(t, str) else [tokens for _, tokens in t]
                 for t in self._generate_tokens(requests)
             ]
 
-    def _generate_tokens(self, requests):
+    def _generate_tokens(
+        self, requests: Sequence[GenerateRequest]
+    ) -> list[list[SeededTokens] | str]:
         """Per request: [(seed, tokens)] for its n images in index order, or an error string."""
         _check_types(requests, GenerateRequest)
-        outcome: list[list | str] = [[None] * r.n for r in requests]
+        placeholder: SeededTokens = (0, ())
+        outcome: list[list[SeededTokens] | str] = [[placeholder] * r.n for r in requests]
         units: list[ImageUnit] = []
         for i, request in enumerate(requests):
             try:
                 request_units = prepare_images(self.processor, i, request, self.prompt_bucket)
                 self._check_length(request_units[0].prompt_len + self.tokens.num_image_tokens)
                 units.extend(request_units)
-            except Exception as exc:  # noqa: BLE001 - the request alone fails, with a readable reason
+            except Exception as exc:  # broad on purpose: only this request fails
                 logger.info("generate request %d failed: %s", i, _describe(exc))
                 outcome[i] = _describe(exc)
         for batch in pack(
@@ -168,8 +174,10 @@ class JanusEngine:
                 run_image_pass, self.model, self.tokens, batch, self.max_batch_rows
             )
             self._record("generate", len(batch), sum(u.rows for u in batch), started)
-            for unit, image_tokens in zip(batch, token_lists):
-                outcome[unit.index][unit.k] = (unit.seed, image_tokens)
+            for unit, image_tokens in zip(batch, token_lists, strict=True):
+                images = outcome[unit.index]
+                assert not isinstance(images, str), "a failed request has no units"
+                images[unit.k] = (unit.seed, image_tokens)
         return outcome
 
     def _check_length(self, positions: int) -> None:

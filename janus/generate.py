@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import hf_adapter
 from .decoder import StaticDecoder
 from .packing import round_up
 from .prompts import TokenIds, image_prompt_ids, unconditional_ids
@@ -78,14 +79,14 @@ def run_image_pass(
     count = len(units)
     unit_rows, unit_of_row = _layout(units, capacity)
     decoder = StaticDecoder(
-        model.model.language_model, capacity, units[0].shape_key, tokens.num_image_tokens
+        hf_adapter.text_model(model), capacity, units[0].shape_key, tokens.num_image_tokens
     )
-    for unit, rows in zip(units, unit_rows):
+    for unit, rows in zip(units, unit_rows, strict=True):
         prompts = [unit.input_ids] + (
             [unconditional_ids(unit.input_ids, tokens)] if unit.request.guided else []
         )
         decoder.prefill(rows, model.get_input_embeddings()(torch.stack(prompts).to(device)))
-    # units beyond `count` are dummies: they read the last row (a dummy or unused row) and are argmax
+    # units beyond `count` are dummies: they read the last row (a dummy or unused one), argmax
     cond_rows = torch.tensor(
         [rows[0] for rows in unit_rows] + [capacity - 1] * (capacity - count), device=device
     )
@@ -99,26 +100,25 @@ def run_image_pass(
     guided[:count, 0] = torch.tensor([u.request.guided for u in units])
     sampler = RowSampler(
         [u.sampling for u in units] + [GREEDY] * (capacity - count),
-        vocab=model.model.generation_head.vision_head.out_features,
+        vocab=hf_adapter.image_vocab_size(model),
         device=device,
     )
-    head = model.model.generation_head
     generated = torch.empty((capacity, tokens.num_image_tokens), dtype=torch.long, device=device)
     hidden = decoder.prefilled()
     for step in range(tokens.num_image_tokens):
-        logits = head(hidden).float()
+        logits = hf_adapter.image_logits(model, hidden).float()
         cond, uncond = logits[cond_rows], logits[uncond_rows]
         chosen = sampler.sample(torch.where(guided, uncond + (cond - uncond) * weights, cond))
         generated[:, step] = chosen
         if step + 1 < tokens.num_image_tokens:
             row_tokens = chosen[row_unit].unsqueeze(-1)
-            hidden = decoder.step(model.prepare_embeddings_for_image_generation(row_tokens))
+            hidden = decoder.step(hf_adapter.image_token_embeddings(model, row_tokens))
     return [tuple(row) for row in generated[:count].tolist()]
 
 
 def decode_image(model, image_tokens: tuple[int, ...]) -> Image.Image:
     """VQ-decode one image's tokens (alone, so pixels never depend on a batch) to 8-bit RGB."""
     ids = torch.tensor([image_tokens], dtype=torch.long, device=model.device)
-    pixels = model.decode_image_tokens(ids)[0].float()  # [H, W, 3], channels last, in [-1, 1]
+    pixels = hf_adapter.decode_image_tokens(model, ids)[0].float()  # [H, W, 3] in [-1, 1]
     array = ((pixels + 1.0) * 127.5).clamp(0, 255).to(torch.uint8).cpu().numpy()
     return Image.fromarray(np.ascontiguousarray(array))

@@ -26,7 +26,7 @@ def _first_frame(image: Image.Image) -> Image.Image:
 def _exif_upright(image: Image.Image) -> Image.Image:
     try:
         return ImageOps.exif_transpose(image)
-    except Exception:  # noqa: BLE001 - a broken EXIF block must not lose the image itself
+    except Exception:  # broad on purpose: a broken EXIF block must not lose the image
         return image
 
 
@@ -87,7 +87,7 @@ def normalize_image(image: object) -> Image.Image:
             rgb = image.convert("RGB")
     except JanusImageError:
         raise
-    except Exception as exc:  # noqa: BLE001 - PIL raises OSError, ValueError, SyntaxError...
+    except Exception as exc:  # broad on purpose: PIL raises OSError, ValueError, SyntaxError...
         raise JanusImageError(f"cannot read image: {type(exc).__name__}: {exc}") from None
     rgb.info.clear()
     return rgb

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import torch
 
+from . import hf_adapter
 from .errors import JanusLoadError
 
 logger = logging.getLogger(__name__)
@@ -147,10 +148,9 @@ def load_checkpoint(model: str, device: torch.device, dtype: torch.dtype):
                 "expected 'janus')"
             )
         processor = AutoProcessor.from_pretrained(source)
-        # sdpa: the fixed-shape decoder passes a boolean 4-D mask, which eager attention
-        # would add as 0/1 instead of masking, and flash-attention-2 rejects.
-        network = JanusForConditionalGeneration.from_pretrained(
-            source, dtype=dtype, attn_implementation="sdpa"
+        # sdpa attention and no hub kernels: see hf_adapter.LOAD_OPTIONS.
+        network: torch.nn.Module = JanusForConditionalGeneration.from_pretrained(
+            source, dtype=dtype, **hf_adapter.LOAD_OPTIONS
         )
     except JanusLoadError:
         raise
@@ -170,7 +170,7 @@ def load_checkpoint(model: str, device: torch.device, dtype: torch.dtype):
         raise JanusLoadError(
             f"could not load Janus checkpoint from {where}: {reason}.{hint}"
         ) from exc
-    if not hasattr(processor, "image_start_token") or not hasattr(processor, "num_image_tokens"):
+    if not hf_adapter.is_janus_processor(processor):
         raise JanusLoadError(f"{where} has no JanusProcessor (got {type(processor).__name__})")
     network = network.to(device).eval()
     network.requires_grad_(False)

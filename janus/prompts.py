@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from . import hf_adapter
+
 
 @dataclass(frozen=True)
 class TokenIds:
@@ -46,18 +48,15 @@ class TokenIds:
             if tokenizer.bos_token_id is not None
             else generation.bos_token_id
         )
-        vq = model.model.vqmodel.quantize.quant_state_dims
-        side = model.config.vq_config.num_patches * 2 ** (
-            len(model.config.vq_config.channel_multiplier) - 1
-        )
+        grid_rows, grid_columns = hf_adapter.image_token_grid(model)
         return cls(
             bos=int(bos),
             eos=int(eos),
             pad=int(pad if pad is not None else eos),
-            boi=int(tokenizer.convert_tokens_to_ids(processor.image_start_token)),
+            boi=int(tokenizer.convert_tokens_to_ids(hf_adapter.begin_of_image_token(processor))),
             image_token=int(model.config.image_token_id),
-            num_image_tokens=int(vq[0] * vq[1]),
-            image_size=int(side),
+            num_image_tokens=grid_rows * grid_columns,
+            image_size=hf_adapter.generated_image_side(model.config),
         )
 
 
@@ -69,15 +68,13 @@ def _chat(processor, content: list[dict]) -> str:
 def caption_inputs(processor, question: str, image) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids [L], pixel_values [1, 3, S, S]) for one caption request."""
     prompt = _chat(processor, [{"type": "image"}, {"type": "text", "text": question}])
-    encoded = processor(text=[prompt], images=[image], return_tensors="pt")
-    return encoded["input_ids"][0], encoded["pixel_values"]
+    return hf_adapter.encode_caption_prompt(processor, prompt, image)
 
 
 def image_prompt_ids(processor, prompt: str) -> torch.Tensor:
     """input_ids [L] of the conditional prompt of an image-generation request."""
     text = _chat(processor, [{"type": "text", "text": prompt}])
-    encoded = processor(text=[text], generation_mode="image", return_tensors="pt")
-    return encoded["input_ids"][0]
+    return hf_adapter.encode_image_prompt(processor, text)
 
 
 def unconditional_ids(ids: torch.Tensor, tokens: TokenIds) -> torch.Tensor:

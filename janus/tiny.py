@@ -7,18 +7,20 @@ a byte-level BPE trained offline on a small built-in corpus with the Janus speci
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import pathlib
 
 import torch
 
+from . import hf_adapter
+
 logger = logging.getLogger(__name__)
 
-BOS_TOKEN = "<｜begin▁of▁sentence｜>"
-EOS_TOKEN = "<｜end▁of▁sentence｜>"
-PAD_TOKEN = "<｜▁pad▁｜>"
+# DeepSeek's own spellings: FULLWIDTH VERTICAL LINE (U+FF5C) and LOWER ONE EIGHTH BLOCK (U+2581).
+BOS_TOKEN = "<\uff5cbegin\u2581of\u2581sentence\uff5c>"
+EOS_TOKEN = "<\uff5cend\u2581of\u2581sentence\uff5c>"
+PAD_TOKEN = "<\uff5c\u2581pad\u2581\uff5c>"
 IMAGE_TOKENS = {
     "image_token": "<image_placeholder>",
     "boi_token": "<begin_of_image>",
@@ -164,20 +166,6 @@ def _randomize(model: torch.nn.Module, seed: int) -> None:
             param.copy_(torch.randn(param.shape, generator=generator) * std)
 
 
-@contextlib.contextmanager
-def _quiet_progress_bars():
-    """Hide transformers' "Writing model shards" bar while saving, then restore the setting."""
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
-
-
 def make_tiny_checkpoint(
     directory: str | pathlib.Path, image_size: int = 64, seed: int = 0
 ) -> pathlib.Path:
@@ -186,8 +174,7 @@ def make_tiny_checkpoint(
     image_size 64 gives 16 image tokens and 64x64 images (fast tests); 384 gives the real
     shape (576 tokens, 384x384 images). The same seed always gives the same weights.
     """
-    from transformers import GenerationConfig, JanusForConditionalGeneration, JanusProcessor
-    from transformers.models.janus.image_processing_pil_janus import JanusImageProcessorPil
+    from transformers import GenerationConfig, JanusForConditionalGeneration
 
     path = pathlib.Path(directory)
     path.mkdir(parents=True, exist_ok=True)
@@ -205,19 +192,13 @@ def make_tiny_checkpoint(
         guidance_scale=5.0,
         generation_kwargs={"boi_token_id": boi_id},
     )
-    image_processor = JanusImageProcessorPil(
-        size={"height": image_size, "width": image_size},
-        image_mean=[0.5, 0.5, 0.5],
-        image_std=[0.5, 0.5, 0.5],
-    )
-    processor = JanusProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
+    processor = hf_adapter.janus_processor(
+        hf_adapter.pil_image_processor(image_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+        tokenizer,
         chat_template=CHAT_TEMPLATE,
-        use_default_system_prompt=True,
         num_image_tokens=config.vision_config.num_image_tokens,
     )
-    with _quiet_progress_bars():
+    with hf_adapter.quiet_progress_bars():
         model.save_pretrained(path)
         processor.save_pretrained(path)
     logger.info(

@@ -50,10 +50,12 @@ def make_engine(engine):
 
 @pytest.fixture(scope="session")
 def reference(tiny_checkpoint):
-    """transformers' own model and processor for the same checkpoint (separate instance)."""
+    """transformers' own model and processor for the same checkpoint (separate instance).
+
+    use_kernels=False: transformers' own layers (5.25 turned hub kernels on by default)."""
     from transformers import AutoProcessor, JanusForConditionalGeneration
 
     model = JanusForConditionalGeneration.from_pretrained(
-        str(tiny_checkpoint), dtype=torch.float32
+        str(tiny_checkpoint), dtype=torch.float32, use_kernels=False
     ).eval()
     return model, AutoProcessor.from_pretrained(str(tiny_checkpoint))

@@ -106,7 +106,7 @@ def test_truncated_file_and_non_images_raise_janus_image_error():
     truncated = Image.open(io.BytesIO(buffer.getvalue()[:200]))
     with pytest.raises(JanusImageError, match="cannot read image"):
         normalize_image(truncated)
-    with pytest.raises(JanusImageError, match="expected a PIL.Image.Image"):
+    with pytest.raises(JanusImageError, match=r"expected a PIL\.Image\.Image"):
         normalize_image(b"not an image")
     assert issubclass(JanusImageError, JanusError)
 

@@ -80,7 +80,7 @@ def test_missing_path_raises_one_clear_error(tmp_path):
 
 
 def test_a_directory_that_is_not_a_checkpoint(tmp_path):
-    with pytest.raises(JanusLoadError, match="no config.json"):
+    with pytest.raises(JanusLoadError, match=r"no config\.json"):
         JanusEngine.load(str(tmp_path), device="cpu")
 
 

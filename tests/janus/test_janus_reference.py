@@ -57,7 +57,7 @@ def test_captions_equal_transformers_generate(engine, reference):
         # The engine drops the U+FFFD left when max_new_tokens cuts a multi-byte character.
         expected.append(text.strip().rstrip("\ufffd").rstrip())
     results = engine.caption(
-        [CaptionRequest(im, q, max_new_tokens=12) for im, q in zip(images, questions)]
+        [CaptionRequest(im, q, max_new_tokens=12) for im, q in zip(images, questions, strict=True)]
     )
     assert [r.text for r in results] == expected
     assert all(len(text) > 0 for text in expected)
