@@ -12,7 +12,7 @@ from typing import Annotated
 from celery import Celery
 from fastapi import Cookie, Depends, Header, Request
 
-from api.errors import ApiError
+from api.errors import HttpError
 from janus_batch.constants import LOCAL_OWNER
 from janus_batch.keys import verify_key
 from janus_batch.queue import get_celery
@@ -87,13 +87,13 @@ def get_owner(
     challenge = {"WWW-Authenticate": "Bearer"}
     if not authorization and key_cookie:
         if request.method not in ("GET", "HEAD") and not request.headers.get(UI_HEADER):
-            raise ApiError(403, f"cookie authentication needs the {UI_HEADER} header", UI_HEADER)
+            raise HttpError(403, f"cookie authentication needs the {UI_HEADER} header", UI_HEADER)
         owner = cookie_owner(database_url, key_cookie)
         if owner is None:
-            raise ApiError(401, "invalid or revoked API key (cookie)", KEY_COOKIE, challenge)
+            raise HttpError(401, "invalid or revoked API key (cookie)", KEY_COOKIE, challenge)
         return owner
     if not authorization:
-        raise ApiError(
+        raise HttpError(
             401,
             "an API key is required: send 'Authorization: Bearer <key>'",
             "Authorization",
@@ -101,12 +101,12 @@ def get_owner(
         )
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise ApiError(
+        raise HttpError(
             401, "malformed Authorization header: use 'Bearer <key>'", "Authorization", challenge
         )
     key = verify_key(database_url, token.strip())
     if key is None:
-        raise ApiError(401, "invalid or revoked API key", "Authorization", challenge)
+        raise HttpError(401, "invalid or revoked API key", "Authorization", challenge)
     return key.id
 
 

@@ -9,7 +9,7 @@ from typing import BinaryIO
 from fastapi import Response
 from fastapi.responses import FileResponse, StreamingResponse
 
-from api.errors import ApiError
+from api.errors import HttpError
 from janus_batch.models import Job
 from janus_batch.storage import NotFoundError, Storage, validate_key
 
@@ -40,12 +40,12 @@ def object_response(
     path = storage.local_path(key)
     if path is not None:
         if not path.is_file():
-            raise ApiError(404, missing, field)
+            raise HttpError(404, missing, field)
         return FileResponse(path, media_type=media_type, headers=headers)
     try:
         body = storage.open_read(key)
     except NotFoundError:
-        raise ApiError(404, missing, field) from None
+        raise HttpError(404, missing, field) from None
     return StreamingResponse(iter_body(body), media_type=media_type, headers=headers)
 
 

@@ -42,8 +42,9 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
-class ApiError(Exception):
-    """An HTTP error raised by the API layer itself (e.g. authentication)."""
+class HttpError(Exception):
+    """An HTTP error raised by the API layer itself (e.g. authentication); not the client's
+    `janus_batch.client.ApiError`, which is what a caller of the API sees."""
 
     def __init__(
         self,
@@ -111,7 +112,7 @@ async def _on_invalid_input(_: Request, exc: InvalidInput) -> JSONResponse:
     return error_response(status, str(exc), exc.field or None)
 
 
-async def _on_api_error(_: Request, exc: ApiError) -> JSONResponse:
+async def _on_http_error(_: Request, exc: HttpError) -> JSONResponse:
     return error_response(exc.status, exc.message, exc.field, exc.headers)
 
 
@@ -152,7 +153,7 @@ def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers that give every error the `{"error": {...}}` shape."""
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(InvalidInput, _on_invalid_input)
-    app.add_exception_handler(ApiError, _on_api_error)
+    app.add_exception_handler(HttpError, _on_http_error)
     app.add_exception_handler(HTTPException, _on_http)
     app.add_exception_handler(JobNotFound, _on_not_found)
     app.add_exception_handler(NotFoundError, _on_not_found)

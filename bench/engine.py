@@ -12,8 +12,9 @@ Measures, in one run, against baselines measured in the same run:
   (c) 16 greedy captions one at a time (transformers `model.generate`, one image per call)
       vs JanusEngine.caption batching them (max_batch_rows=16), at 32 and 128 new tokens;
   (d) peak RSS of the process.
-Each timing is the best of --repeats runs after one warm-up run (wall clock); CPU seconds of the same run are shown
-too, since other processes on a small shared machine make wall-clock ratios noisy.
+Each timing is the best of --repeats runs after one warm-up run (wall clock); CPU seconds of
+the same run are shown too, since other processes on a small shared machine make wall-clock
+ratios noisy.
 Torch threads are set explicitly (default 1: on a 2-core machine shared with other work a
 second thread makes each small op wait for a busy core; pass --threads 2 on an idle machine).
 """

@@ -53,7 +53,7 @@ import redis
 from botocore.config import Config
 from sqlalchemy import text, update
 
-from janus_batch import constants as c
+from janus_batch import constants
 from janus_batch.db import dispose_engines, is_sqlite, session_scope
 from janus_batch.inputs import caption_item, parse_params
 from janus_batch.migrate import upgrade
@@ -114,7 +114,7 @@ def in_child(function: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         code = 0
         try:
             out = function()
-        except BaseException:  # noqa: BLE001 - reported to the parent
+        except BaseException:
             out, code = {"error": traceback.format_exc()}, 1
         finally:
             dispose_engines()
@@ -246,7 +246,7 @@ def new_job(ctx: Context, source: dict[str, Any]) -> str:
         session.add(
             Job(
                 id=job_id,
-                owner=c.LOCAL_OWNER,
+                owner=constants.LOCAL_OWNER,
                 kind=JobKind.CAPTION,
                 status=JobStatus.QUEUED,
                 model="bench",
@@ -305,8 +305,8 @@ def clear_queues(ctx: Context) -> int:
     """Delete the queued messages; returns how many chunk messages there were."""
     client = redis.Redis.from_url(ctx.settings.redis_url)
     prefix = ctx.settings.queue_prefix
-    chunks = int(client.llen(f"{prefix}{c.CAPTION_QUEUE}"))
-    client.delete(*(f"{prefix}{q}" for q in (c.CAPTION_QUEUE, c.CONTROL_QUEUE)))
+    chunks = int(client.llen(f"{prefix}{constants.CAPTION_QUEUE}"))
+    client.delete(*(f"{prefix}{q}" for q in (constants.CAPTION_QUEUE, constants.CONTROL_QUEUE)))
     client.close()
     return chunks
 
@@ -334,7 +334,7 @@ def expand_once(setup: Setup, method: str, source: dict[str, Any], traced: bool)
     clear_queues(ctx)
     reset_tables(ctx.database_url)
     job_id = new_job(ctx, source)
-    key = f"{ctx.settings.queue_prefix}{c.CAPTION_QUEUE}"
+    key = f"{ctx.settings.queue_prefix}{constants.CAPTION_QUEUE}"
     watcher = FirstMessage(ctx.settings.redis_url, key)
     watcher.start()
     if traced:

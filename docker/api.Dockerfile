@@ -7,6 +7,6 @@ COPY api ./api
 COPY migrations ./migrations
 COPY janus ./janus
 COPY worker ./worker
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir ".[server]"
 EXPOSE 8000
 CMD ["uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", "8000"]

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Callable, Iterable, Iterator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from janus_batch.formats import ImageFormat
 from janus_batch.items import NewItem
+from janus_batch.settings import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS_LIMIT
 from janus_batch.states import JobKind
 
 DEFAULT_QUESTION = "Describe this image."
@@ -76,10 +78,11 @@ CustomId = Annotated[str, Field(min_length=1, max_length=512)]
 
 
 class CaptionParams(_Strict):
-    """Job-wide defaults of a caption job."""
+    """Job-wide defaults of a caption job. `parse_params` fills an unset max_new_tokens from
+    the JANUS_BATCH_MAX_NEW_TOKENS setting."""
 
     prompt: str = Field(default=DEFAULT_QUESTION, min_length=1)
-    max_new_tokens: int = Field(default=128, ge=1, le=1024)
+    max_new_tokens: int = Field(default=DEFAULT_MAX_NEW_TOKENS, ge=1, le=MAX_NEW_TOKENS_LIMIT)
     temperature: Temperature = 0.0
     top_p: TopP = 1.0
 
@@ -87,12 +90,14 @@ class CaptionParams(_Strict):
 class GenerateParams(_Strict):
     """Job-wide defaults of a generate job."""
 
+    model_config = ConfigDict(use_enum_values=True)  # params.format is stored as plain text
+
     n: int = Field(default=1, ge=1)
     cfg_weight: float = Field(default=5.0, ge=1.0, le=50.0)
     temperature: Temperature = 1.0
     top_k: TopK | None = None
     top_p: TopP | None = None
-    format: Literal["png", "jpeg", "webp"] = "png"
+    format: ImageFormat = Field(default=ImageFormat.PNG, validate_default=True)
 
 
 class CaptionItemIn(_Strict):
@@ -125,8 +130,19 @@ def _first_error(err: ValidationError, where: str) -> InvalidInput:
     return InvalidInput(field, first["msg"])
 
 
-def parse_params(kind: str, raw: dict[str, Any] | None, *, max_n: int) -> BaseModel:
-    """Validate a job's `params` for its kind."""
+def parse_params(
+    kind: str,
+    raw: dict[str, Any] | None,
+    *,
+    max_n: int,
+    default_max_new_tokens: int | None = None,
+) -> BaseModel:
+    """Validate a job's `params` for its kind.
+
+    A caption job that leaves `max_new_tokens` unset gets `default_max_new_tokens` (the
+    JANUS_BATCH_MAX_NEW_TOKENS setting) when given, else DEFAULT_MAX_NEW_TOKENS; the value
+    is recorded in the job's params, so re-parsing stored params never changes it.
+    """
     try:
         params = (CaptionParams if kind == JobKind.CAPTION else GenerateParams).model_validate(
             raw or {}
@@ -135,6 +151,12 @@ def parse_params(kind: str, raw: dict[str, Any] | None, *, max_n: int) -> BaseMo
         raise _first_error(err, "params") from None
     if isinstance(params, GenerateParams) and params.n > max_n:
         raise InvalidInput("params.n", f"must be between 1 and {max_n}")
+    if (
+        isinstance(params, CaptionParams)
+        and default_max_new_tokens is not None
+        and "max_new_tokens" not in params.model_fields_set
+    ):
+        params = params.model_copy(update={"max_new_tokens": default_max_new_tokens})
     return params
 
 

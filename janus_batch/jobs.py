@@ -11,29 +11,31 @@ import base64
 import json
 import logging
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from janus_batch import constants as c
+from janus_batch import lifecycle
+from janus_batch.constants import EXPAND_SOURCE_TASK, FINALIZE_JOB_TASK
 from janus_batch.db import session_scope
 from janus_batch.files import file_resolver, referenced_file_ids
 from janus_batch.inputs import (
     InvalidInput,
     check_items,
+    check_request_refs,
     check_source,
     check_text,
     parse_params,
 )
-from janus_batch.items import add_items
+from janus_batch.items import NewItem, add_items
 from janus_batch.models import Item, Job, new_id, utcnow
-from janus_batch.progress import bump_counts, try_start_finalizing
 from janus_batch.queue import send_control
 from janus_batch.settings import Settings
-from janus_batch.states import JOB_FINAL, ItemStatus, JobKind, JobStatus, job_sources
+from janus_batch.states import JOB_FINAL, ItemStatus, JobKind, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -66,24 +68,81 @@ def create_job(
 ) -> tuple[Job, bool]:
     """Validate everything, write the job, enqueue its work; returns (job, created).
 
+    Every rule about a job is applied here, whatever the transport: parameters, items or a
+    source (never both), limits, and no `s3://` reference into the service's own storage.
     Inline items are inserted and enqueued in chunks before returning; a source is stored on
     the job and expanded by the `expand_source` task. With an idempotency key already used
     by this owner, the existing job is returned and nothing is created (`created` False).
     """
-    db = settings.resolved_database_url()
+    database_url = settings.resolved_database_url()
+    if idempotency_key is not None:
+        _check_idempotency_key(idempotency_key)
+    request = _validate(settings, owner, kind, params, items, source)
+    if idempotency_key is not None and (
+        existing := _find_idempotent(database_url, owner, idempotency_key)
+    ):
+        return existing, False
+    job_id = new_id("job")
+    try:
+        with session_scope(database_url) as session:
+            lifecycle.create_job(
+                session,
+                id=job_id,
+                owner=owner,
+                kind=kind,
+                model=settings.model,
+                params=request.params,
+                source=request.source,
+                idempotency_key=idempotency_key,
+                output_prefix=f"jobs/{job_id}",
+                created_at=utcnow(),
+            )
+    except IntegrityError:
+        if idempotency_key is not None and (
+            existing := _find_idempotent(database_url, owner, idempotency_key)
+        ):
+            return existing, False  # a concurrent request with the same key won the race
+        raise
+    _enqueue_work(settings, app, job_id, kind, request)
+    what = (
+        f"{len(request.items)} items" if request.items is not None else f"source {request.source}"
+    )
+    log.info("job=%s created: %s %s for %s", job_id, kind, what, owner)
+    return get_job(database_url, owner, job_id), True
+
+
+@dataclass(frozen=True)
+class _Request:
+    """A validated job request: its parameters, and its inline items or its source."""
+
+    params: dict[str, Any]
+    items: list[NewItem] | None
+    source: dict[str, Any] | None
+
+
+def _validate(
+    settings: Settings,
+    owner: str,
+    kind: str,
+    params: dict[str, Any] | None,
+    items: list[Any] | None,
+    source: dict[str, Any] | None,
+) -> _Request:
+    """Apply every rule about a job request; InvalidInput naming the field otherwise."""
     if kind not in set(JobKind):
         raise InvalidInput("kind", f"must be one of {', '.join(JobKind)}")
-    parsed = parse_params(kind, params, max_n=settings.max_n)
     if items is not None and source is not None:
         raise InvalidInput("items", "give either items or source, not both")
     if items is None and source is None:
         raise InvalidInput("items", "give either items (inline) or source (s3_prefix or manifest)")
-    if idempotency_key is not None:
-        _check_idempotency_key(idempotency_key)
-        if existing := _find_idempotent(db, owner, idempotency_key):
-            return existing, False
-    new_items = None
-    job_source = None
+    storage_url = settings.resolved_storage_url()
+    # s3:// references into the service's own storage would read other users' data: refused
+    # before anything else is looked at (uploads are named by file id instead).
+    check_request_refs(kind, items, source, storage_url)
+    parsed = parse_params(
+        kind, params, max_n=settings.max_n, default_max_new_tokens=settings.max_new_tokens
+    )
+    database_url = settings.resolved_database_url()
     if items is not None:
         new_items = check_items(
             items,
@@ -92,49 +151,39 @@ def create_job(
             max_items=settings.max_inline_items,
             max_prompt_chars=settings.max_prompt_chars,
             max_n=settings.max_n,
-            resolve_file=file_resolver(db, owner, referenced_file_ids(items, "image"), "image"),
+            resolve_file=file_resolver(
+                database_url, owner, referenced_file_ids(items, "image"), "image"
+            ),
+            storage_url=storage_url,
         )
-    else:
-        ids = referenced_file_ids([source], "manifest")
-        job_source = check_source(
-            source, kind, resolve_file=file_resolver(db, owner, ids, "manifest")
-        )
-
-    job_id = new_id("job")
-    job = Job(
-        id=job_id,
-        owner=owner,
-        kind=kind,
-        status=JobStatus.QUEUED.value,
-        model=settings.model,
-        params=parsed.model_dump(),
-        source=job_source,
-        idempotency_key=idempotency_key,
-        output_prefix=f"jobs/{job_id}",
-        expanded=False,
-        created_at=utcnow(),
+        return _Request(parsed.model_dump(), new_items, None)
+    ids = referenced_file_ids([source], "manifest")
+    job_source = check_source(
+        source,
+        kind,
+        resolve_file=file_resolver(database_url, owner, ids, "manifest"),
+        storage_url=storage_url,
     )
+    return _Request(parsed.model_dump(), None, job_source)
+
+
+def _enqueue_work(
+    settings: Settings, app: Celery, job_id: str, kind: str, request: _Request
+) -> None:
+    """Insert and enqueue inline items (then end the expansion), or send the expand task;
+    a broker that cannot take them fails the job and raises QueueUnavailable."""
+    database_url = settings.resolved_database_url()
     try:
-        with session_scope(db) as session:
-            session.add(job)
-    except IntegrityError:
-        if idempotency_key is not None and (
-            existing := _find_idempotent(db, owner, idempotency_key)
-        ):
-            return existing, False  # a concurrent request with the same key won the race
-        raise
-    try:
-        if new_items is not None:
-            add_items(db, app, job_id, kind, new_items, chunk_size=settings.chunk_size)
-            _end_expansion(db, app, job_id)
+        if request.items is not None:
+            add_items(
+                database_url, app, job_id, kind, request.items, chunk_size=settings.chunk_size
+            )
+            _end_expansion(database_url, app, job_id)
         else:
-            send_control(app, c.EXPAND_SOURCE_TASK, job_id)
+            send_control(app, EXPAND_SOURCE_TASK, job_id)
     except Exception as exc:
-        _abandon(db, job_id, f"could not enqueue the job: {exc}")
+        _abandon(database_url, job_id, f"could not enqueue the job: {exc}")
         raise QueueUnavailable(f"could not enqueue job {job_id}: {exc}") from exc
-    what = f"{len(new_items)} items" if new_items is not None else f"source {job_source}"
-    log.info("job=%s created: %s %s for %s", job_id, kind, what, owner)
-    return get_job(db, owner, job_id), True
 
 
 def _check_idempotency_key(key: str) -> None:
@@ -146,67 +195,45 @@ def _check_idempotency_key(key: str) -> None:
     check_text(key, field)
 
 
-def _find_idempotent(db: str, owner: str, key: str) -> Job | None:
-    with session_scope(db) as session:
+def _find_idempotent(database_url: str, owner: str, key: str) -> Job | None:
+    with session_scope(database_url) as session:
         return session.scalar(select(Job).where(Job.owner == owner, Job.idempotency_key == key))
 
 
-def _end_expansion(db: str, app: Celery, job_id: str) -> None:
+def _end_expansion(database_url: str, app: Celery, job_id: str) -> None:
     """Mark every item inserted; if workers already finished them all, finalize now."""
-    with session_scope(db) as session:
-        session.execute(update(Job).where(Job.id == job_id).values(expanded=True))
-        won = try_start_finalizing(session, job_id)
+    with session_scope(database_url) as session:
+        lifecycle.end_expansion(session, job_id)
+        won = lifecycle.start_finalizing(session, job_id)
     if won:
-        send_control(app, c.FINALIZE_JOB_TASK, job_id)
+        send_control(app, FINALIZE_JOB_TASK, job_id)
 
 
-def _abandon(db: str, job_id: str, reason: str) -> None:
+def _abandon(database_url: str, job_id: str, reason: str) -> None:
     """Fail a job whose work could not be enqueued, freeing its idempotency key for a retry."""
     try:
-        with session_scope(db) as session:
-            n = _cancel_pending(session, job_id)
-            bump_counts(session, job_id, cancelled=n)
-            session.execute(
-                update(Job)
-                .where(Job.id == job_id)
-                .values(
-                    status=JobStatus.FAILED,
-                    error=reason,
-                    idempotency_key=None,
-                    expanded=True,
-                    finished_at=utcnow(),
-                    updated_at=utcnow(),
-                )
-            )
+        with session_scope(database_url) as session:
+            lifecycle.abandon(session, job_id, reason)
         log.error("job=%s failed: %s", job_id, reason)
     except Exception:
         log.exception("job=%s could not be marked failed after: %s", job_id, reason)
 
 
-def _cancel_pending(session: Any, job_id: str) -> int:
-    result = session.execute(
-        update(Item)
-        .where(Item.job_id == job_id, Item.status == ItemStatus.PENDING)
-        .values(status=ItemStatus.CANCELLED, error="job cancelled", finished_at=utcnow())
-    )
-    return result.rowcount
-
-
-def get_job(db: str, owner: str, job_id: str) -> Job:
+def get_job(database_url: str, owner: str, job_id: str) -> Job:
     """The owner's job; JobNotFound otherwise (also for other owners' jobs)."""
     if JOB_ID_RE.fullmatch(job_id):
-        with session_scope(db) as session:
+        with session_scope(database_url) as session:
             job = session.scalar(select(Job).where(Job.id == job_id, Job.owner == owner))
         if job is not None:
             return job
     raise JobNotFound(f"no job {job_id!r}")
 
 
-def running_counts(db: str, job_ids: list[str]) -> dict[str, int]:
+def running_counts(database_url: str, job_ids: list[str]) -> dict[str, int]:
     """How many items of each job are running right now (a COUNT on the items index)."""
     if not job_ids:
         return {}
-    with session_scope(db) as session:
+    with session_scope(database_url) as session:
         rows = session.execute(
             select(Item.job_id, func.count())
             .where(Item.job_id.in_(job_ids), Item.status == ItemStatus.RUNNING)
@@ -234,7 +261,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 def list_jobs(
-    db: str,
+    database_url: str,
     owner: str,
     *,
     limit: int = 20,
@@ -254,13 +281,13 @@ def list_jobs(
             (Job.created_at < created) | ((Job.created_at == created) & (Job.id < job_id))
         )
     query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
-    with session_scope(db) as session:
+    with session_scope(database_url) as session:
         jobs = list(session.scalars(query))
     return jobs[:limit], len(jobs) > limit
 
 
 def list_items(
-    db: str,
+    database_url: str,
     owner: str,
     job_id: str,
     *,
@@ -269,45 +296,37 @@ def list_items(
     status: str | None = None,
 ) -> tuple[list[Item], bool]:
     """A job's items in index order after index `after`; returns (page, has_more)."""
-    get_job(db, owner, job_id)
+    get_job(database_url, owner, job_id)
     query = select(Item).where(Item.job_id == job_id)
     if after is not None:
         query = query.where(Item.idx > after)
     if status is not None:
         query = query.where(Item.status == status)
     query = query.order_by(Item.idx).limit(limit + 1)
-    with session_scope(db) as session:
+    with session_scope(database_url) as session:
         items = list(session.scalars(query))
     return items[:limit], len(items) > limit
 
 
-def cancel_job(db: str, app: Celery, owner: str, job_id: str) -> Job:
+def cancel_job(database_url: str, app: Celery, owner: str, job_id: str) -> Job:
     """Cancel the job's pending items and move it to `cancelling` (running items finish).
 
     Finished items are kept. When nothing is left running, the job goes to finalizing and
     the finalize task is enqueued. JobConflict for a job that is already final/finalizing.
     """
-    job = get_job(db, owner, job_id)
+    job = get_job(database_url, owner, job_id)
     if job.status in JOB_FINAL or job.status == JobStatus.FINALIZING:
         raise JobConflict(f"job {job_id} is already {job.status}; it cannot be cancelled")
-    with session_scope(db) as session:
-        # Items before the job row: the worker's claim locks in that order too, so the two
-        # cannot deadlock on PostgreSQL. A job that is already final has no pending items.
-        n = _cancel_pending(session, job_id)
-        moved = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status.in_(list(job_sources(JobStatus.CANCELLING))))
-            .values(status=JobStatus.CANCELLING, updated_at=utcnow())
-        ).rowcount
-        current = session.scalar(select(Job.status).where(Job.id == job_id))
-        if not moved and current != JobStatus.CANCELLING:
+    with session_scope(database_url) as session:
+        cancelling, n = lifecycle.request_cancel(session, job_id)
+        if not cancelling:
+            current = session.scalar(select(Job.status).where(Job.id == job_id))
             raise JobConflict(f"job {job_id} is already {current}; it cannot be cancelled")
-        bump_counts(session, job_id, cancelled=n)
-        won = try_start_finalizing(session, job_id)
+        won = lifecycle.start_finalizing(session, job_id)
     log.info("job=%s cancelled %d pending items", job_id, n)
     if won:
-        send_control(app, c.FINALIZE_JOB_TASK, job_id)
-    return get_job(db, owner, job_id)
+        send_control(app, FINALIZE_JOB_TASK, job_id)
+    return get_job(database_url, owner, job_id)
 
 
 def as_utc(value: datetime) -> datetime:

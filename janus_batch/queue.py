@@ -7,20 +7,30 @@ name), so it never imports the worker code, torch or the model.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
+from itertools import islice
+from typing import TypeVar
 
 from celery import Celery
 from kombu import Queue
 
-from janus_batch import constants as c
+from janus_batch import constants
 from janus_batch.settings import Settings, get_settings
 from janus_batch.states import JobKind
 
 log = logging.getLogger(__name__)
 
-CHUNK_TASKS = {JobKind.CAPTION: c.CAPTION_CHUNK_TASK, JobKind.GENERATE: c.GENERATE_CHUNK_TASK}
-CHUNK_QUEUES = {JobKind.CAPTION: c.CAPTION_QUEUE, JobKind.GENERATE: c.GENERATE_QUEUE}
+T = TypeVar("T")
+
+CHUNK_TASKS = {
+    JobKind.CAPTION: constants.CAPTION_CHUNK_TASK,
+    JobKind.GENERATE: constants.GENERATE_CHUNK_TASK,
+}
+CHUNK_QUEUES = {
+    JobKind.CAPTION: constants.CAPTION_QUEUE,
+    JobKind.GENERATE: constants.GENERATE_QUEUE,
+}
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -32,14 +42,18 @@ def make_celery(settings: Settings) -> Celery:
     app.conf.update(
         broker_transport_options=transport,
         broker_connection_retry_on_startup=True,
-        task_queues=[Queue(c.CAPTION_QUEUE), Queue(c.GENERATE_QUEUE), Queue(c.CONTROL_QUEUE)],
-        task_default_queue=c.CONTROL_QUEUE,
+        task_queues=[
+            Queue(constants.CAPTION_QUEUE),
+            Queue(constants.GENERATE_QUEUE),
+            Queue(constants.CONTROL_QUEUE),
+        ],
+        task_default_queue=constants.CONTROL_QUEUE,
         task_routes={
-            c.CAPTION_CHUNK_TASK: {"queue": c.CAPTION_QUEUE},
-            c.GENERATE_CHUNK_TASK: {"queue": c.GENERATE_QUEUE},
-            c.EXPAND_SOURCE_TASK: {"queue": c.CONTROL_QUEUE},
-            c.FINALIZE_JOB_TASK: {"queue": c.CONTROL_QUEUE},
-            c.SWEEP_TASK: {"queue": c.CONTROL_QUEUE},
+            constants.CAPTION_CHUNK_TASK: {"queue": constants.CAPTION_QUEUE},
+            constants.GENERATE_CHUNK_TASK: {"queue": constants.GENERATE_QUEUE},
+            constants.EXPAND_SOURCE_TASK: {"queue": constants.CONTROL_QUEUE},
+            constants.FINALIZE_JOB_TASK: {"queue": constants.CONTROL_QUEUE},
+            constants.SWEEP_TASK: {"queue": constants.CONTROL_QUEUE},
         },
         # A chunk is acknowledged only when done; a worker lost mid-chunk gives it back.
         task_acks_late=True,
@@ -54,7 +68,7 @@ def make_celery(settings: Settings) -> Celery:
         # Loading a model in worker_process_init takes longer than the 4 s default.
         worker_proc_alive_timeout=600,
         beat_schedule={
-            "janus-sweep": {"task": c.SWEEP_TASK, "schedule": settings.sweep_interval},
+            "janus-sweep": {"task": constants.SWEEP_TASK, "schedule": settings.sweep_interval},
         },
         timezone="UTC",
     )
@@ -67,15 +81,10 @@ def get_celery() -> Celery:
     return make_celery(get_settings())
 
 
-def chunked(ids: Iterable[int], size: int) -> Iterable[list[int]]:
-    """Split ids into lists of at most `size`."""
-    chunk: list[int] = []
-    for item_id in ids:
-        chunk.append(item_id)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
+def chunked(values: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Split an iterable (ids, items) into lists of at most `size`, lazily."""
+    it = iter(values)
+    while chunk := list(islice(it, size)):
         yield chunk
 
 
@@ -87,4 +96,4 @@ def send_chunk(app: Celery, kind: str, job_id: str, item_ids: Sequence[int]) -> 
 
 def send_control(app: Celery, task: str, *args: object) -> None:
     """Enqueue a control task (expand, finalize, sweep) on the control queue."""
-    app.send_task(task, args=list(args), queue=c.CONTROL_QUEUE)
+    app.send_task(task, args=list(args), queue=constants.CONTROL_QUEUE)

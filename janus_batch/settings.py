@@ -1,4 +1,6 @@
-"""One settings class for every process (API, worker, CLI), read from `JANUS_BATCH_*` variables.
+"""One settings class for the API, the worker and the operator commands, read from
+`JANUS_BATCH_*` variables. The CLI's job commands are HTTP clients and read only
+JANUS_BATCH_API_URL / JANUS_BATCH_API_KEY, as options (janus_batch/client/cli/common.py).
 
 Never read at import time: call `get_settings()` (cached); tests clear it with
 `get_settings.cache_clear()` after changing the environment.
@@ -14,6 +16,10 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "deepseek-community/Janus-Pro-1B"
+DEFAULT_MAX_NEW_TOKENS = 128
+"""A caption's length in tokens when neither the request nor JANUS_BATCH_MAX_NEW_TOKENS says."""
+MAX_NEW_TOKENS_LIMIT = 1024
+"""The longest caption a job may ask for (params.max_new_tokens) or the setting may default to."""
 
 
 class Settings(BaseSettings):
@@ -61,7 +67,12 @@ class Settings(BaseSettings):
     chunk_size: int = Field(
         default=32, ge=1, description="Items per queue message (one Celery task)."
     )
-    max_new_tokens: int = Field(default=128, ge=1, le=2048, description="Default caption length.")
+    max_new_tokens: int = Field(
+        default=DEFAULT_MAX_NEW_TOKENS,
+        ge=1,
+        le=MAX_NEW_TOKENS_LIMIT,
+        description="Caption length in tokens of a job whose params leave max_new_tokens unset.",
+    )
     max_inline_items: int = Field(
         default=10_000, ge=1, description="Most items accepted inline in POST /v1/jobs."
     )
@@ -100,10 +111,6 @@ class Settings(BaseSettings):
     flower_url: str = Field(
         default="http://127.0.0.1:5555", description="Flower address linked from the dashboard."
     )
-    api_url: str = Field(
-        default="http://127.0.0.1:8000", description="API address used by the CLI."
-    )
-    api_key: str | None = Field(default=None, description="API key used by the CLI.")
     metrics_port: int | None = Field(
         default=None, description="Worker: serve Prometheus metrics on this port."
     )

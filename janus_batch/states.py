@@ -1,4 +1,5 @@
-"""Job and item states, and the transitions allowed between them."""
+"""Job and item states, and the transitions allowed between them: the table that
+`janus_batch.lifecycle` takes every UPDATE's allowed source states from."""
 
 from __future__ import annotations
 
@@ -34,7 +35,6 @@ class JobKind(StrEnum):
     GENERATE = "generate"
 
 
-ITEM_FINAL = frozenset({ItemStatus.SUCCEEDED, ItemStatus.FAILED, ItemStatus.CANCELLED})
 JOB_FINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 _ITEM_TRANSITIONS: dict[ItemStatus, frozenset[ItemStatus]] = {
@@ -59,16 +59,6 @@ _JOB_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.FAILED: frozenset(),
     JobStatus.CANCELLED: frozenset(),
 }
-
-
-def item_can_move(old: ItemStatus, new: ItemStatus) -> bool:
-    """Whether an item may go from `old` to `new`."""
-    return new in _ITEM_TRANSITIONS[old]
-
-
-def job_can_move(old: JobStatus, new: JobStatus) -> bool:
-    """Whether a job may go from `old` to `new`."""
-    return new in _JOB_TRANSITIONS[old]
 
 
 def job_sources(new: JobStatus) -> frozenset[JobStatus]:

@@ -27,7 +27,7 @@ def test_demo_runs_both_jobs_with_bundled_redis_and_tiny_fallback(tmp_path: Path
     for key in ("JANUS_BATCH_DATABASE_URL", "JANUS_BATCH_STORAGE_URL", "JANUS_BATCH_MODEL"):
         env.pop(key, None)
     proc = subprocess.run(
-        [sys.executable, "-m", "janus_batch.cli.main", "demo", "--timeout", "400"],
+        [sys.executable, "-m", "janus_batch.client.cli.main", "demo", "--timeout", "400"],
         env=env,
         capture_output=True,
         text=True,

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from janus_batch.migrate import upgrade
-from janus_batch.stack import free_port, local_stack, spawn, wait_http
+from janus_batch.ops.stack import free_port, local_stack, spawn, wait_http
 from tests.services import process_env
 
 

@@ -9,7 +9,7 @@
 - `sweeper`: expired leases, lost messages, stuck jobs;
 - `runtime`, `context`: the engine's lifecycle and the pipeline's dependencies.
 
-Prometheus metrics are the objects of `janus_batch.metrics`, recorded by `chunk`, the
+Prometheus metrics are the objects of `worker.metrics`, recorded by `chunk`, the
 handlers and `sweeper`, and served by `app` on `JANUS_BATCH_METRICS_PORT`.
 
 Tests call the pipeline functions directly with their own `Context`.

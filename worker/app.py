@@ -13,7 +13,7 @@ The sweeper runs on Celery beat, either inside one worker (add `-B`) or as its o
 A worker that serves only `-Q janus.control` (expand, finalize, sweep) loads no model. CPU
 works too (JANUS_BATCH_DEVICE=cpu). All settings are `JANUS_BATCH_*` variables; with
 JANUS_BATCH_METRICS_PORT=9100 each worker process serves Prometheus metrics there (the
-objects of `janus_batch.metrics`, served from the process that runs the tasks).
+objects of `worker.metrics`, served from the process that runs the tasks).
 """
 
 from __future__ import annotations
@@ -23,16 +23,15 @@ from typing import Any
 
 from celery import signals
 
-from janus_batch import constants as c
-from janus_batch import metrics
+from janus_batch import constants
 from janus_batch.db import dispose_engines
 from janus_batch.queue import get_celery
 from janus_batch.settings import get_settings
-from worker import runtime
+from worker import metrics, runtime
 
 log = logging.getLogger(__name__)
 
-MODEL_QUEUES = frozenset({c.CAPTION_QUEUE, c.GENERATE_QUEUE})
+MODEL_QUEUES = frozenset({constants.CAPTION_QUEUE, constants.GENERATE_QUEUE})
 
 _needs_model = True
 
@@ -80,4 +79,4 @@ def _on_process_init(**_: Any) -> None:
 
 app = get_celery()
 
-import worker.tasks  # noqa: F401  (registers the tasks on the app)
+import worker.tasks  # noqa: E402, F401  (registers the tasks on the app, which must exist first)

@@ -2,7 +2,7 @@
 
 An image that cannot be fetched (missing key, 404) or decoded (corrupt, truncated, not an
 image) fails only its own item with a readable error; transient fetch errors are retried with
-backoff by `janus_batch.fetch` first. Sampling (temperature > 0) uses the item's recorded
+backoff by `worker.fetch` first. Sampling (temperature > 0) uses the item's recorded
 `seed`, so resubmitting the same image, question and seed gives the same caption. Result of
 an item: `{"caption": text}`.
 """
@@ -15,13 +15,13 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from janus_batch import metrics
-from janus_batch.fetch import FetchError, fetch_many
+from janus_batch.lifecycle import Claimed, Outcome
 from janus_batch.models import Job
 from janus_batch.states import ItemStatus, JobKind
+from worker import metrics
 from worker.chunk import Handler, Work, failed, run_engine
-from worker.claim import Claimed, Outcome
 from worker.context import Context
+from worker.fetch import FetchError, fetch_many
 
 DEFAULTS = {"temperature": 0.0, "top_p": 1.0}
 
@@ -36,13 +36,6 @@ def open_image(data: bytes, uri: str) -> Image.Image:
         raise ValueError(f"cannot read image {uri}: cannot identify image file") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ValueError(f"cannot read image {uri}: {exc}") from None
-
-
-def item_seed(item: Claimed) -> int:
-    """The sampling seed of a caption item: the one recorded in its input (drawn at submission
-    when not given), or its row id for items created before seeds were recorded."""
-    seed = item.input.get("seed")
-    return int(seed) if seed is not None else item.id
 
 
 class CaptionHandler(Handler):
@@ -89,10 +82,10 @@ class CaptionHandler(Handler):
                 request = CaptionRequest(
                     image=image,
                     question=w.item.input["prompt"],
-                    max_new_tokens=int(params.get("max_new_tokens") or ctx.settings.max_new_tokens),
+                    max_new_tokens=int(params["max_new_tokens"]),
                     temperature=float(params["temperature"]),
                     top_p=float(params["top_p"]),
-                    seed=item_seed(w.item),
+                    seed=int(w.item.input["seed"]),
                 )
             except ValueError as exc:  # JanusRequestError is a ValueError too
                 outcomes[w.item.id] = failed(w.item, str(exc))

@@ -14,7 +14,7 @@ order of state changes, which is the same for both kinds:
 4. items left when a cancel is seen become `cancelled`; the last transaction tries the move
    to `finalizing` and the winner enqueues `janus.finalize_job`.
 
-Metrics (`janus_batch.metrics`): items are counted once the transaction that moved them has
+Metrics (`worker.metrics`): items are counted once the transaction that moved them has
 committed, by the rows it changed; `run_engine` times each engine call and hooks the engine
 so its forward passes record their fill.
 """
@@ -29,14 +29,14 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from janus_batch import constants as c
-from janus_batch import metrics
+from janus_batch import lifecycle
+from janus_batch.constants import FINALIZE_JOB_TASK
 from janus_batch.db import session_scope
+from janus_batch.lifecycle import Claimed, Outcome
 from janus_batch.models import Job
-from janus_batch.progress import mark_running, try_start_finalizing
 from janus_batch.queue import send_control
 from janus_batch.states import ItemStatus, JobKind, JobStatus
-from worker.claim import Claimed, Outcome, cancel_pending, claim_items, complete_items, extend_lease
+from worker import metrics
 from worker.context import Context
 from worker.heartbeat import LeaseHeartbeat
 
@@ -160,16 +160,14 @@ def _start(
             log.info("job=%s chunk skipped: job is %s", job_id, job.status)
             return job, []
         if job.status in STOPPING:
-            cancelled = cancel_pending(session, job_id, item_ids)
+            cancelled = lifecycle.cancel_pending(session, job_id, item_ids)
             log.info(
                 "job=%s chunk of a cancelled job: %d pending items cancelled", job_id, cancelled
             )
         else:
-            claimed = claim_items(session, job_id, item_ids, ctx.settings.lease_seconds)
-            if claimed:
-                mark_running(session, job_id)
+            claimed = lifecycle.claim(session, job_id, item_ids, ctx.settings.lease_seconds)
         if not claimed:
-            finalize = try_start_finalizing(session, job_id)
+            finalize = lifecycle.start_finalizing(session, job_id)
     if cancelled:
         metrics.ITEMS_PROCESSED.labels(kind, ItemStatus.CANCELLED).inc(cancelled)
     if finalize:
@@ -250,12 +248,13 @@ def _checkpoint(
     if heartbeat is not None:
         heartbeat.release(o.item.id for o in outcomes)  # finished: no more beats
     with hold, session_scope(ctx.database_url) as session:
-        changed = complete_items(session, job_id, outcomes)
+        changed = lifecycle.complete(session, outcomes).get(job_id, Counter())
         if remaining:
-            still = extend_lease(session, (w.item for w in remaining), ctx.settings.lease_seconds)
-            lost = {w.item.id for w in remaining} - still
+            owned = {w.item.id: w.item.attempts for w in remaining}
+            still = lifecycle.extend_leases(session, owned, ctx.settings.lease_seconds)
+            lost = set(owned) - still
         else:
-            finalize = try_start_finalizing(session, job_id)
+            finalize = lifecycle.start_finalizing(session, job_id)
         job = session.get(Job, job_id)
         status = job.status if job is not None else None
     total.update(changed)  # committed: count them
@@ -277,7 +276,7 @@ def _checkpoint(
 
 def _send_finalize(ctx: Context, job_id: str) -> None:
     log.info("job=%s all items final: finalize enqueued", job_id)
-    send_control(ctx.app, c.FINALIZE_JOB_TASK, job_id)
+    send_control(ctx.app, FINALIZE_JOB_TASK, job_id)
 
 
 def _out_of_memory(exc: BaseException) -> bool:

@@ -23,7 +23,7 @@ _USER_COMMENT_ASCII = b"ASCII\x00\x00\x00"  # the EXIF character-code prefix of 
 
 
 @dataclass(frozen=True)
-class ImageFormat:
+class EncodeSpec:
     """An output format: Pillow's name for it, the key extension and the content type."""
 
     pil_name: str
@@ -33,13 +33,13 @@ class ImageFormat:
 
 
 FORMATS = {
-    "png": ImageFormat("PNG", "png", "image/png", (("optimize", False),)),
-    "jpeg": ImageFormat("JPEG", "jpeg", "image/jpeg", (("quality", 95),)),
-    "webp": ImageFormat("WEBP", "webp", "image/webp", (("quality", 95),)),
+    "png": EncodeSpec("PNG", "png", "image/png", (("optimize", False),)),
+    "jpeg": EncodeSpec("JPEG", "jpeg", "image/jpeg", (("quality", 95),)),
+    "webp": EncodeSpec("WEBP", "webp", "image/webp", (("quality", 95),)),
 }
 
 
-def image_format(name: str | None) -> ImageFormat:
+def image_format(name: str | None) -> EncodeSpec:
     """The format named by a job's `params.format` (png when unset); ValueError if unknown."""
     key = (name or "png").lower()
     if key == "jpg":
@@ -53,9 +53,9 @@ def _as_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def encode_image(image: Image.Image, fmt: str | ImageFormat, metadata: dict[str, Any]) -> bytes:
+def encode_image(image: Image.Image, fmt: str | EncodeSpec, metadata: dict[str, Any]) -> bytes:
     """`image` encoded as `fmt` with `metadata` (plus Software) embedded."""
-    spec = fmt if isinstance(fmt, ImageFormat) else image_format(fmt)
+    spec = fmt if isinstance(fmt, EncodeSpec) else image_format(fmt)
     fields = {**metadata, "Software": SOFTWARE}
     options = dict(spec.save_options)
     if spec.pil_name == "PNG":

@@ -25,9 +25,10 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
-from janus_batch import constants as c
+from janus_batch import lifecycle
+from janus_batch.constants import FINALIZE_JOB_TASK
 from janus_batch.db import session_scope
 from janus_batch.files import file_resolver, referenced_file_ids
 from janus_batch.inputs import (
@@ -37,14 +38,12 @@ from janus_batch.inputs import (
     parse_json_line,
     parse_params,
 )
-from janus_batch.items import NewItem, add_items
-from janus_batch.models import Item, Job, utcnow
-from janus_batch.progress import try_start_finalizing
+from janus_batch.items import INSERT_PAGE, NewItem, add_items
+from janus_batch.models import Item, Job
 from janus_batch.queue import send_control
 from janus_batch.states import JobKind, JobStatus
 from janus_batch.storage import StorageError, TransientStorageError
 from worker import sources
-from worker.claim import cancel_all_pending
 from worker.context import Context
 
 log = logging.getLogger(__name__)
@@ -53,8 +52,6 @@ EXPANDABLE = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
 CHECK_EVERY = 1000
 """Manifest lines between two checks of the job (cancelled?) and heartbeats (updated_at)."""
 RAW_CHARS = 500
-INSERT_PAGE = 2000
-"""Items inserted (and their chunks enqueued) per transaction while the source is read."""
 RESOLVE_PAGE = 1000
 """Manifest lines parsed together, so the file ids they name are looked up in one query."""
 
@@ -133,7 +130,9 @@ def _items(
     ctx: Context, job: Job, source: dict[str, Any], done: int, last_input: dict | None
 ) -> Iterator[NewItem]:
     settings = ctx.settings
-    params = parse_params(job.kind, job.params, max_n=settings.max_n)
+    params = parse_params(
+        job.kind, job.params, max_n=settings.max_n, default_max_new_tokens=settings.max_new_tokens
+    )
     guard = _guard(ctx, job.id)
     if "s3_prefix" in source:
         if job.kind != JobKind.CAPTION:
@@ -257,7 +256,7 @@ def _guard(ctx: Context, job_id: str) -> Callable[[], None]:
             status = session.scalar(select(Job.status).where(Job.id == job_id))
             if status not in EXPANDABLE:
                 raise Cancelled
-            session.execute(update(Job).where(Job.id == job_id).values(updated_at=utcnow()))
+            lifecycle.touch(session, job_id)
 
     return check
 
@@ -273,13 +272,10 @@ def _finish(ctx: Context, job_id: str, error: str | None, empty_error: str | Non
             return
         if error is None and empty_error and job.total == 0:
             error = empty_error
-        values: dict[str, Any] = {"expanded": True, "updated_at": utcnow()}
-        if error:
-            values["error"] = error
-        session.execute(update(Job).where(Job.id == job_id).values(**values))
+        lifecycle.end_expansion(session, job_id, error)
         if job.status == JobStatus.CANCELLING:
-            cancel_all_pending(session, job_id)
-        won = try_start_finalizing(session, job_id)
+            lifecycle.cancel_pending(session, job_id)
+        won = lifecycle.start_finalizing(session, job_id)
     if won:
         log.info("job=%s nothing left to do: finalize enqueued", job_id)
-        send_control(ctx.app, c.FINALIZE_JOB_TASK, job_id)
+        send_control(ctx.app, FINALIZE_JOB_TASK, job_id)

@@ -24,6 +24,7 @@ from typing import Any, BinaryIO, TypeVar
 import httpx
 from botocore.exceptions import BotoCoreError, ClientError
 
+from janus_batch.s3client import make_s3_client
 from janus_batch.storage import (
     Storage,
     StorageError,
@@ -31,7 +32,7 @@ from janus_batch.storage import (
     parse_s3_uri,
 )
 from janus_batch.storage.local import path_from_url
-from janus_batch.storage.s3 import make_s3_client, translate_error
+from janus_batch.storage.s3 import translate_error
 
 __all__ = [
     "MAX_BYTES",

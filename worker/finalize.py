@@ -16,11 +16,12 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
-from janus_batch import constants as c
+from janus_batch import lifecycle
+from janus_batch.constants import ERRORS_NAME, RESULTS_NAME
 from janus_batch.db import session_scope
-from janus_batch.models import Item, Job, utcnow
+from janus_batch.models import Item, Job
 from janus_batch.results import (
     ERROR_STATUSES,
     RESULT_STATUSES,
@@ -55,7 +56,7 @@ def final_status(job: Job) -> tuple[JobStatus, str | None]:
     if job.succeeded == 0:
         if job.total == 0:
             return JobStatus.CANCELLED, None
-        return JobStatus.FAILED, f"all {job.failed} items failed (see {c.ERRORS_NAME})"
+        return JobStatus.FAILED, f"all {job.failed} items failed (see {ERRORS_NAME})"
     return JobStatus.SUCCEEDED, None
 
 
@@ -77,13 +78,7 @@ def finalize_job(ctx: Context, job_id: str) -> str | None:
     with session_scope(ctx.database_url) as session:
         job = session.get(Job, job_id)
         status, error = final_status(job)
-        now = utcnow()
-        changed = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.FINALIZING)
-            .values(status=status, error=job.error or error, finished_at=now, updated_at=now)
-            .execution_options(synchronize_session=False)
-        ).rowcount
+        changed = lifecycle.finish(session, job_id, status, error)
     if changed:
         log.info(
             "job=%s %s: %d succeeded, %d failed, %d cancelled of %d",
@@ -113,11 +108,7 @@ def iter_items(database_url: str, job_id: str, page: int = PAGE) -> Iterator[Ite
                 .order_by(Item.idx)
                 .limit(page)
             ).all()
-            session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.status == JobStatus.FINALIZING)
-                .values(updated_at=utcnow())
-            )
+            lifecycle.touch(session, job_id, only=JobStatus.FINALIZING)
         yield from rows
         if len(rows) < page:
             return
@@ -129,7 +120,7 @@ def write_manifests(ctx: Context, job: Job) -> tuple[int, int]:
     prefix = job.output_prefix.rstrip("/")
     counts = {"results": 0, "errors": 0}
     with tempfile.TemporaryDirectory(prefix="janus-finalize-") as tmp:
-        results_path, errors_path = Path(tmp) / c.RESULTS_NAME, Path(tmp) / c.ERRORS_NAME
+        results_path, errors_path = Path(tmp) / RESULTS_NAME, Path(tmp) / ERRORS_NAME
         with (
             open(results_path, "wb") as results,
             open(errors_path, "wb") as errors,
@@ -143,14 +134,14 @@ def write_manifests(ctx: Context, job: Job) -> tuple[int, int]:
                     counts["errors"] += 1
                 else:
                     log.warning("job=%s idx=%d is %s at finalize", job.id, item.idx, item.status)
-        ctx.storage.put_file(f"{prefix}/{c.RESULTS_NAME}", results_path, CONTENT_TYPE)
-        ctx.storage.put_file(f"{prefix}/{c.ERRORS_NAME}", errors_path, CONTENT_TYPE)
+        ctx.storage.put_file(f"{prefix}/{RESULTS_NAME}", results_path, CONTENT_TYPE)
+        ctx.storage.put_file(f"{prefix}/{ERRORS_NAME}", errors_path, CONTENT_TYPE)
     log.info(
         "job=%s wrote %s (%d lines) and %s (%d lines)",
         job.id,
-        c.RESULTS_NAME,
+        RESULTS_NAME,
         counts["results"],
-        c.ERRORS_NAME,
+        ERRORS_NAME,
         counts["errors"],
     )
     return counts["results"], counts["errors"]

@@ -13,14 +13,14 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from janus_batch import metrics
-from janus_batch.fetch import retry_transient
+from janus_batch.lifecycle import Claimed, Outcome
 from janus_batch.models import Job
 from janus_batch.states import ItemStatus, JobKind
+from worker import metrics
 from worker.chunk import Handler, Work, failed, run_engine
-from worker.claim import Claimed, Outcome
 from worker.context import Context
-from worker.encode import ImageFormat, encode_image, image_format
+from worker.encode import EncodeSpec, encode_image, image_format
+from worker.fetch import retry_transient
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class GenerateHandler(Handler):
 
 
 def _store_all(
-    ctx: Context, job: Job, model: str, fmt: ImageFormat, uploads: list[tuple[Work, Any]]
+    ctx: Context, job: Job, model: str, fmt: EncodeSpec, uploads: list[tuple[Work, Any]]
 ) -> list[dict[str, Any] | str]:
     """Encode and upload a micro-batch's images concurrently (timed for the metrics)."""
     with (
@@ -113,7 +113,7 @@ def _store_all(
 
 
 def _store(
-    ctx: Context, job: Job, model: str, fmt: ImageFormat, w: Work, generated: Any
+    ctx: Context, job: Job, model: str, fmt: EncodeSpec, w: Work, generated: Any
 ) -> dict[str, Any] | str:
     """Encode and upload one image; its result entry, or an error message."""
     request = w.payload
@@ -136,7 +136,7 @@ def _store(
             lambda: ctx.storage.put_bytes(key, data, fmt.content_type),
             attempts=ctx.settings.max_retries + 1,
         )
-    except Exception as exc:  # noqa: BLE001 - one image fails its item, not the batch
+    except Exception as exc:
         log.warning("job=%s idx=%d cannot store %s: %s", job.id, w.item.idx, key, exc)
         return f"cannot store image {generated.index} at {key}: {exc}"
     return {

@@ -23,8 +23,8 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import Self
 
+from janus_batch import lifecycle
 from janus_batch.db import session_scope
-from worker.claim import extend_leases
 from worker.context import Context
 
 log = logging.getLogger(__name__)
@@ -98,8 +98,8 @@ class LeaseHeartbeat:
             owned = dict(self._owned)
             try:
                 with session_scope(self.ctx.database_url) as session:
-                    still = extend_leases(session, owned, self.lease_seconds)
-            except Exception as exc:  # noqa: BLE001 - the next beat tries again; the chunk goes on
+                    still = lifecycle.extend_leases(session, owned, self.lease_seconds)
+            except Exception as exc:
                 log.warning(
                     "job=%s lease heartbeat failed (%d items): %s: %s",
                     self.job_id,

@@ -17,13 +17,14 @@ from typing import Any
 import httpx
 from botocore.exceptions import BotoCoreError, ClientError
 
-from janus_batch.fetch import retry_transient
+from janus_batch.formats import IMAGE_EXTENSIONS
 from janus_batch.inputs import STORAGE_REF_HINT, points_into_storage
+from janus_batch.s3client import make_s3_client
 from janus_batch.settings import Settings
 from janus_batch.storage import Storage, parse_s3_uri
-from janus_batch.storage.s3 import make_s3_client, translate_error
+from janus_batch.storage.s3 import translate_error
+from worker.fetch import retry_transient
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 READ_CHUNK = 1024 * 1024
 LIST_PAGE = 1000
 """Keys per listing request (S3's maximum)."""

@@ -1,26 +1,3 @@
-"""The sweeper: finds work that fell through the cracks and hands it out again.
-
-Run by Celery beat every `settings.sweep_interval` (task `janus.sweep`) or directly with
-`sweep(ctx)`. Each run, in bounded batches:
-
-1. items `running` past their lease (worker killed or lost) go back to `pending` and are
-   re-enqueued; after `MAX_ATTEMPTS` claims they fail instead (poison-pill protection), and
-   those of a cancelling job are cancelled;
-2. items `pending` for `stale_pending_seconds` while their kind's Redis queue is empty (so
-   their message was lost: an unstarted message would still sit in the list) are re-enqueued;
-3. jobs `finalizing` for over `STUCK_FINALIZING` get their finalize task again;
-4. jobs not yet expanded and idle for `stale_pending_seconds` get their expand task again;
-5. jobs whose items are all final but that never moved to `finalizing` (a crash between a
-   commit and the hand-off) move now, and finalize is enqueued;
-6. jobs `cancelling` and idle for `stale_pending_seconds` with no item running, that were
-   never expanded (cancelled before their expand task ran, and that task lost) or still
-   hold pending items (their chunk messages lost): pending items are cancelled, expansion
-   is closed, and the job goes to finalization.
-
-Every change is a conditional UPDATE, so a sweep racing a worker never counts twice. Each run
-ends by setting the `janus_queue_depth` gauge from the length of every queue.
-"""
-
 from __future__ import annotations
 
 import logging
@@ -29,16 +6,22 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import redis
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, or_, select
 
-from janus_batch import constants as c
-from janus_batch import metrics
+from janus_batch import lifecycle
+from janus_batch.constants import (
+    CAPTION_QUEUE,
+    CONTROL_QUEUE,
+    EXPAND_SOURCE_TASK,
+    FINALIZE_JOB_TASK,
+    GENERATE_QUEUE,
+)
 from janus_batch.db import session_scope
+from janus_batch.lifecycle import MAX_ATTEMPTS
 from janus_batch.models import Item, Job, utcnow
-from janus_batch.progress import bump_counts, try_start_finalizing
 from janus_batch.queue import CHUNK_QUEUES, chunked, send_chunk, send_control
 from janus_batch.states import ItemStatus, JobKind, JobStatus
-from worker.claim import MAX_ATTEMPTS, cancel_all_pending
+from worker import metrics
 from worker.context import Context
 
 log = logging.getLogger(__name__)
@@ -46,13 +29,8 @@ log = logging.getLogger(__name__)
 BATCH = 5000
 """Most items (or jobs) one step handles per run; the next run takes the rest."""
 STUCK_FINALIZING = timedelta(minutes=2)
-POISON_ERROR = (
-    f"worker lost {MAX_ATTEMPTS} times while processing this item "
-    "(the process was killed or crashed)"
-)
-QUEUES = [c.CAPTION_QUEUE, c.GENERATE_QUEUE, c.CONTROL_QUEUE]
+QUEUES = [CAPTION_QUEUE, GENERATE_QUEUE, CONTROL_QUEUE]
 LIVE_JOBS = (JobStatus.QUEUED, JobStatus.RUNNING)
-STOPPING = (JobStatus.CANCELLING, JobStatus.CANCELLED)
 
 
 def sweep(ctx: Context, now: datetime | None = None) -> dict[str, int]:
@@ -88,10 +66,10 @@ def record_queue_depths(ctx: Context) -> dict[str, int]:
 def _finalize_if_done(ctx: Context, job_ids: set[str]) -> None:
     for job_id in sorted(job_ids):
         with session_scope(ctx.database_url) as session:
-            won = try_start_finalizing(session, job_id)
+            won = lifecycle.start_finalizing(session, job_id)
         if won:
             log.info("job=%s all items final: finalize enqueued by the sweeper", job_id)
-            send_control(ctx.app, c.FINALIZE_JOB_TASK, job_id)
+            send_control(ctx.app, FINALIZE_JOB_TASK, job_id)
 
 
 def _enqueue(ctx: Context, pending: dict[tuple[str, str], list[int]], why: str, size: int) -> None:
@@ -101,57 +79,36 @@ def _enqueue(ctx: Context, pending: dict[tuple[str, str], list[int]], why: str, 
         log.info("job=%s re-enqueued %d items (%s)", job_id, len(ids), why)
 
 
-def _lease_verdict(row: Any, now: datetime) -> tuple[str, dict[str, Any]]:
-    """What becomes of an item whose lease expired: (step, values to set)."""
-    if row.status in STOPPING:
-        values = {"status": ItemStatus.CANCELLED, "error": "job cancelled", "finished_at": now}
-        return "lease_cancelled", values
-    if row.attempts >= MAX_ATTEMPTS:
-        return "poisoned", {"status": ItemStatus.FAILED, "error": POISON_ERROR, "finished_at": now}
-    return "requeued_leases", {"status": ItemStatus.PENDING, "enqueued_at": now}
-
-
 def requeue_expired(ctx: Context, now: datetime) -> dict[str, int]:
     """Step 1: expired leases back to pending (or failed / cancelled), re-enqueued.
 
     An item lost more than once goes back in a chunk of its own: if it is the one that kills
     workers, it stops taking its chunk-mates down with it before it is retired.
     """
-    counts = {"requeued_leases": 0, "poisoned": 0, "lease_cancelled": 0}
+    with session_scope(ctx.database_url) as session:
+        moved = lifecycle.requeue_expired(session, now, BATCH)
+        kinds = dict(
+            session.execute(
+                select(Job.id, Job.kind).where(Job.id.in_({m.job_id for m in moved}))
+            ).all()
+        )
+    steps = {
+        ItemStatus.PENDING: "requeued_leases",
+        ItemStatus.FAILED: "poisoned",
+        ItemStatus.CANCELLED: "lease_cancelled",
+    }
+    counts = dict.fromkeys(steps.values(), 0)
     pending: dict[tuple[str, str], list[int]] = defaultdict(list)
     isolated: dict[tuple[str, str], list[int]] = defaultdict(list)
     touched: set[str] = set()
-    with session_scope(ctx.database_url) as session:
-        rows = session.execute(
-            select(Item.id, Item.job_id, Item.idx, Item.attempts, Job.kind, Job.status)
-            .join(Job, Job.id == Item.job_id)
-            .where(Item.status == ItemStatus.RUNNING, Item.lease_until < now)
-            .order_by(Item.id)
-            .limit(BATCH)
-        ).all()
-        for row in rows:
-            step, values = _lease_verdict(row, now)
-            changed = session.execute(
-                update(Item)
-                .where(
-                    Item.id == row.id,
-                    Item.status == ItemStatus.RUNNING,
-                    Item.attempts == row.attempts,
-                    Item.lease_until < now,
-                )
-                .values(lease_until=None, **values)
-            ).rowcount
-            if not changed:
-                continue
-            counts[step] += 1
-            if step == "requeued_leases":
-                target = isolated if row.attempts >= MAX_ATTEMPTS - 1 else pending
-                target[(row.job_id, row.kind)].append(row.id)
-                continue
-            log.info("job=%s idx=%d %s: %s", row.job_id, row.idx, values["status"], values["error"])
-            failed = int(step == "poisoned")
-            bump_counts(session, row.job_id, failed=failed, cancelled=1 - failed)
-            touched.add(row.job_id)
+    for item in moved:
+        counts[steps[item.status]] += 1
+        if item.status == ItemStatus.PENDING:
+            target = isolated if item.attempts >= MAX_ATTEMPTS - 1 else pending
+            target[(item.job_id, kinds[item.job_id])].append(item.id)
+            continue
+        log.info("job=%s idx=%d lease expired: %s", item.job_id, item.idx, item.status)
+        touched.add(item.job_id)
     _enqueue(ctx, pending, "lease expired", ctx.settings.chunk_size)
     _enqueue(ctx, isolated, "lease expired again: one item per chunk", 1)
     _finalize_if_done(ctx, touched)
@@ -175,53 +132,20 @@ def requeue_lost(ctx: Context, now: datetime) -> int:
     for kind in JobKind:
         if queue_length(ctx, kind):
             continue
-        pending: dict[tuple[str, str], list[int]] = defaultdict(list)
         with session_scope(ctx.database_url) as session:
-            rows = session.execute(
-                select(Item.id, Item.job_id)
-                .join(Job, Job.id == Item.job_id)
-                .where(
-                    Job.kind == kind,
-                    Job.status.in_(LIVE_JOBS),
-                    Item.status == ItemStatus.PENDING,
-                    Item.enqueued_at < cutoff,
-                )
-                .order_by(Item.id)
-                .limit(BATCH)
-            ).all()
-            for row in rows:
-                changed = session.execute(
-                    update(Item)
-                    .where(
-                        Item.id == row.id,
-                        Item.status == ItemStatus.PENDING,
-                        Item.enqueued_at < cutoff,
-                    )
-                    .values(enqueued_at=now)
-                ).rowcount
-                if changed:
-                    pending[(row.job_id, kind)].append(row.id)
+            taken = lifecycle.take_lost_pending(session, kind, cutoff, now, BATCH)
+        pending: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for item_id, job_id in taken:
+            pending[(job_id, kind)].append(item_id)
         _enqueue(ctx, pending, "message lost", ctx.settings.chunk_size)
-        total += sum(len(ids) for ids in pending.values())
+        total += len(taken)
     return total
 
 
 def _stale_jobs(ctx: Context, condition: Any, cutoff: datetime, now: datetime) -> list[str]:
     """Ids of jobs matching `condition` idle since `cutoff`, touched so the next run waits."""
     with session_scope(ctx.database_url) as session:
-        ids = session.scalars(
-            select(Job.id).where(condition, Job.updated_at < cutoff).limit(BATCH)
-        ).all()
-        touched = []
-        for job_id in ids:
-            changed = session.execute(
-                update(Job)
-                .where(Job.id == job_id, condition, Job.updated_at < cutoff)
-                .values(updated_at=now)
-            ).rowcount
-            if changed:
-                touched.append(job_id)
-    return touched
+        return lifecycle.take_stale_jobs(session, condition, cutoff, now, BATCH)
 
 
 def resend_finalize(ctx: Context, now: datetime) -> int:
@@ -229,7 +153,7 @@ def resend_finalize(ctx: Context, now: datetime) -> int:
     ids = _stale_jobs(ctx, Job.status == JobStatus.FINALIZING, now - STUCK_FINALIZING, now)
     for job_id in ids:
         log.info("job=%s stuck in finalizing: finalize re-sent", job_id)
-        send_control(ctx.app, c.FINALIZE_JOB_TASK, job_id)
+        send_control(ctx.app, FINALIZE_JOB_TASK, job_id)
     return len(ids)
 
 
@@ -240,7 +164,7 @@ def resend_expand(ctx: Context, now: datetime) -> int:
     ids = _stale_jobs(ctx, condition, cutoff, now)
     for job_id in ids:
         log.info("job=%s expansion stalled: expand re-sent", job_id)
-        send_control(ctx.app, c.EXPAND_SOURCE_TASK, job_id)
+        send_control(ctx.app, EXPAND_SOURCE_TASK, job_id)
     return len(ids)
 
 
@@ -259,11 +183,11 @@ def start_finalizing(ctx: Context) -> int:
     won = 0
     for job_id in ids:
         with session_scope(ctx.database_url) as session:
-            if not try_start_finalizing(session, job_id):
+            if not lifecycle.start_finalizing(session, job_id):
                 continue
         won += 1
         log.info("job=%s all items final but not finalizing: finalize enqueued", job_id)
-        send_control(ctx.app, c.FINALIZE_JOB_TASK, job_id)
+        send_control(ctx.app, FINALIZE_JOB_TASK, job_id)
     return won
 
 
@@ -283,17 +207,13 @@ def finish_cancelled(ctx: Context, now: datetime) -> int:
     finished = 0
     for job_id in _stale_jobs(ctx, condition, cutoff, now):
         with session_scope(ctx.database_url) as session:
-            n = cancel_all_pending(session, job_id)
-            session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.status == JobStatus.CANCELLING)
-                .values(expanded=True)
-            )
-            won = try_start_finalizing(session, job_id)
+            n = lifecycle.cancel_pending(session, job_id)
+            lifecycle.end_expansion(session, job_id)
+            won = lifecycle.start_finalizing(session, job_id)
         finished += 1
         log.info(
             "job=%s cancelled and idle: %d pending items cancelled, expansion closed", job_id, n
         )
         if won:
-            send_control(ctx.app, c.FINALIZE_JOB_TASK, job_id)
+            send_control(ctx.app, FINALIZE_JOB_TASK, job_id)
     return finished

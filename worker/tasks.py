@@ -10,7 +10,7 @@ from __future__ import annotations
 from celery import shared_task
 from sqlalchemy.exc import OperationalError
 
-from janus_batch import constants as c
+from janus_batch import constants
 from worker.caption import CaptionHandler
 from worker.chunk import run_chunk
 from worker.context import current_context
@@ -31,31 +31,31 @@ RETRY_DB = {
 }
 
 
-@shared_task(name=c.CAPTION_CHUNK_TASK, **RETRY_DB)
+@shared_task(name=constants.CAPTION_CHUNK_TASK, **RETRY_DB)
 def caption_chunk(job_id: str, item_ids: list[int]) -> None:
     """Caption one chunk of a job's items."""
     run_chunk(current_context(), CaptionHandler(), job_id, item_ids)
 
 
-@shared_task(name=c.GENERATE_CHUNK_TASK, **RETRY_DB)
+@shared_task(name=constants.GENERATE_CHUNK_TASK, **RETRY_DB)
 def generate_chunk(job_id: str, item_ids: list[int]) -> None:
     """Generate the images of one chunk of a job's items."""
     run_chunk(current_context(), GenerateHandler(), job_id, item_ids)
 
 
-@shared_task(name=c.EXPAND_SOURCE_TASK, **RETRY_DB)
+@shared_task(name=constants.EXPAND_SOURCE_TASK, **RETRY_DB)
 def expand_source(job_id: str) -> None:
     """Turn a job's S3 prefix or manifest into items, enqueued as they are inserted."""
     expand_pipeline(current_context(), job_id)
 
 
-@shared_task(name=c.FINALIZE_JOB_TASK, **RETRY_DB)
+@shared_task(name=constants.FINALIZE_JOB_TASK, **RETRY_DB)
 def finalize_job(job_id: str) -> None:
     """Write a job's results.jsonl / errors.jsonl and set its final status."""
     finalize_pipeline(current_context(), job_id)
 
 
-@shared_task(name=c.SWEEP_TASK)
+@shared_task(name=constants.SWEEP_TASK)
 def sweep() -> dict[str, int]:
     """Re-enqueue lost work, retire poison pills, unstick finalization (Celery beat)."""
     return sweep_pipeline(current_context())

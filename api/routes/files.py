@@ -9,7 +9,7 @@ from fastapi import Response as FastAPIResponse
 
 from api.deps import DatabaseUrl, Owner, SettingsDep, StorageDep
 from api.downloads import object_response
-from api.errors import ApiError, ErrorBody
+from api.errors import ErrorBody, HttpError
 from api.metrics import MetricsDep
 from api.schemas import FilePublic, FilesPublic
 from api.views import file_public
@@ -72,7 +72,7 @@ def get_file(
     """One uploaded file."""
     row = files.get_file(db, owner, file_id)
     if row is None:
-        raise ApiError(404, f"no file {file_id!r}", "file_id")
+        raise HttpError(404, f"no file {file_id!r}", "file_id")
     return file_public(row)
 
 
@@ -83,7 +83,7 @@ def get_file_content(
     """The bytes of one of your uploaded files (e.g. to pair captions with their images)."""
     row = files.get_file(db, owner, file_id)
     if row is None:
-        raise ApiError(404, f"no file {file_id!r}", "file_id")
+        raise HttpError(404, f"no file {file_id!r}", "file_id")
     return object_response(
         storage,
         row.storage_key,

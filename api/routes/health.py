@@ -71,7 +71,7 @@ def readyz(settings: SettingsDep) -> JSONResponse:
         try:
             check(settings)
             checks[name] = "ok"
-        except Exception as exc:  # noqa: BLE001 - any failure means not ready
+        except Exception as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             checks[name] = f"error: {reason}"
             log.warning("readyz: %s unavailable: %s", name, reason)

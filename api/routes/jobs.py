@@ -9,13 +9,12 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import CeleryDep, DatabaseUrl, Owner, SettingsDep, StorageDep
 from api.downloads import iter_body, job_output_key, object_response
-from api.errors import ApiError, ErrorBody
+from api.errors import ErrorBody, HttpError
 from api.metrics import MetricsDep
 from api.schemas import ItemsPublic, JobCreate, JobPublic, JobsPublic
 from api.views import item_public, job_public
 from janus_batch import jobs
 from janus_batch.constants import ERRORS_NAME, RESULTS_NAME
-from janus_batch.inputs import check_request_refs
 from janus_batch.models import Job
 from janus_batch.results import iter_job_lines
 from janus_batch.states import JOB_FINAL, ItemStatus, JobKind, JobStatus
@@ -58,8 +57,6 @@ def create_job(
     enqueued; a `source` is expanded by a worker task. A repeated Idempotency-Key returns
     the existing job (200) and creates nothing."""
     source = body.source.model_dump(exclude_none=True) if body.source else None
-    # s3:// references into the service's own storage would read other users' data.
-    check_request_refs(body.kind, body.items, source, settings.resolved_storage_url())
     job, created = jobs.create_job(
         settings,
         app,
@@ -175,5 +172,5 @@ def get_output_file(
     full = job_output_key(job, key)
     if full is None:
         shown = key if len(key) <= 200 else key[:200] + "..."
-        raise ApiError(422, f"invalid key {shown!r}", "key")
+        raise HttpError(422, f"invalid key {shown!r}", "key")
     return object_response(storage, full, missing=f"job {job_id} has no file {key!r}", field="key")

@@ -14,7 +14,7 @@ from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
 from api.deps import DatabaseUrl, Owner, SettingsDep, StorageDep
-from api.errors import ApiError
+from api.errors import HttpError
 from api.ui import auth, pages, thumbs
 from api.ui.format import FILTERS, TESTS
 from janus_batch import jobs
@@ -216,5 +216,5 @@ def static_file(name: str) -> Response:
     """The dashboard's stylesheet, script and placeholder image."""
     path = STATIC.get(name)
     if path is None:
-        raise ApiError(404, f"no static file {name!r}")
+        raise HttpError(404, f"no static file {name!r}")
     return FileResponse(path, headers={"Cache-Control": "public, max-age=3600"})

@@ -2,8 +2,9 @@
 
 - `/ui/thumbs/{job_id}/{key}`: an output image of the job (a key under the job's prefix, or
   relative to it); nothing outside the prefix can be named.
-- `/ui/inputs/{job_id}/{idx}`: the input image of a caption item, fetched from its own URI
-  (storage:, s3://, http(s)://) with a short timeout: the URL names an item, never a URI.
+- `/ui/inputs/{job_id}/{idx}`: the input image of a caption item when it is in the service's
+  own storage (an upload, `storage:<key>`). The API never fetches a user's URL or `s3://`
+  reference (that is the workers' job, under their egress rules): those have no thumbnail.
 
 Sizes are clamped to 32..512 and snapped down to a few steps, so the cache
 (`<job prefix>/thumbs/<size>/<key>.jpg`) holds at most a few variants of each image.
@@ -18,11 +19,10 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from api.deps import DatabaseUrl, Owner, SettingsDep, StorageDep
+from api.deps import DatabaseUrl, Owner, StorageDep
 from api.downloads import job_output_key
-from api.errors import ApiError
+from api.errors import HttpError
 from janus_batch import jobs
-from janus_batch.fetch import FetchError, fetch_uri
 from janus_batch.models import Job
 from janus_batch.states import JobKind
 from janus_batch.storage import NotFoundError, Storage, StorageError
@@ -33,9 +33,8 @@ router = APIRouter(prefix="/ui", include_in_schema=False)
 
 SIZES = (32, 64, 96, 128, 192, 256, 384, 512)
 MAX_SOURCE_BYTES = 64 * 1024 * 1024
-FETCH_TIMEOUT = 5.0
 CACHE_CONTROL = "private, max-age=86400"
-INPUT_SCHEMES = ("storage:", "s3://", "http://", "https://")
+STORED = "storage:"
 JPEG_QUALITY = 82
 
 JobId = Annotated[str, Path(max_length=64)]
@@ -97,7 +96,7 @@ def _thumbnail_or_422(data: bytes, size: int, what: str) -> bytes:
     try:
         return make_thumbnail(data, size)
     except NotAnImage:
-        raise ApiError(422, f"{what} is not an image Pillow can read", "key") from None
+        raise HttpError(422, f"{what} is not an image Pillow can read", "key") from None
 
 
 def output_key(job: Job, key: str) -> str:
@@ -105,7 +104,7 @@ def output_key(job: Job, key: str) -> str:
     is under the job's prefix and not itself a thumbnail."""
     full = job_output_key(job, key)
     if full is None or full.startswith(f"{job.output_prefix}/thumbs/"):
-        raise ApiError(404, f"job {job.id} has no file {key!r}", "key")
+        raise HttpError(404, f"job {job.id} has no file {key!r}", "key")
     return full
 
 
@@ -123,9 +122,9 @@ def output_thumbnail(
         return _jpeg(hit, "hit")
     length = storage.size(full)
     if length is None:
-        raise ApiError(404, f"job {job_id} has no file {relative!r}", "key")
+        raise HttpError(404, f"job {job_id} has no file {relative!r}", "key")
     if length > MAX_SOURCE_BYTES:
-        raise ApiError(413, f"{relative} is too large to preview ({length:,} bytes)", "key")
+        raise HttpError(413, f"{relative} is too large to preview ({length:,} bytes)", "key")
     thumb = _thumbnail_or_422(storage.get_bytes(full), size, relative)
     _store(storage, cache_key, thumb)
     return _jpeg(thumb, "miss")
@@ -135,7 +134,6 @@ def output_thumbnail(
 def input_thumbnail(
     job_id: JobId,
     idx: Annotated[int, Path(ge=0, le=2**31 - 1)],
-    settings: SettingsDep,
     db: DatabaseUrl,
     owner: Owner,
     storage: StorageDep,
@@ -145,27 +143,22 @@ def input_thumbnail(
     job = jobs.get_job(db, owner, job_id)
     page, _ = jobs.list_items(db, owner, job_id, after=idx - 1, limit=1)
     if job.kind != JobKind.CAPTION or not page or page[0].idx != idx:
-        raise ApiError(404, f"job {job_id} has no input image {idx}", "idx")
+        raise HttpError(404, f"job {job_id} has no input image {idx}", "idx")
     size = snap_size(size)
     cache_key = f"{job.output_prefix}/thumbs/{size}/inputs/{idx:08d}.jpg"
     if (hit := _cached(storage, cache_key)) is not None:
         return _jpeg(hit, "hit")
     uri = str(page[0].input.get("uri") or page[0].input.get("image") or "")
-    if not uri.startswith(INPUT_SCHEMES):
-        raise ApiError(404, f"input {idx} has no previewable URI", "idx")
+    if not uri.startswith(STORED):
+        raise HttpError(404, f"input {idx} is not in the service's storage: no preview", "idx")
     try:
-        data = fetch_uri(
-            uri,
-            storage=storage,
-            endpoint_url=settings.s3_endpoint_url,
-            region=settings.s3_region,
-            max_retries=0,
-            timeout=FETCH_TIMEOUT,
-            max_bytes=MAX_SOURCE_BYTES,
-        )
-    except FetchError as exc:
-        status = 404 if exc.permanent else 502
-        raise ApiError(status, f"input {idx} could not be fetched: {exc}", "idx") from None
+        data = storage.get_bytes(uri[len(STORED) :])
+    except NotFoundError:
+        raise HttpError(404, f"input {idx} is no longer stored", "idx") from None
+    except StorageError as exc:
+        raise HttpError(502, f"input {idx} could not be read: {exc}", "idx") from None
+    if len(data) > MAX_SOURCE_BYTES:
+        raise HttpError(422, f"input {idx} is too large to preview", "idx")
     thumb = _thumbnail_or_422(data, size, f"input {idx}")
     _store(storage, cache_key, thumb)
     return _jpeg(thumb, "miss")

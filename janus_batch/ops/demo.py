@@ -16,12 +16,12 @@ from PIL import Image, ImageDraw
 from rich.console import Console
 from rich.panel import Panel
 
-from janus_batch.cli.watch import watch_jobs
-from janus_batch.client import Client
-from janus_batch.embedded_redis import redis_answers, start_embedded
-from janus_batch.model_source import locate_model
+from janus_batch.client.cli.watch import watch_jobs
+from janus_batch.client.http import Client
+from janus_batch.ops.embedded_redis import redis_answers, start_embedded
+from janus_batch.ops.model_source import locate_model
+from janus_batch.ops.stack import local_stack
 from janus_batch.settings import get_settings
-from janus_batch.stack import local_stack
 
 console = Console()
 

@@ -25,12 +25,12 @@ def locate_model(model: str, timeout: float = 5.0) -> tuple[bool, str]:
     try:
         snapshot_download(model, local_files_only=True)
         return True, f"{model} from the local Hugging Face cache"
-    except Exception as err:  # noqa: BLE001 - any miss means "not cached"
+    except Exception as err:
         log.debug("%s is not in the Hugging Face cache: %s", model, err)
     if os.environ.get("HF_HUB_OFFLINE") in {"1", "true", "True"}:
         return False, f"{model} is not in the Hugging Face cache and HF_HUB_OFFLINE is set"
     try:
         HfApi().model_info(model, timeout=timeout)
         return True, f"{model} from the Hugging Face hub (downloaded on first use)"
-    except Exception as err:  # noqa: BLE001 - network, DNS, 404: all mean "cannot have it"
+    except Exception as err:
         return False, f"the Hugging Face hub cannot be reached for {model} ({type(err).__name__})"

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import httpx
 
-from janus_batch import constants as c
+from janus_batch.constants import CAPTION_QUEUE, CONTROL_QUEUE, GENERATE_QUEUE
 
-WORKER_QUEUES = f"{c.CAPTION_QUEUE},{c.GENERATE_QUEUE},{c.CONTROL_QUEUE}"
+WORKER_QUEUES = f"{CAPTION_QUEUE},{GENERATE_QUEUE},{CONTROL_QUEUE}"
 
 
 def free_port() -> int:

@@ -122,6 +122,7 @@ class Storage(ABC):
     def ping(self) -> None:
         """Raise StorageError with a readable message unless the storage is usable."""
 
+    @abstractmethod
     def close(self) -> None:
         """Release connections; the storage must not be used afterwards."""
 

@@ -65,6 +65,9 @@ class LocalStorage(Storage):
         self.root = path_from_url(str(url))
         self.url = str(self.root)
 
+    def close(self) -> None:
+        """Nothing to release: a folder holds no connections."""
+
     def _path(self, key: str) -> Path:
         return self.root / validate_key(key)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from janus_batch import constants as c
+from janus_batch.constants import CONTROL_QUEUE, EXPAND_SOURCE_TASK, FINALIZE_JOB_TASK
 from janus_batch.db import session_scope
 from janus_batch.models import Item
 from tests.api.helpers import caption_job, finish_items, set_item_status, set_job
@@ -32,7 +32,7 @@ def test_cancel_keeps_finished_items_and_waits_for_running(client, database_url,
     assert _statuses(database_url, job["id"]) == [
         "succeeded", "succeeded", "running", "cancelled", "cancelled"
     ]  # fmt: skip
-    assert queue_messages(c.CONTROL_QUEUE) == []  # the running item's worker finalizes
+    assert queue_messages(CONTROL_QUEUE) == []  # the running item's worker finalizes
 
     again = client.post(f"/v1/jobs/{job['id']}/cancel")
     assert again.status_code == 200 and again.json()["counts"]["cancelled"] == 2
@@ -44,7 +44,7 @@ def test_cancel_with_nothing_running_hands_off_to_finalize(client, database_url,
     assert response.status_code == 200
     assert response.json()["status"] == "finalizing"
     assert response.json()["counts"]["cancelled"] == 3
-    assert queue_messages(c.CONTROL_QUEUE) == [(c.FINALIZE_JOB_TASK, [job["id"]])]
+    assert queue_messages(CONTROL_QUEUE) == [(FINALIZE_JOB_TASK, [job["id"]])]
 
     conflict = client.post(f"/v1/jobs/{job['id']}/cancel")
     assert conflict.status_code == 409
@@ -71,4 +71,4 @@ def test_cancel_source_job_before_expansion(client, database_url, queue_messages
     assert response.status_code == 200
     # not expanded yet: the expand task sees `cancelling`, stops and finalizes
     assert response.json()["status"] == "cancelling"
-    assert [task for task, _ in queue_messages(c.CONTROL_QUEUE)] == [c.EXPAND_SOURCE_TASK]
+    assert [task for task, _ in queue_messages(CONTROL_QUEUE)] == [EXPAND_SOURCE_TASK]

@@ -8,11 +8,20 @@ from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import select
 
-from janus_batch import constants as c
 from janus_batch import jobs
+from janus_batch.constants import (
+    CAPTION_CHUNK_TASK,
+    CAPTION_QUEUE,
+    CONTROL_QUEUE,
+    EXPAND_SOURCE_TASK,
+    GENERATE_QUEUE,
+    LOCAL_OWNER,
+)
 from janus_batch.db import session_scope
+from janus_batch.inputs import parse_params
 from janus_batch.models import Item, Job
 from janus_batch.queue import get_celery
+from janus_batch.settings import DEFAULT_MAX_NEW_TOKENS
 from tests.api.helpers import caption_job, finish_items
 from tests.services import free_port
 
@@ -48,11 +57,11 @@ def test_caption_job_inserts_items_and_enqueues_chunks(
     assert job["output"]["prefix"].endswith(f"jobs/{job['id']}")
     assert job["output"]["results_url"].endswith(f"/v1/jobs/{job['id']}/results")
 
-    assert queue_len(c.CAPTION_QUEUE) == 3  # 5 items in chunks of 2
-    assert queue_len(c.GENERATE_QUEUE) == 0
-    assert queue_len(c.CONTROL_QUEUE) == 0
-    messages = queue_messages(c.CAPTION_QUEUE)
-    assert {task for task, _ in messages} == {c.CAPTION_CHUNK_TASK}
+    assert queue_len(CAPTION_QUEUE) == 3  # 5 items in chunks of 2
+    assert queue_len(GENERATE_QUEUE) == 0
+    assert queue_len(CONTROL_QUEUE) == 0
+    messages = queue_messages(CAPTION_QUEUE)
+    assert {task for task, _ in messages} == {CAPTION_CHUNK_TASK}
     assert all(args[0] == job["id"] for _, args in messages)
     assert sorted(len(args[1]) for _, args in messages) == [1, 2, 2]
 
@@ -67,7 +76,34 @@ def test_caption_job_inserts_items_and_enqueues_chunks(
     assert all(r.status == "pending" for r in rows)
     stored = _job(database_url, job["id"])
     assert stored.output_prefix == f"jobs/{job['id']}"
-    assert stored.owner == c.LOCAL_OWNER
+    assert stored.owner == LOCAL_OWNER
+
+
+def test_caption_length_defaults_to_the_setting(client, set_env, database_url):
+    """JANUS_BATCH_MAX_NEW_TOKENS is the caption length of a job that leaves max_new_tokens
+    unset, recorded in its params (what the worker and the results lines read); a job that
+    gives one keeps it."""
+    set_env(max_new_tokens="48")
+    unset = caption_job(client, n=1, params={"prompt": "What is this?"})
+    given = caption_job(client, n=1, params={"max_new_tokens": 12})
+
+    assert unset["params"]["max_new_tokens"] == 48
+    assert _job(database_url, unset["id"]).params["max_new_tokens"] == 48
+    assert given["params"]["max_new_tokens"] == 12
+    assert _job(database_url, given["id"]).params["max_new_tokens"] == 12
+
+
+def test_parse_params_fills_only_an_unset_caption_length():
+    assert parse_params("caption", None, max_n=16).max_new_tokens == DEFAULT_MAX_NEW_TOKENS
+    assert parse_params("caption", {}, max_n=16, default_max_new_tokens=300).max_new_tokens == 300
+    explicit = {"max_new_tokens": DEFAULT_MAX_NEW_TOKENS}
+    assert (
+        parse_params("caption", explicit, max_n=16, default_max_new_tokens=300).max_new_tokens
+        == DEFAULT_MAX_NEW_TOKENS
+    )
+    generate = parse_params("generate", None, max_n=16, default_max_new_tokens=300)
+    assert "max_new_tokens" not in generate.model_dump()
+    assert generate.model_dump()["format"] == "png" and type(generate.format) is str
 
 
 def test_caption_job_records_seeds(client, database_url):
@@ -121,8 +157,8 @@ def test_generate_job_records_seeds_and_item_overrides(client, database_url, que
     assert response.status_code == 202, response.text
     job = response.json()
     assert job["params"]["format"] == "webp"
-    assert queue_len(c.GENERATE_QUEUE) == 1
-    assert queue_len(c.CAPTION_QUEUE) == 0
+    assert queue_len(GENERATE_QUEUE) == 1
+    assert queue_len(CAPTION_QUEUE) == 0
 
     fox, whale, bare = (r.input for r in _items(database_url, job["id"]))
     assert fox["seed"] == 7 and fox["n"] == 2 and fox["cfg_weight"] == 4.0
@@ -141,9 +177,9 @@ def test_source_jobs_enqueue_one_expand_message(client, database_url, queue_len,
     assert job["source"] == {"s3_prefix": "s3://photos/2024/"}
     assert job["counts"]["total"] == 0
     assert job["eta_seconds"] is None
-    assert queue_len(c.CONTROL_QUEUE) == 1
-    assert queue_len(c.CAPTION_QUEUE) == 0
-    assert queue_messages(c.CONTROL_QUEUE) == [(c.EXPAND_SOURCE_TASK, [job["id"]])]
+    assert queue_len(CONTROL_QUEUE) == 1
+    assert queue_len(CAPTION_QUEUE) == 0
+    assert queue_messages(CONTROL_QUEUE) == [(EXPAND_SOURCE_TASK, [job["id"]])]
     assert _items(database_url, job["id"]) == []
     assert _job(database_url, job["id"]).expanded is False
 
@@ -153,8 +189,8 @@ def test_source_jobs_enqueue_one_expand_message(client, database_url, queue_len,
     )
     assert manifest_job.status_code == 202, manifest_job.text
     assert manifest_job.json()["source"] == {"manifest": "https://example.com/prompts.jsonl"}
-    assert queue_len(c.CONTROL_QUEUE) == 2
-    assert queue_len(c.GENERATE_QUEUE) == 0
+    assert queue_len(CONTROL_QUEUE) == 2
+    assert queue_len(GENERATE_QUEUE) == 0
 
 
 def test_manifest_file_id_is_resolved_to_storage_key(client, database_url, queue_len):
@@ -171,7 +207,7 @@ def test_manifest_file_id_is_resolved_to_storage_key(client, database_url, queue
     assert source["file_id"] == file_id
     assert source["manifest"].startswith("storage:inputs/local/")
     assert source["manifest"].endswith("/prompts.jsonl")
-    assert queue_len(c.CONTROL_QUEUE) == 1
+    assert queue_len(CONTROL_QUEUE) == 1
 
 
 def test_uploaded_image_id_in_caption_item(client, database_url):
@@ -193,7 +229,7 @@ def test_idempotency_key_returns_the_same_job(client, database_url, queue_len):
     assert first.status_code == 202
     assert second.status_code == 200
     assert second.json()["id"] == first.json()["id"]
-    assert queue_len(c.CAPTION_QUEUE) == 1  # nothing enqueued the second time
+    assert queue_len(CAPTION_QUEUE) == 1  # nothing enqueued the second time
     other = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "run-43"})
     assert other.status_code == 202 and other.json()["id"] != first.json()["id"]
     assert client.get("/v1/jobs").json()["data"].__len__() == 2
@@ -210,7 +246,7 @@ def test_idempotency_race_creates_one_job(client, database_url, queue_len):
         results = list(pool.map(submit, range(6)))
     assert len({job_id for _, job_id in results}) == 1
     assert sorted(code for code, _ in results).count(202) == 1
-    assert queue_len(c.GENERATE_QUEUE) == 1
+    assert queue_len(GENERATE_QUEUE) == 1
     assert client.get("/v1/jobs").json()["data"].__len__() == 1
 
 
@@ -230,7 +266,7 @@ def test_idempotency_unique_constraint_race(client, monkeypatch, queue_len):
     again = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "k1"})
     assert again.status_code == 200 and again.json()["id"] == first["id"]
     assert len(calls) == 2
-    assert queue_len(c.CAPTION_QUEUE) == 1
+    assert queue_len(CAPTION_QUEUE) == 1
 
 
 def test_queue_down_fails_the_job_with_503(client, set_env, database_url):

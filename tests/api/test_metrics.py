@@ -9,9 +9,9 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.main import create_app
-from janus_batch import metrics as worker_metrics
-from janus_batch.stack import free_port
+from janus_batch.ops.stack import free_port
 from tests.api.helpers import caption_job, finish_items
+from worker import metrics as worker_metrics
 
 
 def scrape(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from api.main import create_app
-from janus_batch import constants as c
 from janus_batch import jobs
+from janus_batch.constants import CAPTION_QUEUE, CONTROL_QUEUE, GENERATE_QUEUE
 from janus_batch.db import session_scope
 from janus_batch.models import Item, Job
 
@@ -114,7 +114,7 @@ def test_bad_job_requests_name_their_field(strict_client, database_url, queue_le
         assert error["field"] == field, (body, error)
         assert error["message"]
     assert _counts(database_url) == (0, 0)
-    for queue in (c.CAPTION_QUEUE, c.GENERATE_QUEUE, c.CONTROL_QUEUE):
+    for queue in (CAPTION_QUEUE, GENERATE_QUEUE, CONTROL_QUEUE):
         assert queue_len(queue) == 0
 
 
@@ -240,7 +240,8 @@ def test_fuzzed_raw_bodies_never_500(client):
             response = client.post("/v1/jobs", content=raw, headers={"content-type": content_type})
             assert 400 <= response.status_code < 500, (raw, response.text)
     for raw in (b"\x00" * 10, b'{"kind": "caption", "items": [{"image": "s3://b/\\u0000"}]}'):
-        response = client.post("/v1/files", content=raw, headers={"content-type": "multipart/form-data; boundary=x"})  # fmt: skip
+        headers = {"content-type": "multipart/form-data; boundary=x"}
+        response = client.post("/v1/files", content=raw, headers=headers)
         assert 400 <= response.status_code < 500, response.text
 
 

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from janus_batch.cli.main import app
+from janus_batch.client.cli.main import app
 from janus_batch.settings import get_settings
 from tests import services
 from tests.fixtures.s3 import REGION, MotoServer, empty_and_delete_bucket
@@ -116,7 +116,7 @@ def stack(
     """The API and one worker (real processes) for a whole test module."""
     from janus_batch.db import dispose_engines
     from janus_batch.migrate import upgrade
-    from janus_batch.stack import local_stack
+    from janus_batch.ops.stack import local_stack
 
     base = tmp_path_factory.mktemp("cli-stack")
     database_url = f"sqlite:///{base / 'jobs.db'}"

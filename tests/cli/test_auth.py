@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from janus_batch.stack import api_command, free_port, spawn, wait_http
+from janus_batch.ops.stack import api_command, free_port, spawn, wait_http
 from tests import services
 from tests.cli.conftest import invoke
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from janus_batch.client import ApiError, Client, one_line
+from janus_batch.client.http import ApiError, Client, one_line
 
 
 def client_answering(handler: Callable[[httpx.Request], httpx.Response]) -> Client:

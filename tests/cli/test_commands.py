@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from janus_batch.cli.common import UsageError
-from janus_batch.cli.inputs import caption_target, read_prompts, with_seeds
-from janus_batch.cli.results import InputNames
-from janus_batch.cli.upload import find_images
-from janus_batch.cli.watch import duration, exit_code
-from janus_batch.stack import free_port
+from janus_batch.client.cli.common import UsageError
+from janus_batch.client.cli.inputs import caption_target, read_prompts, with_seeds
+from janus_batch.client.cli.results import InputNames
+from janus_batch.client.cli.upload import find_images
+from janus_batch.client.cli.watch import duration, exit_code
+from janus_batch.ops.stack import free_port
 from tests.cli.conftest import Run, draw_images, invoke
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -154,7 +154,7 @@ def test_connection_refused_in_a_real_process(tmp_path: Path) -> None:
     draw_images(tmp_path, corrupt=False)
     for args in (["status", "job_1"], ["list"], ["caption", str(tmp_path)]):
         proc = subprocess.run(
-            [sys.executable, "-m", "janus_batch.cli.main", *args],
+            [sys.executable, "-m", "janus_batch.client.cli.main", *args],
             check=False,
             cwd=ROOT,
             env=env,

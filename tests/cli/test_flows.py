@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from janus_batch.client import Client, sha256_file
+from janus_batch.client.http import Client, sha256_file
 from tests.cli.conftest import Cli, Run, Stack, draw_images
 
 TIMEOUT = "120"

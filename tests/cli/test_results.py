@@ -8,9 +8,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from janus_batch.cli.common import UsageError
-from janus_batch.cli.results import caption_outputs
-from janus_batch.client import Client
+from janus_batch.client.cli.common import UsageError
+from janus_batch.client.cli.results import caption_outputs
+from janus_batch.client.http import Client
 
 LINES = [
     {"idx": 0, "custom_id": "a.png", "input": {"image": "file_a"}, "caption": "an apple"},

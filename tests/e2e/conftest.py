@@ -5,7 +5,7 @@ PostgreSQL), a private Redis key space, and local or moto S3 storage.
 - `stack_env`: the environment of both processes (local results folder by default);
 - `s3_stack_env`: the same with results on the moto S3 server (`s3_env`'s bucket);
 - `input_bucket`: a second, separate bucket on the same server for job inputs;
-- `start_stack(env)`: `janus_batch.stack.local_stack` (API + worker with beat), stopped after;
+- `start_stack(env)`: `janus_batch.ops.stack.local_stack` (API + worker with beat), stopped after;
 - `processes`: start single processes (`spawn`), every one stopped after.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from janus_batch.stack import Child, Stack, local_stack, spawn
+from janus_batch.ops.stack import Child, Stack, local_stack, spawn
 from tests import services
 from tests.fixtures.s3 import S3Env, empty_and_delete_bucket
 

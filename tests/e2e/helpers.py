@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from janus_batch.db import session_scope
 from janus_batch.models import Item, Job
-from janus_batch.stack import Child
+from janus_batch.ops.stack import Child
 
 FINAL = {"succeeded", "failed", "cancelled"}
 

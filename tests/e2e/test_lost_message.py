@@ -12,8 +12,8 @@ import httpx
 import pytest
 import redis
 
-from janus_batch import constants as c
-from janus_batch.stack import api_command, free_port, wait_http, worker_command
+from janus_batch import constants
+from janus_batch.ops.stack import api_command, free_port, wait_http, worker_command
 from tests.e2e.helpers import assert_counters_match_items, jsonl, post_job, read_rows, wait_final
 
 PROMPTS = [{"prompt": f"a small house with a green door, number {i}", "seed": i} for i in range(5)]
@@ -35,7 +35,7 @@ def test_lost_message_is_finished_by_the_sweeper(
     api_url = f"http://127.0.0.1:{port}"
     wait_http(f"{api_url}/healthz", api)
     queue = redis.Redis.from_url(redis_url)
-    key = queue_prefix + c.GENERATE_QUEUE
+    key = queue_prefix + constants.GENERATE_QUEUE
     try:
         with httpx.Client(base_url=api_url, timeout=30) as http:
             job = post_job(http, {"kind": "generate", "params": {"n": 1}, "items": PROMPTS})
@@ -64,7 +64,7 @@ def test_lost_message_is_finished_by_the_sweeper(
     assert [item.attempts for item in rows.items] == [1] * len(PROMPTS)  # each run once
 
     results = tmp_path / "results" / "jobs" / job["id"]
-    lines = jsonl((results / c.RESULTS_NAME).read_bytes())
+    lines = jsonl((results / constants.RESULTS_NAME).read_bytes())
     assert [line["idx"] for line in lines] == list(range(len(PROMPTS)))
     images = sorted(p.name for p in (results / "images").iterdir())
     assert images == [f"{i:08d}_0.png" for i in range(len(PROMPTS))]

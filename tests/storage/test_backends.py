@@ -37,7 +37,7 @@ def test_empty_object(storage: Storage) -> None:
 def test_missing_key(storage: Storage) -> None:
     assert not storage.exists("nope/missing.png")
     assert storage.size("nope/missing.png") is None
-    with pytest.raises(NotFoundError, match="missing.png"):
+    with pytest.raises(NotFoundError, match=r"missing\.png"):
         storage.get_bytes("nope/missing.png")
     with pytest.raises(NotFoundError) as info:
         storage.open_read("nope/missing.png")

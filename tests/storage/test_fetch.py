@@ -13,9 +13,9 @@ from typing import ClassVar
 
 import pytest
 
-from janus_batch.fetch import FetchError, fetch_many, fetch_uri, parse_s3_uri, retry_transient
 from janus_batch.storage import LocalStorage, Storage, TransientStorageError
 from tests.fixtures.s3 import S3Env, free_port, set_test_credentials
+from worker.fetch import FetchError, fetch_many, fetch_uri, parse_s3_uri, retry_transient
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -85,7 +85,7 @@ def test_s3_uri(s3_env: S3Env) -> None:
         return fetch_uri(uri, endpoint_url=s3_env.endpoint_url, region=s3_env.region)
 
     assert fetch(f"s3://{s3_env.bucket}/photos/cat.jpg") == b"meow"
-    with pytest.raises(FetchError, match="dog.jpg") as info:
+    with pytest.raises(FetchError, match=r"dog\.jpg") as info:
         fetch(f"s3://{s3_env.bucket}/photos/dog.jpg")
     assert info.value.permanent
     with pytest.raises(FetchError, match="does not exist") as info:
@@ -105,10 +105,10 @@ def test_s3_dead_endpoint_is_transient_after_retries(monkeypatch: pytest.MonkeyP
 def test_storage_key(storage: Storage) -> None:
     storage.put_bytes("inputs/upload-1.png", b"uploaded")
     assert fetch_uri("storage:inputs/upload-1.png", storage=storage) == b"uploaded"
-    with pytest.raises(FetchError, match="storage:inputs/missing.png") as info:
+    with pytest.raises(FetchError, match=r"storage:inputs/missing\.png") as info:
         fetch_uri("storage:inputs/missing.png", storage=storage, base_delay=0.01)
     assert info.value.permanent
-    with pytest.raises(FetchError, match="storage:../etc/passwd") as info:
+    with pytest.raises(FetchError, match=r"storage:\.\./etc/passwd") as info:
         fetch_uri("storage:../etc/passwd", storage=storage)
     assert info.value.permanent
 
@@ -139,7 +139,7 @@ def test_http_503_twice_then_ok(http_base: str) -> None:
 
 
 def test_http_retries_run_out(http_base: str) -> None:
-    with pytest.raises(FetchError, match="HTTP 503.*gave up after 2 attempts") as info:
+    with pytest.raises(FetchError, match=r"HTTP 503.*gave up after 2 attempts") as info:
         fetch_uri(f"{http_base}/flaky/b", max_retries=1, base_delay=0.01)
     assert not info.value.permanent
     with pytest.raises(FetchError, match="HTTP 429") as info:

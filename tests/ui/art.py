@@ -24,9 +24,8 @@ def _gradient(top: RGB, bottom: RGB, size: int = S) -> Image.Image:
     draw = ImageDraw.Draw(img)
     for y in range(size):
         t = y / (size - 1)
-        draw.line(
-            [(0, y), (size, y)], fill=tuple(int(a + (b - a) * t) for a, b in zip(top, bottom))
-        )
+        fill = tuple(int(a + (b - a) * t) for a, b in zip(top, bottom, strict=True))
+        draw.line([(0, y), (size, y)], fill=fill)
     return img
 
 

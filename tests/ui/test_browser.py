@@ -15,7 +15,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from janus_batch.migrate import upgrade
-from janus_batch.stack import api_command, free_port, spawn, wait_http
+from janus_batch.ops.stack import api_command, free_port, spawn, wait_http
 from janus_batch.states import ItemStatus, JobStatus
 from tests.ui.art import SCENES, paint, png
 from tests.ui.helpers import ItemSpec, generated_job, insert_job

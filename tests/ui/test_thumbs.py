@@ -94,9 +94,9 @@ def test_input_thumbnails_of_caption_items(client, database_url, storage_root):
     assert max(decode(ok.content).size) <= 200
     assert (storage_root / job.prefix / f"thumbs/{snap_size(200)}/inputs/00000000.jpg").is_file()
 
-    refused = client.get(f"/ui/inputs/{job.id}/1")
-    assert refused.status_code in (404, 502)
-    assert "could not be fetched" in refused.json()["error"]["message"]
+    remote = client.get(f"/ui/inputs/{job.id}/1")  # the API never fetches a user's URL
+    assert remote.status_code == 404
+    assert "not in the service's storage" in remote.json()["error"]["message"]
     assert client.get(f"/ui/inputs/{job.id}/2").status_code == 404  # never a local path
     assert client.get(f"/ui/inputs/{job.id}/3").status_code == 404
     gen = generated_job(database_url, storage_root, [("dunes", "d")], n=1)
@@ -104,15 +104,15 @@ def test_input_thumbnails_of_caption_items(client, database_url, storage_root):
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_input_thumbnail_from_s3(client, set_env, s3_env, database_url):
+def test_input_thumbnail_never_reads_a_users_s3_reference(client, set_env, s3_env, database_url):
     set_env(s3_endpoint_url=s3_env.endpoint_url, s3_region=s3_env.region)
     s3 = s3_env.client()
     s3.put_object(Bucket=s3_env.bucket, Key="photos/dune.png", Body=png(paint("dunes", 1)))
     uri = f"s3://{s3_env.bucket}/photos/dune.png"
     job = insert_job(database_url, "caption", [ItemSpec({"image": uri, "uri": uri})])
     response = client.get(f"/ui/inputs/{job.id}/0", params={"size": 64})
-    assert response.status_code == 200, response.text
-    assert max(decode(response.content).size) <= 64
+    assert response.status_code == 404, response.text
+    assert "not in the service's storage" in response.json()["error"]["message"]
 
 
 def test_make_thumbnail_handles_modes_and_orientation():

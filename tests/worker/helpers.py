@@ -13,7 +13,7 @@ import redis
 from PIL import Image
 from sqlalchemy import select, update
 
-from janus_batch import constants as c
+from janus_batch import constants
 from janus_batch.db import session_scope
 from janus_batch.inputs import caption_item, generate_item, parse_params
 from janus_batch.items import add_items
@@ -28,7 +28,7 @@ from worker.finalize import finalize_job
 from worker.generate import GenerateHandler
 from worker.sweeper import sweep
 
-QUEUES = (c.CONTROL_QUEUE, c.CAPTION_QUEUE, c.GENERATE_QUEUE)
+QUEUES = (constants.CONTROL_QUEUE, constants.CAPTION_QUEUE, constants.GENERATE_QUEUE)
 
 
 def create_job(
@@ -42,13 +42,15 @@ def create_job(
     """A job as the API creates it: the row, then inline items (validated, inserted, enqueued)
     and expanded=True, or a source left for the expand task."""
     settings = ctx.settings
-    parsed = parse_params(kind, params, max_n=settings.max_n)
+    parsed = parse_params(
+        kind, params, max_n=settings.max_n, default_max_new_tokens=settings.max_new_tokens
+    )
     job_id = new_id("job")
     with session_scope(ctx.database_url) as session:
         session.add(
             Job(
                 id=job_id,
-                owner=c.LOCAL_OWNER,
+                owner=constants.LOCAL_OWNER,
                 kind=kind,
                 status=JobStatus.QUEUED,
                 model=settings.model,
@@ -125,15 +127,15 @@ def clear_queues(ctx: Context) -> None:
 
 def dispatch(ctx: Context, task: str, args: list[Any]) -> Any:
     """Run one message the way the Celery task would."""
-    if task == c.CAPTION_CHUNK_TASK:
+    if task == constants.CAPTION_CHUNK_TASK:
         return run_chunk(ctx, CaptionHandler(), *args)
-    if task == c.GENERATE_CHUNK_TASK:
+    if task == constants.GENERATE_CHUNK_TASK:
         return run_chunk(ctx, GenerateHandler(), *args)
-    if task == c.EXPAND_SOURCE_TASK:
+    if task == constants.EXPAND_SOURCE_TASK:
         return expand_source(ctx, *args)
-    if task == c.FINALIZE_JOB_TASK:
+    if task == constants.FINALIZE_JOB_TASK:
         return finalize_job(ctx, *args)
-    if task == c.SWEEP_TASK:
+    if task == constants.SWEEP_TASK:
         return sweep(ctx)
     raise AssertionError(f"unknown task {task}")
 
@@ -174,7 +176,7 @@ def read_jsonl(data: bytes) -> list[dict[str, Any]]:
 def cancel_like_the_api(ctx: Context, job_id: str) -> None:
     """Cancel as POST /v1/jobs/{id}/cancel does: pending items cancelled, job cancelling or
     finalizing (whose winner sends finalize)."""
-    cancel_job(ctx.database_url, ctx.app, c.LOCAL_OWNER, job_id)
+    cancel_job(ctx.database_url, ctx.app, constants.LOCAL_OWNER, job_id)
 
 
 class CancellingEngine:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
-from janus_batch import constants as c
+from janus_batch import constants
 from janus_batch.db import session_scope
 from janus_batch.models import Job
 from janus_batch.states import ItemStatus, JobKind, JobStatus
@@ -68,7 +68,7 @@ def test_chunk_of_a_cancelling_job_cancels_its_pending_items(ctx: Context) -> No
 
     job = get_job(ctx, job_id)
     assert (job.status, job.cancelled, job.succeeded) == (JobStatus.FINALIZING, 3, 0)
-    assert pop_message(ctx, "janus.control") == (c.FINALIZE_JOB_TASK, [job_id])
+    assert pop_message(ctx, "janus.control") == (constants.FINALIZE_JOB_TASK, [job_id])
 
 
 def manifest_job(ctx: Context, lines: int = 3) -> str:
@@ -90,7 +90,7 @@ def test_cancel_before_expand_finalizes_as_cancelled(ctx: Context) -> None:
 
     job = get_job(ctx, job_id)
     assert (job.status, job.expanded, job.total) == (JobStatus.FINALIZING, True, 0)
-    assert pop_message(ctx, "janus.control") == (c.FINALIZE_JOB_TASK, [job_id])
+    assert pop_message(ctx, "janus.control") == (constants.FINALIZE_JOB_TASK, [job_id])
     assert finalize_job(ctx, job_id) == JobStatus.CANCELLED
     job = get_job(ctx, job_id)
     assert (job.status, job.error, job.total) == (JobStatus.CANCELLED, None, 0)

@@ -144,11 +144,3 @@ def test_sampled_captions_follow_the_recorded_seed(ctx: Any, s3_env: Any) -> Non
     assert isinstance(drawn.input["seed"], int) and 0 <= drawn.input["seed"] < 2**63
     [again] = captions_of(ctx, s3_env, [{"image": "red.png", "seed": drawn.input["seed"]}])
     assert again.result["caption"] == drawn.result["caption"]
-
-
-def test_rows_without_a_recorded_seed_fall_back_to_their_id() -> None:
-    from worker.caption import item_seed
-    from worker.claim import Claimed
-
-    assert item_seed(Claimed(id=42, idx=0, attempts=1, input={"uri": "s3://b/k"})) == 42
-    assert item_seed(Claimed(id=42, idx=0, attempts=1, input={"uri": "s3://b/k", "seed": 7})) == 7

@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from janus_batch import constants as c
-from janus_batch import files
+from janus_batch import constants, files
 from janus_batch.files import save_upload
 from janus_batch.inputs import caption_item, parse_params
 from janus_batch.items import add_items
@@ -123,7 +122,7 @@ def test_missing_bucket_and_empty_prefix_fail_the_job(ctx: Any, s3_env: Any) -> 
     assert expand_source(ctx, missing) == 0
     assert expand_source(ctx, empty) == 0
     assert peek_messages(ctx, "janus.control") == [
-        (c.FINALIZE_JOB_TASK, [missing]), (c.FINALIZE_JOB_TASK, [empty]),
+        (constants.FINALIZE_JOB_TASK, [missing]), (constants.FINALIZE_JOB_TASK, [empty]),
     ]  # fmt: skip
     drain(ctx)
     job = get_job(ctx, missing)
@@ -262,9 +261,14 @@ def test_manifest_of_file_ids_resolves_the_owners_files(
     ctx: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The CLI's big-folder path: images uploaded, then a manifest of their file ids."""
-    mine = [upload(ctx, c.LOCAL_OWNER, png_bytes((i * 40, 90, 90)), f"{i}.png") for i in range(3)]
+    mine = [
+        upload(ctx, constants.LOCAL_OWNER, png_bytes((i * 40, 90, 90)), f"{i}.png")
+        for i in range(3)
+    ]
     foreign = upload(ctx, "someone-else", png_bytes((1, 2, 3)), "theirs.png")
-    a_manifest = upload(ctx, c.LOCAL_OWNER, b'{"image": "s3://b/k.png"}\n', "m.jsonl", "manifest")
+    a_manifest = upload(
+        ctx, constants.LOCAL_OWNER, b'{"image": "s3://b/k.png"}\n', "m.jsonl", "manifest"
+    )
     unknown = "file_" + "0" * 24
     entries = [
         {"image": mine[0], "custom_id": "a"},
@@ -294,7 +298,7 @@ def test_manifest_of_file_ids_resolves_the_owners_files(
     rows = get_items(ctx, job_id)
     assert [r.status for r in rows] == ["pending", "failed", "pending", "failed", "failed",
                                        "pending"]  # fmt: skip
-    key = files.get_file(ctx.database_url, c.LOCAL_OWNER, mine[0]).storage_key
+    key = files.get_file(ctx.database_url, constants.LOCAL_OWNER, mine[0]).storage_key
     assert rows[0].input == {
         "image": mine[0],
         "uri": f"storage:{key}",
@@ -332,7 +336,7 @@ def test_manifest_line_into_the_service_storage_fails_alone(make_ctx: Any, s3_en
     ctx = s3_ctx(make_ctx, s3_env)
     secret = upload(ctx, "someone-else", png_bytes(), "secret.png")
     [secret_key] = [k for k in ctx.storage.iter_keys("inputs/someone-else/")]
-    mine = upload(ctx, c.LOCAL_OWNER, png_bytes(), "mine.png")
+    mine = upload(ctx, constants.LOCAL_OWNER, png_bytes(), "mine.png")
     client = s3_env.client()
     client.put_object(Bucket=s3_env.bucket, Key="m/cat.png", Body=png_bytes())
     inside = f"s3://{s3_env.bucket}/jobs/{secret_key}"

@@ -1,5 +1,5 @@
 """The lease heartbeat: a chunk slower than its lease keeps its items; items the sweeper took
-back are reported by `extend_lease` and not run by the worker that lost them."""
+back are reported by `lifecycle.extend_leases` and not run by the worker that lost them."""
 
 from __future__ import annotations
 
@@ -18,13 +18,14 @@ from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
 import worker.chunk
+from janus_batch import lifecycle
 from janus_batch.db import session_scope
+from janus_batch.lifecycle import Outcome
 from janus_batch.models import Item, utcnow
 from janus_batch.states import ItemStatus, JobKind
 from tests.worker.helpers import create_job, get_items, get_job, pop_message
 from worker import heartbeat as heartbeat_module
 from worker.chunk import Work, run_chunk
-from worker.claim import Outcome, claim_items, extend_lease
 from worker.heartbeat import LeaseHeartbeat
 from worker.sweeper import sweep
 
@@ -106,12 +107,12 @@ def test_extend_lease_returns_only_owned_ids(ctx: Any) -> None:
     job_id = create_job(ctx, JobKind.GENERATE, ["a", "b", "c"])
     ids = [row.id for row in get_items(ctx, job_id)]
     with session_scope(ctx.database_url) as session:
-        claimed = claim_items(session, job_id, ids, lease_seconds=60)
+        claimed = lifecycle.claim(session, job_id, ids, lease_seconds=60)
     expire(ctx, ids[:2])
     assert sweep(ctx)["requeued_leases"] == 2  # taken back
 
     with session_scope(ctx.database_url) as session:
-        assert extend_lease(session, claimed, 60) == {ids[2]}
+        assert lifecycle.extend_leases(session, {c.id: c.attempts for c in claimed}, 60) == {ids[2]}
     rows = get_items(ctx, job_id)
     assert [r.status for r in rows] == [ItemStatus.PENDING, ItemStatus.PENDING, "running"]
 
@@ -142,7 +143,7 @@ def test_heartbeat_drops_lost_items_and_survives_db_errors(
     job_id = create_job(ctx, JobKind.GENERATE, ["a", "b"])
     ids = [row.id for row in get_items(ctx, job_id)]
     with session_scope(ctx.database_url) as session:
-        claimed = claim_items(session, job_id, ids, lease_seconds=60)
+        claimed = lifecycle.claim(session, job_id, ids, lease_seconds=60)
     with LeaseHeartbeat(ctx, job_id, {c.id: c.attempts for c in claimed}, interval=60) as beat:
         expire(ctx, ids[:1])
         assert sweep(ctx)["requeued_leases"] == 1
@@ -152,7 +153,7 @@ def test_heartbeat_drops_lost_items_and_survives_db_errors(
         def broken(*args: Any) -> set[int]:
             raise OperationalError("UPDATE", {}, Exception("database is gone"))
 
-        monkeypatch.setattr(heartbeat_module, "extend_leases", broken)
+        monkeypatch.setattr(heartbeat_module.lifecycle, "extend_leases", broken)
         with caplog.at_level(logging.WARNING, logger="worker.heartbeat"):
             assert beat.beat() == set()  # logged, not raised
         assert "lease heartbeat failed" in caplog.text

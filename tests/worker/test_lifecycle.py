@@ -7,11 +7,12 @@ from typing import Any
 
 from sqlalchemy import update
 
+from janus_batch import lifecycle
 from janus_batch.db import session_scope
+from janus_batch.lifecycle import Outcome
 from janus_batch.models import Item, utcnow
 from janus_batch.states import ItemStatus, JobKind
 from tests.worker.helpers import create_job, get_items, get_job
-from worker.claim import Outcome, claim_items, complete_items
 
 
 def expire(ctx: Any, ids: list[int]) -> None:
@@ -23,7 +24,7 @@ def expire(ctx: Any, ids: list[int]) -> None:
 
 def claim(ctx: Any, job_id: str, ids: list[int]) -> list[Any]:
     with session_scope(ctx.database_url) as session:
-        return claim_items(session, job_id, ids, lease_seconds=60)
+        return lifecycle.claim(session, job_id, ids, lease_seconds=60)
 
 
 def test_claim_skips_leased_and_final_items(ctx: Any) -> None:
@@ -41,14 +42,14 @@ def test_claim_skips_leased_and_final_items(ctx: Any) -> None:
 
     with session_scope(ctx.database_url) as session:
         outcome = Outcome(first[0], ItemStatus.SUCCEEDED, result={"images": []})
-        assert complete_items(session, job_id, [outcome]) == {ItemStatus.SUCCEEDED: 1}
+        assert lifecycle.complete(session, [outcome]) == {job_id: {ItemStatus.SUCCEEDED: 1}}
     expire(ctx, ids)
     second = claim(ctx, job_id, ids)  # expired leases are claimed again, final ones are not
     assert [(c.idx, c.attempts) for c in second] == [(1, 2), (2, 2)]
 
     with session_scope(ctx.database_url) as session:  # the first attempt lost its lease
         stale = [Outcome(c, ItemStatus.FAILED, error="late") for c in first]
-        assert complete_items(session, job_id, stale) == {}
+        assert lifecycle.complete(session, stale) == {}
     job = get_job(ctx, job_id)
     assert (job.succeeded, job.failed) == (1, 0)
 

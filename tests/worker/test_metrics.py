@@ -1,4 +1,4 @@
-"""Worker metrics (`janus_batch.metrics`): what the pipeline functions record, checked as the
+"""Worker metrics (`worker.metrics`): what the pipeline functions record, checked as the
 change of the default registry's samples around a run."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from janus_batch import constants as c
+from janus_batch import constants
 from janus_batch.states import ItemStatus, JobKind
 from tests.worker.helpers import (
     CancellingEngine,
@@ -63,7 +63,7 @@ def test_caption_chunk_records_items_fetch_batch_and_fill(ctx: Context, s3_env: 
     job_id = create_job(ctx, JobKind.CAPTION, uris, params={"max_new_tokens": 3})
     seen = Samples()
 
-    _, chunk = pop_message(ctx, c.CAPTION_QUEUE)
+    _, chunk = pop_message(ctx, constants.CAPTION_QUEUE)
     assert run_chunk(ctx, CaptionHandler(), *chunk) == {
         ItemStatus.SUCCEEDED: 3, ItemStatus.FAILED: 2,
     }  # fmt: skip
@@ -90,7 +90,7 @@ def test_generate_chunk_records_batches_uploads_and_fill(ctx: Context) -> None:
     job_id = create_job(ctx, JobKind.GENERATE, ["a fox", "a cat", "a dog"])
     seen = Samples()
 
-    _, chunk = pop_message(ctx, c.GENERATE_QUEUE)
+    _, chunk = pop_message(ctx, constants.GENERATE_QUEUE)
     assert run_chunk(ctx, GenerateHandler(), *chunk) == {ItemStatus.SUCCEEDED: 3}
 
     assert seen.delta(**items("generate", "succeeded")) == 3
@@ -110,7 +110,7 @@ def test_generate_chunk_records_batches_uploads_and_fill(ctx: Context) -> None:
 
 def test_a_redelivered_chunk_counts_nothing(ctx: Context) -> None:
     create_job(ctx, JobKind.GENERATE, ["a fox", "a cat"], params={"cfg_weight": 1.0})
-    _, chunk = pop_message(ctx, c.GENERATE_QUEUE)
+    _, chunk = pop_message(ctx, constants.GENERATE_QUEUE)
     run_chunk(ctx, GenerateHandler(), *chunk)
     seen = Samples()
 
@@ -126,8 +126,8 @@ def test_cancelled_items_are_counted_by_the_chunk_that_moved_them(
     ctx: Context, tiny_engine: Any
 ) -> None:
     job_id = create_job(ctx, JobKind.GENERATE, [f"prompt {i}" for i in range(10)])  # 8 + 2
-    _, first = pop_message(ctx, c.GENERATE_QUEUE)
-    _, second = pop_message(ctx, c.GENERATE_QUEUE)
+    _, first = pop_message(ctx, constants.GENERATE_QUEUE)
+    _, second = pop_message(ctx, constants.GENERATE_QUEUE)
     engine = CancellingEngine(tiny_engine, ctx, job_id)
     cancelling = Context(ctx.settings, ctx.storage, ctx.app, engine=lambda: engine)
     seen = Samples()
@@ -149,20 +149,20 @@ def test_cancelled_items_are_counted_by_the_chunk_that_moved_them(
 def test_sweep_sets_queue_depths_from_redis(ctx: Context) -> None:
     create_job(ctx, JobKind.CAPTION, [f"s3://b/{i}.png" for i in range(20)])  # chunks of 8
     create_job(ctx, JobKind.GENERATE, ["a fox"])
-    redis_client(ctx).rpush(f"{ctx.settings.queue_prefix}{c.CONTROL_QUEUE}", b"x", b"y")
+    redis_client(ctx).rpush(f"{ctx.settings.queue_prefix}{constants.CONTROL_QUEUE}", b"x", b"y")
     # another deployment's keys (no prefix) are not ours
-    redis_client(ctx).rpush(f"other-{ctx.settings.queue_prefix}{c.GENERATE_QUEUE}", b"z")
+    redis_client(ctx).rpush(f"other-{ctx.settings.queue_prefix}{constants.GENERATE_QUEUE}", b"z")
 
     sweep(ctx)
 
-    assert sample("janus_queue_depth", queue=c.CAPTION_QUEUE) == 3
-    assert sample("janus_queue_depth", queue=c.GENERATE_QUEUE) == 1
-    assert sample("janus_queue_depth", queue=c.CONTROL_QUEUE) == 2
+    assert sample("janus_queue_depth", queue=constants.CAPTION_QUEUE) == 3
+    assert sample("janus_queue_depth", queue=constants.GENERATE_QUEUE) == 1
+    assert sample("janus_queue_depth", queue=constants.CONTROL_QUEUE) == 2
 
-    redis_client(ctx).delete(f"other-{ctx.settings.queue_prefix}{c.GENERATE_QUEUE}")
+    redis_client(ctx).delete(f"other-{ctx.settings.queue_prefix}{constants.GENERATE_QUEUE}")
     clear_queues(ctx)  # the messages were taken (the items are not stale: nothing re-sent)
     sweep(ctx)
-    for queue in (c.CAPTION_QUEUE, c.GENERATE_QUEUE, c.CONTROL_QUEUE):
+    for queue in (constants.CAPTION_QUEUE, constants.GENERATE_QUEUE, constants.CONTROL_QUEUE):
         assert sample("janus_queue_depth", queue=queue) == 0
 
 

@@ -3,7 +3,7 @@ in test_metrics)."""
 
 from __future__ import annotations
 
-from janus_batch import constants as c
+from janus_batch import constants
 from worker import runtime
 
 
@@ -22,9 +22,9 @@ def test_model_queues_decide_loading() -> None:
     from worker.app import consumes_model_queues
 
     assert consumes_model_queues(None)
-    assert consumes_model_queues([c.CAPTION_QUEUE, c.CONTROL_QUEUE])
-    assert consumes_model_queues([c.GENERATE_QUEUE])
-    assert not consumes_model_queues([c.CONTROL_QUEUE])
+    assert consumes_model_queues([constants.CAPTION_QUEUE, constants.CONTROL_QUEUE])
+    assert consumes_model_queues([constants.GENERATE_QUEUE])
+    assert not consumes_model_queues([constants.CONTROL_QUEUE])
 
 
 def test_tasks_are_registered_by_name() -> None:
@@ -34,6 +34,11 @@ def test_tasks_are_registered_by_name() -> None:
 
     app = Celery("check")
     app.finalize()
-    names = {c.CAPTION_CHUNK_TASK, c.GENERATE_CHUNK_TASK, c.EXPAND_SOURCE_TASK,
-             c.FINALIZE_JOB_TASK, c.SWEEP_TASK}  # fmt: skip
+    names = {
+        constants.CAPTION_CHUNK_TASK,
+        constants.GENERATE_CHUNK_TASK,
+        constants.EXPAND_SOURCE_TASK,
+        constants.FINALIZE_JOB_TASK,
+        constants.SWEEP_TASK,
+    }
     assert names <= set(app.tasks)

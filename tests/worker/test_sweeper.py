@@ -8,9 +8,10 @@ from typing import Any
 
 from sqlalchemy import update
 
-from janus_batch import constants as c
+from janus_batch import constants, lifecycle
 from janus_batch.db import session_scope
 from janus_batch.jobs import cancel_job
+from janus_batch.lifecycle import POISON_ERROR
 from janus_batch.models import Item, Job, utcnow
 from janus_batch.states import ItemStatus, JobKind, JobStatus
 from tests.worker.helpers import (
@@ -24,15 +25,14 @@ from tests.worker.helpers import (
     read_jsonl,
 )
 from worker.chunk import run_chunk
-from worker.claim import claim_items
 from worker.generate import GenerateHandler
-from worker.sweeper import POISON_ERROR, sweep
+from worker.sweeper import sweep
 
 
 def die_holding(ctx: Any, job_id: str, item_ids: list[int]) -> None:
     """A worker claims the items, then is killed: the lease runs out, the message is gone."""
     with session_scope(ctx.database_url) as session:
-        assert claim_items(session, job_id, item_ids, lease_seconds=30)
+        assert lifecycle.claim(session, job_id, item_ids, lease_seconds=30)
         session.execute(
             update(Item)
             .where(Item.id.in_(item_ids))
@@ -47,7 +47,7 @@ def test_expired_lease_is_requeued_and_completed_once(ctx: Any) -> None:
 
     counts = sweep(ctx)
     assert counts["requeued_leases"] == 3
-    assert peek_messages(ctx, "janus.generate") == [(c.GENERATE_CHUNK_TASK, chunk)]
+    assert peek_messages(ctx, "janus.generate") == [(constants.GENERATE_CHUNK_TASK, chunk)]
     assert {r.status for r in get_items(ctx, job_id)} == {ItemStatus.PENDING}
     assert sweep(ctx)["requeued_leases"] == 0
 
@@ -65,7 +65,7 @@ def test_poison_pill_is_isolated_then_fails_after_three_attempts(ctx: Any) -> No
     ids = chunk[1]
     die_holding(ctx, job_id, ids)  # attempt 1: the whole chunk goes down
     assert sweep(ctx)["requeued_leases"] == 3
-    assert pop_message(ctx, "janus.generate") == (c.GENERATE_CHUNK_TASK, [job_id, ids])
+    assert pop_message(ctx, "janus.generate") == (constants.GENERATE_CHUNK_TASK, [job_id, ids])
     die_holding(ctx, job_id, ids)  # attempt 2: again; now each item gets its own chunk
     assert sweep(ctx)["requeued_leases"] == 3
     singles = [pop_message(ctx, "janus.generate") for _ in ids]
@@ -124,14 +124,14 @@ def test_stuck_finalizing_is_resent(ctx: Any) -> None:
     job_id = create_job(ctx, JobKind.GENERATE, ["a"])
     _, chunk = pop_message(ctx, "janus.generate")
     run_chunk(ctx, GenerateHandler(), *chunk)
-    assert pop_message(ctx, "janus.control") == (c.FINALIZE_JOB_TASK, [job_id])  # and lost
+    assert pop_message(ctx, "janus.control") == (constants.FINALIZE_JOB_TASK, [job_id])  # and lost
     assert get_job(ctx, job_id).status == JobStatus.FINALIZING
 
     assert sweep(ctx)["refinalized"] == 0  # not stuck yet
     later = utcnow() + timedelta(minutes=3)
     assert sweep(ctx, now=later)["refinalized"] == 1
     assert sweep(ctx, now=later)["refinalized"] == 0
-    assert peek_messages(ctx, "janus.control") == [(c.FINALIZE_JOB_TASK, [job_id])]
+    assert peek_messages(ctx, "janus.control") == [(constants.FINALIZE_JOB_TASK, [job_id])]
     drain(ctx)
     assert get_job(ctx, job_id).status == JobStatus.SUCCEEDED
 
@@ -156,7 +156,7 @@ def test_stalled_expansion_is_resent(make_ctx: Any, s3_env: Any) -> None:
     later = utcnow() + timedelta(seconds=61)
     assert sweep(ctx, now=later)["reexpanded"] == 1
     assert sweep(ctx, now=later)["reexpanded"] == 0
-    assert peek_messages(ctx, "janus.control") == [(c.EXPAND_SOURCE_TASK, [job_id])]
+    assert peek_messages(ctx, "janus.control") == [(constants.EXPAND_SOURCE_TASK, [job_id])]
     drain(ctx)
     job = get_job(ctx, job_id)
     assert job.status == JobStatus.FAILED and job.error.startswith("no images found")
@@ -165,7 +165,7 @@ def test_stalled_expansion_is_resent(make_ctx: Any, s3_env: Any) -> None:
 def test_cancelled_job_whose_expand_was_lost_is_finished(make_ctx: Any, s3_env: Any) -> None:
     ctx = make_ctx(stale_pending_seconds="60")
     job_id = create_job(ctx, JobKind.CAPTION, source={"s3_prefix": f"s3://{s3_env.bucket}/p/"})
-    cancel_job(ctx.database_url, ctx.app, c.LOCAL_OWNER, job_id)  # expand message then lost
+    cancel_job(ctx.database_url, ctx.app, constants.LOCAL_OWNER, job_id)  # expand message then lost
     later = utcnow() + timedelta(seconds=61)
 
     assert sweep(ctx)["cancel_finished"] == 0  # not idle long enough
@@ -174,7 +174,7 @@ def test_cancelled_job_whose_expand_was_lost_is_finished(make_ctx: Any, s3_env: 
     assert sweep(ctx, now=later)["cancel_finished"] == 0
     job = get_job(ctx, job_id)
     assert (job.status, job.expanded) == (JobStatus.FINALIZING, True)
-    assert peek_messages(ctx, "janus.control") == [(c.FINALIZE_JOB_TASK, [job_id])]
+    assert peek_messages(ctx, "janus.control") == [(constants.FINALIZE_JOB_TASK, [job_id])]
     drain(ctx)
     job = get_job(ctx, job_id)
     assert (job.status, job.total, job.error) == (JobStatus.CANCELLED, 0, None)
@@ -185,7 +185,7 @@ def test_cancelling_job_with_lost_pending_items_is_finished(make_ctx: Any) -> No
     job_id = create_job(ctx, JobKind.GENERATE, ["a", "b", "c"])
     _, chunk = pop_message(ctx, "janus.generate")
     with session_scope(ctx.database_url) as session:  # claimed by a live worker
-        assert claim_items(session, job_id, chunk[1][:1], lease_seconds=600)
+        assert lifecycle.claim(session, job_id, chunk[1][:1], lease_seconds=600)
         # cancelling, but two items left pending and their message lost
         session.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.CANCELLING))
     later = utcnow() + timedelta(seconds=61)

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.text import Text
 from typer.core import TyperGroup
 
-from janus_batch.client import ApiError, Client
+from janus_batch.client.http import ApiError, Client
 
 try:  # typer 0.2x vendors its own click
     from typer._click.exceptions import UsageError as ClickUsageError

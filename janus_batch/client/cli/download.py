@@ -9,6 +9,7 @@ JANUS_BATCH_S3_ENDPOINT_URL), or a local file to copy.
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -16,12 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from janus_batch.cli.common import err
-from janus_batch.client import ApiError, Client, one_line
+from janus_batch.client.cli.common import err
+from janus_batch.client.http import ApiError, Client, one_line
 
 
 @dataclass(frozen=True)
@@ -52,21 +52,27 @@ class Tally:
 
 
 class S3Reader:
-    """Lazily built boto3 client for s3:// inputs (settings give endpoint and region)."""
+    """Lazily built boto3 client for a user's s3:// inputs: boto3's credential chain, the
+    endpoint and region from JANUS_BATCH_S3_ENDPOINT_URL / JANUS_BATCH_S3_REGION (boto3 is
+    needed for these only: `pip install boto3`, or the server extra)."""
 
     def __init__(self) -> None:
         self._client: Any = None
         self._lock = threading.Lock()
 
     def fetch(self, uri: str, dest: Path) -> None:
-        from janus_batch.settings import get_settings
-        from janus_batch.storage import parse_s3_uri
-        from janus_batch.storage.s3 import make_s3_client
+        try:
+            from botocore.exceptions import BotoCoreError, ClientError
 
+            from janus_batch.s3client import make_s3_client, parse_s3_uri
+        except ImportError:
+            raise ApiError(f"cannot read {uri}: downloading s3:// inputs needs boto3") from None
         with self._lock:
             if self._client is None:
-                settings = get_settings()
-                self._client = make_s3_client(settings.s3_endpoint_url, settings.s3_region)
+                self._client = make_s3_client(
+                    os.environ.get("JANUS_BATCH_S3_ENDPOINT_URL") or None,
+                    os.environ.get("JANUS_BATCH_S3_REGION") or None,
+                )
         bucket, key = parse_s3_uri(uri)
         tmp = dest.with_name(dest.name + ".part")
         try:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from janus_batch.cli.common import UsageError
-from janus_batch.cli.upload import is_image
+from janus_batch.client.cli.common import UsageError
+from janus_batch.client.cli.upload import is_image
 
 REMOTE_SCHEMES = ("s3://", "https://", "http://")
 

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from janus_batch.cli.common import (
+from janus_batch.client.cli.common import (
     DEFAULT_API_URL,
     ApiKey,
     ApiUrl,
@@ -22,8 +22,8 @@ from janus_batch.cli.common import (
     out,
     with_exit_codes,
 )
-from janus_batch.cli.watch import duration, wait_for
-from janus_batch.client import FINAL_STATUSES
+from janus_batch.client.cli.watch import duration, wait_for
+from janus_batch.client.http import FINAL_STATUSES
 
 JobId = Annotated[str, typer.Argument(help="A job id (job_...).", show_default=False)]
 STATUS_COLORS = {

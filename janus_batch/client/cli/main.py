@@ -2,22 +2,24 @@
 
 Job commands (caption, generate, watch, status, list, cancel, results) are clients of the
 HTTP API: --api-url / JANUS_BATCH_API_URL and --api-key / JANUS_BATCH_API_KEY say which one.
-Operator commands (db, keys, model, demo) work on the local configuration directly.
+Operator commands (db, keys, model, demo) work on the local configuration directly: they live
+in `janus_batch.ops` and need the server extra, so a client-only install lists them with a
+note saying what to install instead of failing at start.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+from typing import Annotated
 
 import typer
+from rich.markup import escape
 
-from janus_batch.cli.admin import db_app, keys_app
-from janus_batch.cli.common import CliGroup
-from janus_batch.cli.demo import demo
-from janus_batch.cli.jobs import cancel, list_jobs, status, watch
-from janus_batch.cli.model import model_app
-from janus_batch.cli.results import results
-from janus_batch.cli.submit import caption, generate
+from janus_batch.client.cli.common import CliGroup, err
+from janus_batch.client.cli.jobs import cancel, list_jobs, status, watch
+from janus_batch.client.cli.results import results
+from janus_batch.client.cli.submit import caption, generate
 
 app = typer.Typer(
     cls=CliGroup,
@@ -36,10 +38,50 @@ app.command("status", rich_help_panel=JOBS)(status)
 app.command("list", rich_help_panel=JOBS)(list_jobs)
 app.command("cancel", rich_help_panel=JOBS)(cancel)
 app.command("results", rich_help_panel=JOBS)(results)
-app.add_typer(db_app, name="db", rich_help_panel=OPERATE)
-app.add_typer(keys_app, name="keys", rich_help_panel=OPERATE)
-app.add_typer(model_app, name="model", rich_help_panel=OPERATE)
-app.command("demo", rich_help_panel=OPERATE)(demo)
+
+SERVER_EXTRA = "pip install 'janus-batch[server]'"
+OPERATOR_COMMANDS = (
+    # name, module of janus_batch.ops, attribute: a Typer group or a command function
+    ("db", "admin", "db_app"),
+    ("keys", "admin", "keys_app"),
+    ("model", "model", "model_app"),
+    ("demo", "demo", "demo"),
+)
+
+
+def _add_missing(group: typer.Typer, name: str, reason: str) -> None:
+    """A stand-in for an operator command whose extra is not installed: it says which."""
+
+    def explain(args: Annotated[list[str] | None, typer.Argument(hidden=True)] = None) -> None:
+        err.print(
+            f"[red]error:[/] `janus-batch {name}` needs the server extra ({reason}): "
+            + escape(SERVER_EXTRA)
+        )
+        raise typer.Exit(4)
+
+    group.command(
+        name,
+        help=f"(needs the server extra: {SERVER_EXTRA})",
+        rich_help_panel=OPERATE,
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    )(explain)
+
+
+def add_operator_commands(group: typer.Typer) -> None:
+    """Add db, keys, model and demo from `janus_batch.ops` when the server extra is there."""
+    for name, module, attr in OPERATOR_COMMANDS:
+        try:
+            command = getattr(importlib.import_module(f"janus_batch.ops.{module}"), attr)
+        except ModuleNotFoundError as exc:
+            _add_missing(group, name, f"no module {exc.name}")
+            continue
+        if isinstance(command, typer.Typer):
+            group.add_typer(command, name=name, rich_help_panel=OPERATE)
+        else:
+            group.command(name, rich_help_panel=OPERATE)(command)
+
+
+add_operator_commands(app)
 
 
 @app.callback()

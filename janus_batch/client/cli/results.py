@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 
 import typer
 
-from janus_batch.cli.common import (
+from janus_batch.client.cli.common import (
     DEFAULT_API_URL,
     ApiKey,
     ApiUrl,
@@ -32,9 +32,9 @@ from janus_batch.cli.common import (
     handle_errors,
     make_client,
 )
-from janus_batch.cli.download import Fetch, fetch_all, fetch_one, report
-from janus_batch.cli.upload import is_image
-from janus_batch.client import FINAL_STATUSES, ApiError, Client
+from janus_batch.client.cli.download import Fetch, fetch_all, fetch_one, report
+from janus_batch.client.cli.upload import is_image
+from janus_batch.client.http import FINAL_STATUSES, ApiError, Client
 
 IMAGES_DIR = "images"
 
@@ -185,11 +185,7 @@ def generate_outputs(
         for image in line.get("images") or []:
             name = PurePosixPath(image["key"]).name
             dest = out_dir / IMAGES_DIR / name
-            url = image.get("url")
-            if url and url.startswith(("http://", "https://")):
-                tasks.append(Fetch(dest, url=url))
-            else:
-                tasks.append(Fetch(dest, job_key=(job["id"], image["key"])))
+            tasks.append(Fetch(dest, job_key=(job["id"], image["key"])))
             rows.append(
                 [
                     line.get("custom_id") or "",

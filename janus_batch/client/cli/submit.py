@@ -4,14 +4,13 @@ submit it, print its id (stdout, alone on its line) and, with --wait, follow it.
 from __future__ import annotations
 
 import tempfile
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from janus_batch.cli.common import (
+from janus_batch.client.cli.common import (
     DEFAULT_API_URL,
     ApiKey,
     ApiUrl,
@@ -21,16 +20,11 @@ from janus_batch.cli.common import (
     make_client,
     with_exit_codes,
 )
-from janus_batch.cli.inputs import caption_target, read_prompts, with_seeds, write_jsonl
-from janus_batch.cli.upload import (
-    IMAGE_EXTENSIONS,
-    Uploaded,
-    UploadFailure,
-    find_images,
-    upload_folder,
-)
-from janus_batch.cli.watch import wait_for
-from janus_batch.client import ApiError, Client
+from janus_batch.client.cli.inputs import caption_target, read_prompts, with_seeds, write_jsonl
+from janus_batch.client.cli.upload import Uploaded, UploadFailure, find_images, upload_folder
+from janus_batch.client.cli.watch import wait_for
+from janus_batch.client.http import ApiError, Client
+from janus_batch.formats import IMAGE_EXTENSIONS, ImageFormat
 
 DEFAULT_INLINE_LIMIT = 10_000
 """The API's default JANUS_BATCH_MAX_INLINE_ITEMS; above it items go as a manifest."""
@@ -47,14 +41,6 @@ IdempotencyKey = Annotated[
     str | None,
     typer.Option(help="Retry-safe submit: the same key returns the same job, not a new one."),
 ]
-
-
-class ImageFormat(StrEnum):
-    """Output image formats."""
-
-    png = "png"
-    jpeg = "jpeg"
-    webp = "webp"
 
 
 def _size(n: int) -> str:

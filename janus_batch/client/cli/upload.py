@@ -13,9 +13,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from janus_batch.client import ApiError, Client, sha256_file
-
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+from janus_batch.client.http import ApiError, Client, sha256_file
+from janus_batch.formats import IMAGE_EXTENSIONS
 
 
 def is_image(path: Path) -> bool:

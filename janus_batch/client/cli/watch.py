@@ -20,7 +20,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from janus_batch.cli.common import (
+from janus_batch.client.cli.common import (
     CANCELLED,
     INTERRUPTED,
     ITEMS_FAILED,
@@ -29,7 +29,7 @@ from janus_batch.cli.common import (
     TIMED_OUT,
     err,
 )
-from janus_batch.client import FINAL_STATUSES, Client
+from janus_batch.client.http import FINAL_STATUSES, Client
 
 
 def duration(seconds: float | None) -> str:

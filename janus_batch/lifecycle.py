@@ -1,0 +1,504 @@
+"""The job and item lifecycle: the only code that writes job status, job counters, and item
+status, lease and attempts (and the only INSERT/UPDATE/DELETE on `jobs` and `items`).
+
+Every function is one transition, named after it. Each is a conditional UPDATE whose allowed
+source states come from the transition table in `janus_batch.states`, works on many rows per
+statement, and returns the rows that actually moved; counters are bumped by those rows in the
+same transaction. So a redelivered message, a worker that lost its lease or a sweep racing a
+worker can never move an item twice or count it twice. Callers read and decide, then call a
+transition inside their own transaction (`session_scope`).
+
+Lock order, everywhere: item rows first, then job rows in id order, so a claim, a cancel and a
+completion cannot deadlock on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ColumnElement,
+    Integer,
+    String,
+    Text,
+    and_,
+    column,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+    values,
+)
+from sqlalchemy.orm import Session
+
+from janus_batch.models import Item, Job, utcnow
+from janus_batch.states import ItemStatus, JobStatus, item_sources, job_sources
+
+MAX_ATTEMPTS = 3
+"""Claims of one item before the sweeper gives up on it (poison-pill protection)."""
+CANCEL_ERROR = "job cancelled"
+POISON_ERROR = (
+    f"worker lost {MAX_ATTEMPTS} times while processing this item "
+    "(the process was killed or crashed)"
+)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """An item this worker owns for one attempt."""
+
+    id: int
+    job_id: str
+    idx: int
+    attempts: int
+    input: dict[str, Any]
+    custom_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The end of one attempt of one item: its final status, result and error."""
+
+    item: Claimed
+    status: ItemStatus
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Expired:
+    """An item whose lease ran out, and what the sweeper made of it."""
+
+    id: int
+    job_id: str
+    idx: int
+    attempts: int
+    status: ItemStatus
+
+
+def _item_from(sources: Iterable[ItemStatus], target: ItemStatus) -> list[str]:
+    """`sources`, checked against the transition table: every one may move to `target`."""
+    wanted = frozenset(sources)
+    allowed = item_sources(target)
+    if not wanted <= allowed:
+        raise ValueError(f"items may not move {sorted(wanted - allowed)} -> {target}")
+    return sorted(wanted)
+
+
+def _job_from(target: JobStatus, among: Iterable[JobStatus] | None = None) -> list[str]:
+    allowed = job_sources(target)
+    wanted = allowed if among is None else frozenset(among)
+    if not wanted <= allowed:
+        raise ValueError(f"jobs may not move {sorted(wanted - allowed)} -> {target}")
+    return sorted(wanted)
+
+
+# --- jobs -------------------------------------------------------------------------------
+
+
+def create_job(session: Session, **fields: Any) -> Job:
+    """Insert a new `queued` job (flushed, so an idempotency-key clash raises here)."""
+    job = Job(status=JobStatus.QUEUED.value, expanded=False, **fields)
+    session.add(job)
+    session.flush()
+    return job
+
+
+def bump_counts(session: Session, counts: Mapping[str, Counter[str]]) -> None:
+    """Add to the final-state counters of each job (job id -> item status -> n), in id order."""
+    now = utcnow()
+    for job_id in sorted(counts):
+        n = counts[job_id]
+        succeeded, failed, cancelled = (
+            n[ItemStatus.SUCCEEDED],
+            n[ItemStatus.FAILED],
+            n[ItemStatus.CANCELLED],
+        )
+        if not (succeeded or failed or cancelled):
+            continue
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(
+                succeeded=Job.succeeded + succeeded,
+                failed=Job.failed + failed,
+                cancelled=Job.cancelled + cancelled,
+                updated_at=now,
+            )
+        )
+
+
+def start_running(session: Session, job_ids: Iterable[str]) -> list[str]:
+    """queued -> running, stamping started_at; returns the jobs that moved."""
+    ids = sorted(set(job_ids))
+    if not ids:
+        return []
+    now = utcnow()
+    return list(
+        session.scalars(
+            update(Job)
+            .where(Job.id.in_(ids), Job.status.in_(_job_from(JobStatus.RUNNING)))
+            .values(status=JobStatus.RUNNING, started_at=now, updated_at=now)
+            .returning(Job.id)
+            .execution_options(synchronize_session=False)
+        )
+    )
+
+
+def start_finalizing(session: Session, job_id: str) -> bool:
+    """-> finalizing, if every item is final and expansion is over. True for exactly one
+    caller: that caller enqueues the finalize task."""
+    moved = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.status.in_(_job_from(JobStatus.FINALIZING)),
+            Job.expanded.is_(True),
+            Job.succeeded + Job.failed + Job.cancelled >= Job.total,
+        )
+        .values(status=JobStatus.FINALIZING, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return moved.rowcount == 1
+
+
+def finish(session: Session, job_id: str, status: JobStatus, error: str | None) -> bool:
+    """finalizing -> succeeded | failed | cancelled; an error already recorded is kept."""
+    now = utcnow()
+    moved = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(_job_from(status, {JobStatus.FINALIZING})))
+        .values(
+            status=status,
+            error=func.coalesce(Job.error, error),
+            finished_at=now,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return moved.rowcount == 1
+
+
+def abandon(session: Session, job_id: str, reason: str) -> bool:
+    """queued | running -> failed for a job whose work could not be enqueued: its pending
+    items are cancelled and its idempotency key freed, so the client may retry."""
+    cancel_pending(session, job_id)
+    now = utcnow()
+    moved = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(_job_from(JobStatus.FAILED)))
+        .values(
+            status=JobStatus.FAILED,
+            error=reason,
+            idempotency_key=None,
+            expanded=True,
+            finished_at=now,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return moved.rowcount == 1
+
+
+def request_cancel(session: Session, job_id: str) -> tuple[bool, int]:
+    """queued | running -> cancelling, its pending items cancelled (counted). Returns
+    (whether the job is cancelling now, pending items cancelled by this call)."""
+    n = cancel_pending(session, job_id)
+    moved = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(_job_from(JobStatus.CANCELLING)))
+        .values(status=JobStatus.CANCELLING, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    status = session.scalar(select(Job.status).where(Job.id == job_id))
+    return bool(moved) or status == JobStatus.CANCELLING, n
+
+
+def end_expansion(session: Session, job_id: str, error: str | None = None) -> None:
+    """Every item of the job is inserted (its source read, or failed with `error`)."""
+    values: dict[str, Any] = {"expanded": True, "updated_at": utcnow()}
+    if error:
+        values["error"] = error
+    session.execute(update(Job).where(Job.id == job_id).values(**values))
+
+
+def touch(session: Session, job_id: str, *, only: JobStatus | None = None) -> None:
+    """Stamp updated_at (a long expand or finalize shows the sweeper it is alive)."""
+    condition = [Job.id == job_id] + ([Job.status == only] if only is not None else [])
+    session.execute(update(Job).where(*condition).values(updated_at=utcnow()))
+
+
+def take_stale_jobs(
+    session: Session, condition: ColumnElement[bool], cutoff: datetime, now: datetime, limit: int
+) -> list[str]:
+    """Jobs matching `condition` idle since `cutoff`, touched so the next sweep waits; the
+    ids this call touched (a concurrent sweep gets the others)."""
+    ids = session.scalars(
+        select(Job.id).where(condition, Job.updated_at < cutoff).order_by(Job.id).limit(limit)
+    ).all()
+    if not ids:
+        return []
+    return list(
+        session.scalars(
+            update(Job)
+            .where(Job.id.in_(ids), condition, Job.updated_at < cutoff)
+            .values(updated_at=now)
+            .returning(Job.id)
+            .execution_options(synchronize_session=False)
+        )
+    )
+
+
+# --- items ------------------------------------------------------------------------------
+
+
+def insert_items(session: Session, job_id: str, rows: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Add a page of items to a job (each row: idx, custom_id, input, error); rows with an
+    error are born `failed` and counted. Bumps the job's total; returns the new pending ids
+    in row order."""
+    if not rows:
+        return []
+    now = utcnow()
+    records = [
+        {
+            "job_id": job_id,
+            "idx": row["idx"],
+            "custom_id": row.get("custom_id"),
+            "input": row["input"],
+            "status": (ItemStatus.FAILED if row.get("error") else ItemStatus.PENDING).value,
+            "attempts": 0,
+            "enqueued_at": now,
+            "error": row.get("error"),
+            "finished_at": now if row.get("error") else None,
+        }
+        for row in rows
+    ]
+    result = session.execute(insert(Item).returning(Item.id, sort_by_parameter_order=True), records)
+    ids = [item_id for (item_id,), row in zip(result, rows, strict=True) if not row.get("error")]
+    failed = len(rows) - len(ids)
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(total=Job.total + len(rows), failed=Job.failed + failed, updated_at=now)
+    )
+    return ids
+
+
+def claim(
+    session: Session, job_id: str, item_ids: Sequence[int], lease_seconds: int
+) -> list[Claimed]:
+    """pending (or running under an expired lease, with attempts left) -> running, with a
+    lease and attempt + 1; the job queued -> running. Returns the claimed items by idx."""
+    if not item_ids:
+        return []
+    now = utcnow()
+    claimable = or_(
+        Item.status.in_(_item_from({ItemStatus.PENDING}, ItemStatus.RUNNING)),
+        and_(
+            Item.status == ItemStatus.RUNNING,
+            Item.lease_until < now,
+            Item.attempts < MAX_ATTEMPTS,
+        ),
+    )
+    # Lock in id order, skipping rows another claimer holds (PostgreSQL; SQLite has one
+    # writer at a time): duplicate deliveries never deadlock, the later one claims nothing.
+    ids = session.scalars(
+        select(Item.id)
+        .where(Item.job_id == job_id, Item.id.in_(list(item_ids)), claimable)
+        .order_by(Item.id)
+        .with_for_update(skip_locked=True)
+    ).all()
+    if not ids:
+        return []
+    rows = session.execute(
+        update(Item)
+        .where(Item.id.in_(ids), claimable)
+        .values(
+            status=ItemStatus.RUNNING,
+            attempts=Item.attempts + 1,
+            lease_until=now + timedelta(seconds=lease_seconds),
+            started_at=now,
+            error=None,
+        )
+        .returning(Item.id, Item.idx, Item.attempts, Item.input, Item.custom_id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    if rows:
+        start_running(session, [job_id])
+    claimed = [Claimed(r.id, job_id, r.idx, r.attempts, r.input, r.custom_id) for r in rows]
+    return sorted(claimed, key=lambda c: c.idx)
+
+
+def complete(session: Session, outcomes: Sequence[Outcome]) -> dict[str, Counter[str]]:
+    """running (this attempt) -> succeeded | failed | cancelled, for a whole pass of outcomes
+    of any jobs in one statement; counters bumped by the rows that moved. Returns
+    {job id: Counter(status -> n)} of what moved."""
+    if not outcomes:
+        return {}
+    for outcome in outcomes:
+        _item_from({ItemStatus.RUNNING}, outcome.status)
+    job_of = {o.item.id: o.item.job_id for o in outcomes}
+    v = (
+        values(
+            column("id", BigInteger),
+            column("attempts", Integer),
+            column("status", String),
+            column("result", JSON),
+            column("error", Text),
+            name="v",
+        )
+        .data(
+            [
+                (o.item.id, o.item.attempts, o.status.value, o.result, o.error)
+                for o in sorted(outcomes, key=lambda o: o.item.id)
+            ]
+        )
+        .cte("v")
+    )
+    moved = session.execute(
+        update(Item)
+        .where(
+            Item.id == v.c.id,
+            Item.attempts == v.c.attempts,
+            Item.status == ItemStatus.RUNNING,
+        )
+        .values(
+            status=v.c.status,
+            result=v.c.result,
+            error=v.c.error,
+            lease_until=None,
+            finished_at=utcnow(),
+        )
+        .returning(Item.id, Item.status)
+        .execution_options(synchronize_session=False)
+    ).all()
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    for item_id, status in moved:
+        counts[job_of[item_id]][status] += 1
+    bump_counts(session, counts)
+    return dict(counts)
+
+
+def extend_leases(session: Session, owned: Mapping[int, int], lease_seconds: int) -> set[int]:
+    """Push the lease of items still held by the given attempts ({item id: attempts})
+    `lease_seconds` ahead, in one statement; returns the ids still owned. An id missing from
+    it was finished or taken back by the sweeper: its worker must not run it any more."""
+    if not owned:
+        return set()
+    v = (
+        values(column("id", BigInteger), column("attempts", Integer), name="owned")
+        .data(sorted(owned.items()))
+        .cte("owned")
+    )
+    return set(
+        session.scalars(
+            update(Item)
+            .where(
+                Item.id == v.c.id,
+                Item.attempts == v.c.attempts,
+                Item.status == ItemStatus.RUNNING,
+            )
+            .values(lease_until=utcnow() + timedelta(seconds=lease_seconds))
+            .returning(Item.id)
+            .execution_options(synchronize_session=False)
+        )
+    )
+
+
+def cancel_pending(session: Session, job_id: str, item_ids: Sequence[int] | None = None) -> int:
+    """pending -> cancelled for the job's items (all of them, or those among `item_ids`),
+    counted in the job's `cancelled`. Returns how many moved."""
+    condition = [
+        Item.job_id == job_id,
+        Item.status.in_(_item_from({ItemStatus.PENDING}, ItemStatus.CANCELLED)),
+    ]
+    if item_ids is not None:
+        if not item_ids:
+            return 0
+        condition.append(Item.id.in_(list(item_ids)))
+    n = session.execute(
+        update(Item)
+        .where(*condition)
+        .values(status=ItemStatus.CANCELLED, error=CANCEL_ERROR, finished_at=utcnow())
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    bump_counts(session, {job_id: Counter({ItemStatus.CANCELLED: n})})
+    return n
+
+
+def requeue_expired(session: Session, now: datetime, limit: int) -> list[Expired]:
+    """running past its lease -> cancelled (the job is stopping), failed (the item used its
+    MAX_ATTEMPTS: a poison pill) or pending (handed out again). One statement per verdict;
+    counters bumped; returns every item that moved, with its new status."""
+    expired = and_(Item.status == ItemStatus.RUNNING, Item.lease_until < now)
+    stopping = Job.status.in_((JobStatus.CANCELLING, JobStatus.CANCELLED))
+    ids = session.scalars(select(Item.id).where(expired).order_by(Item.id).limit(limit)).all()
+    if not ids:
+        return []
+    of_job = select(Job.id).where(stopping)
+    verdicts: list[tuple[ItemStatus, ColumnElement[bool], dict[str, Any]]] = [
+        (
+            ItemStatus.CANCELLED,
+            Item.job_id.in_(of_job),
+            {"error": CANCEL_ERROR, "finished_at": now},
+        ),
+        (
+            ItemStatus.FAILED,
+            Item.attempts >= MAX_ATTEMPTS,
+            {"error": POISON_ERROR, "finished_at": now},
+        ),
+        (ItemStatus.PENDING, Item.attempts < MAX_ATTEMPTS, {"enqueued_at": now}),
+    ]
+    moved: list[Expired] = []
+    for target, condition, extra in verdicts:
+        rows = session.execute(
+            update(Item)
+            .where(
+                Item.id.in_(ids),
+                expired,
+                Item.status.in_(_item_from({ItemStatus.RUNNING}, target)),
+                condition,
+            )
+            .values(status=target, lease_until=None, **extra)
+            .returning(Item.id, Item.job_id, Item.idx, Item.attempts)
+            .execution_options(synchronize_session=False)
+        ).all()
+        moved += [Expired(r.id, r.job_id, r.idx, r.attempts, target) for r in rows]
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    for item in moved:
+        if item.status != ItemStatus.PENDING:
+            counts[item.job_id][item.status] += 1
+    bump_counts(session, counts)
+    return moved
+
+
+def take_lost_pending(
+    session: Session, kind: str, cutoff: datetime, now: datetime, limit: int
+) -> list[tuple[int, str]]:
+    """Pending items of live jobs of `kind` enqueued before `cutoff` (their message was
+    lost): stamped enqueued `now`, so a concurrent sweep does not send them again. Returns
+    (item id, job id) of those this call took."""
+    live = select(Job.id).where(
+        Job.kind == kind, Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING))
+    )
+    stale = and_(
+        Item.status == ItemStatus.PENDING, Item.enqueued_at < cutoff, Item.job_id.in_(live)
+    )
+    ids = session.scalars(select(Item.id).where(stale).order_by(Item.id).limit(limit)).all()
+    if not ids:
+        return []
+    rows = session.execute(
+        update(Item)
+        .where(Item.id.in_(ids), stale)
+        .values(enqueued_at=now)
+        .returning(Item.id, Item.job_id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    return sorted((r.id, r.job_id) for r in rows)
