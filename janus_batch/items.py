@@ -8,14 +8,17 @@ chunks are enqueued at once, before the next page is read.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from janus_batch import lifecycle
 from janus_batch.db import session_scope
+from janus_batch.models import Item
 from janus_batch.queue import chunked, send_chunk
 
 log = logging.getLogger(__name__)
@@ -70,3 +73,29 @@ def add_items(
         idx += len(page)
         log.info("job=%s added %d items (%d so far)", job_id, len(page), idx - start_idx)
     return idx - start_idx
+
+
+def iter_items(
+    database_url: str,
+    job_id: str,
+    *,
+    statuses: Sequence[str] | None = None,
+    page_size: int = 1000,
+    on_page: Callable[[Session], None] | None = None,
+) -> Iterator[Item]:
+    """A job's items (of `statuses`, or all) in idx order, read by keyset pagination: one
+    page in memory and one short transaction per page, so millions of rows stream.
+    `on_page(session)` runs in each page's transaction (a long reader shows it is alive)."""
+    last = -1
+    while True:
+        query = select(Item).where(Item.job_id == job_id, Item.idx > last)
+        if statuses is not None:
+            query = query.where(Item.status.in_(list(statuses)))
+        with session_scope(database_url) as session:
+            page = list(session.scalars(query.order_by(Item.idx).limit(page_size)))
+            if on_page is not None:
+                on_page(session)
+        yield from page
+        if len(page) < page_size:
+            return
+        last = page[-1].idx

@@ -16,9 +16,7 @@ import json
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-from sqlalchemy import select
-
-from janus_batch.db import session_scope
+from janus_batch.items import iter_items
 from janus_batch.models import Item
 from janus_batch.states import ItemStatus
 
@@ -74,20 +72,5 @@ def iter_job_lines(
     rows; a running job gives the lines of the items final so far.
     """
     statuses = [s.value for s in (ERROR_STATUSES if errors else RESULT_STATUSES)]
-    page_size = page_size or PAGE
-    last = -1
-    while True:
-        with session_scope(database_url) as session:
-            page = list(
-                session.scalars(
-                    select(Item)
-                    .where(Item.job_id == job.id, Item.status.in_(statuses), Item.idx > last)
-                    .order_by(Item.idx)
-                    .limit(page_size)
-                )
-            )
-        for item in page:
-            yield encode_line(error_line(item) if errors else result_line(job, item))
-        if len(page) < page_size:
-            return
-        last = page[-1].idx
+    for item in iter_items(database_url, job.id, statuses=statuses, page_size=page_size or PAGE):
+        yield encode_line(error_line(item) if errors else result_line(job, item))

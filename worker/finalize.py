@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from janus_batch import lifecycle
 from janus_batch.constants import ERRORS_NAME, RESULTS_NAME
 from janus_batch.db import session_scope
-from janus_batch.models import Item, Job
+from janus_batch.items import iter_items
+from janus_batch.models import Job
 from janus_batch.results import (
     ERROR_STATUSES,
     RESULT_STATUSES,
@@ -94,25 +95,10 @@ def finalize_job(ctx: Context, job_id: str) -> str | None:
     return None
 
 
-def iter_items(database_url: str, job_id: str, page: int = PAGE) -> Iterator[Item]:
-    """The job's items in idx order, read by keyset pagination (one page in memory).
-
-    Each page also touches the job's updated_at, so the sweeper does not take a long
+def _touch_finalizing(job_id: str) -> Callable[[Session], None]:
+    """Each page read touches the job's updated_at, so the sweeper does not take a long
     manifest write for a lost finalize and start a second one."""
-    last = -1
-    while True:
-        with session_scope(database_url) as session:
-            rows = session.scalars(
-                select(Item)
-                .where(Item.job_id == job_id, Item.idx > last)
-                .order_by(Item.idx)
-                .limit(page)
-            ).all()
-            lifecycle.touch(session, job_id, only=JobStatus.FINALIZING)
-        yield from rows
-        if len(rows) < page:
-            return
-        last = rows[-1].idx
+    return lambda session: lifecycle.touch(session, job_id, only=JobStatus.FINALIZING)
 
 
 def write_manifests(ctx: Context, job: Job) -> tuple[int, int]:
@@ -125,7 +111,9 @@ def write_manifests(ctx: Context, job: Job) -> tuple[int, int]:
             open(results_path, "wb") as results,
             open(errors_path, "wb") as errors,
         ):
-            for item in iter_items(ctx.database_url, job.id):
+            for item in iter_items(
+                ctx.database_url, job.id, page_size=PAGE, on_page=_touch_finalizing(job.id)
+            ):
                 if item.status in RESULT_STATUSES:
                     results.write(encode_line(result_line(job, item)))
                     counts["results"] += 1

@@ -113,23 +113,24 @@ def test_results_stream_partial_from_sql(client, database_url):
 
 
 def test_generate_results_lines_and_paging(client, database_url, monkeypatch):
-    from janus_batch import results
+    from janus_batch import items, results
 
     pages = []
-    real = results.session_scope
+    real = items.session_scope
 
     def counting(url):
         pages.append(url)
         return real(url)
 
     monkeypatch.setattr(results, "PAGE", 2)
-    monkeypatch.setattr(results, "session_scope", counting)  # several SQL pages for a few items
+    monkeypatch.setattr(items, "session_scope", counting)  # several SQL pages for a few items
     body = {"kind": "generate", "items": [{"prompt": f"p{i}", "seed": i} for i in range(5)]}
     job = client.post("/v1/jobs", json=body).json()
     for idx in range(5):
         key = f"jobs/{job['id']}/images/{idx:08d}_0.png"
         image = {"key": key, "uri": f"file:///x/{key}", "seed": idx, "index": 0}
         finish_items(database_url, job["id"], [idx], result={"images": [image], "format": "png"})
+    pages.clear()  # count the reads of the results only
     lines = _lines(client.get(f"/v1/jobs/{job['id']}/results"))
     assert [line["idx"] for line in lines] == [0, 1, 2, 3, 4]
     assert len(pages) == 3  # pages of 2, 2, 1

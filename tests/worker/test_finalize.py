@@ -12,7 +12,8 @@ from janus_batch.models import Item, Job, utcnow
 from janus_batch.results import iter_job_lines
 from janus_batch.states import ItemStatus, JobKind, JobStatus
 from tests.worker.helpers import create_job, get_job, read_jsonl
-from worker.finalize import final_status, finalize_job, iter_items
+from janus_batch.items import iter_items
+from worker.finalize import final_status, finalize_job
 
 
 @pytest.mark.parametrize(
@@ -120,7 +121,7 @@ def test_finalize_skips_a_job_not_ready(ctx: Any) -> None:
 
 def test_iter_items_pages_in_idx_order(ctx: Any) -> None:
     job_id = create_job(ctx, JobKind.GENERATE, [f"p{i}" for i in range(7)])
-    assert [i.idx for i in iter_items(ctx.database_url, job_id, page=3)] == list(range(7))
+    assert [i.idx for i in iter_items(ctx.database_url, job_id, page_size=3)] == list(range(7))
 
 
 def test_reading_items_keeps_a_finalizing_job_fresh_for_the_sweeper(ctx: Any) -> None:
