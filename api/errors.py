@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias, TypeVar, cast
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,12 +20,19 @@ from pydantic import BaseModel
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.exc import OperationalError as DatabaseError
 from starlette.exceptions import HTTPException
+from starlette.responses import Response
+from starlette.types import ExceptionHandler
 
 from janus_batch.inputs import InvalidInput, TooLarge
 from janus_batch.jobs import JobConflict, JobNotFound, QueueUnavailable
 from janus_batch.storage import NotFoundError, StorageError
 
 log = logging.getLogger(__name__)
+
+E = TypeVar("E", bound=Exception)
+
+Responses: TypeAlias = dict[int | str, dict[str, Any]]
+"""A route's `responses=` (OpenAPI documentation): status code -> response."""
 
 _LOCATIONS = {"body", "query", "path", "header", "cookie"}
 
@@ -40,6 +48,11 @@ class ErrorBody(BaseModel):
     """The body of every error response."""
 
     error: ErrorDetail
+
+
+def error_responses(*codes: int) -> Responses:
+    """`responses=` documenting that a route answers `codes` with an ErrorBody."""
+    return {code: {"model": ErrorBody} for code in codes}
 
 
 class HttpError(Exception):
@@ -149,15 +162,24 @@ async def _on_bug(request: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal server error (logged); please report it")
 
 
+def _handle(
+    app: FastAPI, exc_type: type[E], handler: Callable[[Request, E], Awaitable[Response]]
+) -> None:
+    """`app.add_exception_handler`, checking that `handler` takes `exc_type`. Starlette types
+    every handler as taking any Exception, though it only calls one with an instance of the
+    class it is registered for; the cast states exactly that."""
+    app.add_exception_handler(exc_type, cast(ExceptionHandler, handler))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers that give every error the `{"error": {...}}` shape."""
-    app.add_exception_handler(RequestValidationError, _on_validation)
-    app.add_exception_handler(InvalidInput, _on_invalid_input)
-    app.add_exception_handler(HttpError, _on_http_error)
-    app.add_exception_handler(HTTPException, _on_http)
-    app.add_exception_handler(JobNotFound, _on_not_found)
-    app.add_exception_handler(NotFoundError, _on_not_found)
-    app.add_exception_handler(JobConflict, _on_conflict)
+    _handle(app, RequestValidationError, _on_validation)
+    _handle(app, InvalidInput, _on_invalid_input)
+    _handle(app, HttpError, _on_http_error)
+    _handle(app, HTTPException, _on_http)
+    _handle(app, JobNotFound, _on_not_found)
+    _handle(app, NotFoundError, _on_not_found)
+    _handle(app, JobConflict, _on_conflict)
     for exc_type in (
         QueueUnavailable,
         StorageError,
@@ -165,5 +187,5 @@ def install_error_handlers(app: FastAPI) -> None:
         QueueError,
         RedisConnectionError,
     ):
-        app.add_exception_handler(exc_type, _on_unavailable)
-    app.add_exception_handler(Exception, _on_bug)
+        _handle(app, exc_type, _on_unavailable)
+    _handle(app, Exception, _on_bug)

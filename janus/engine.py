@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import torch
+from PIL import Image
 
 from .caption import CaptionUnit, prepare_caption, run_caption_pass
 from .errors import JanusLoadError, JanusRequestError, JanusRuntimeError
@@ -26,6 +27,9 @@ from .prompts import TokenIds
 from .schemas import CaptionRequest, CaptionResult, GeneratedImage, GenerateRequest, GenerateResult
 
 logger = logging.getLogger(__name__)
+
+Unit = CaptionUnit | ImageUnit
+"""What a pass is made of: one caption, or one image (its conditional + unconditional rows)."""
 
 SeededTokens = tuple[int, tuple[int, ...]]
 """(seed, image tokens) of one generated image."""
@@ -65,7 +69,10 @@ class JanusEngine:
         self.max_positions = int(model.config.text_config.max_position_embeddings)
         self.forward_passes = 0
         self.on_pass: PassHook | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        # The fast tokenizer is not safe for concurrent calls: prepare() takes this lock
+        # (never the device lock above, so preparing overlaps with a running pass).
+        self._prepare_lock = threading.Lock()
 
     @classmethod
     def load(
@@ -94,47 +101,103 @@ class JanusEngine:
         """Side in pixels of generated images (384 for Janus-Pro)."""
         return self.tokens.image_size
 
-    def caption(self, requests: Sequence[CaptionRequest]) -> list[CaptionResult]:
-        """One result per request, in request order; a bad image fails only its own request."""
-        _check_types(requests, CaptionRequest)
-        results: list[CaptionResult | None] = [None] * len(requests)
-        units: list[CaptionUnit] = []
+    # --- the pass-level API: prepare on any thread, run passes on the device's thread -----
+
+    def prepare(self, request: CaptionRequest | GenerateRequest) -> list[Unit]:
+        """The units of one request, ready for a pass: its image normalised and preprocessed
+        and its prompt tokenized (CPU work, safe on any thread, no device touched); one unit
+        for a caption, n for images. Raises JanusRequestError / JanusImageError naming what is
+        wrong with this request alone."""
+        with self._prepare_lock:
+            if isinstance(request, CaptionRequest):
+                unit = prepare_caption(self.processor, 0, request, self.prompt_bucket)
+                self._check_length(unit.prompt_len + unit.new_len)
+                return [unit]
+            if isinstance(request, GenerateRequest):
+                units = prepare_images(self.processor, 0, request, self.prompt_bucket)
+                self._check_length(units[0].prompt_len + self.tokens.num_image_tokens)
+                return list(units)
+        raise JanusRequestError(f"not a request: {type(request).__name__}")
+
+    @staticmethod
+    def unit_rows(unit: Unit) -> int:
+        """Rows of a pass a unit takes: 1 for a caption, 1 or 2 (guided) for an image."""
+        return unit.rows if isinstance(unit, ImageUnit) else 1
+
+    def run_pass(self, units: Sequence[Unit]) -> list[str] | list[tuple[int, ...]]:
+        """One forward pass over units of one kind and one shape key, at most
+        `max_batch_rows` rows: the caption texts, or the image tokens, per unit in order.
+        Call it from the thread that owns the device. JanusRuntimeError(transient) when the
+        device ran out of memory."""
+        if not units:
+            return []
+        keys = {unit.shape_key for unit in units}
+        rows = sum(self.unit_rows(unit) for unit in units)
+        if len(keys) != 1 or rows > self.max_batch_rows:
+            raise JanusRequestError(
+                f"a pass needs one shape and at most {self.max_batch_rows} rows, got "
+                f"{len(keys)} shapes and {rows} rows"
+            )
         with self._lock, torch.inference_mode():
-            for i, request in enumerate(requests):
-                try:
-                    unit = prepare_caption(self.processor, i, request, self.prompt_bucket)
-                    self._check_length(unit.prompt_len + unit.new_len)
-                    units.append(unit)
-                except Exception as exc:  # broad on purpose: only this request fails
-                    logger.info("caption request %d failed: %s", i, _describe(exc))
-                    results[i] = CaptionResult(error=_describe(exc))
-            for batch in pack(
-                units, capacity=self.max_batch_rows, rows=lambda u: 1, key=lambda u: u.shape_key
-            ):
-                started = time.perf_counter()
+            started = time.perf_counter()
+            if isinstance(units[0], CaptionUnit):
                 texts = self._run(
                     run_caption_pass,
                     self.model,
                     self.processor,
                     self.tokens,
-                    batch,
+                    list(units),
                     self.max_batch_rows,
                 )
-                self._record("caption", len(batch), len(batch), started)
-                for unit, text in zip(batch, texts, strict=True):
-                    results[unit.index] = CaptionResult(text=text)
+                self._record("caption", len(units), len(units), started)
+                return list(texts)
+            tokens = self._run(
+                run_image_pass, self.model, self.tokens, list(units), self.max_batch_rows
+            )
+            self._record("generate", len(units), rows, started)
+            return list(tokens)
+
+    def decode(self, image_tokens: tuple[int, ...]) -> Image.Image:
+        """The image of one unit's tokens (VQ decoding; on the device's thread)."""
+        with self._lock, torch.inference_mode():
+            return self._run(decode_image, self.model, image_tokens)
+
+    # --- whole requests: prepare, pack, run (notebooks, tests, the benchmark) ---------------
+
+    def caption(self, requests: Sequence[CaptionRequest]) -> list[CaptionResult]:
+        """One result per request, in request order; a bad image fails only its own request."""
+        _check_types(requests, CaptionRequest)
+        results: list[CaptionResult | None] = [None] * len(requests)
+        units: list[CaptionUnit] = []
+        owner: dict[int, int] = {}
+        with self._lock:
+            for i, request in enumerate(requests):
+                try:
+                    [unit] = self.prepare(request)
+                except Exception as exc:  # broad on purpose: only this request fails
+                    logger.info("caption request %d failed: %s", i, _describe(exc))
+                    results[i] = CaptionResult(error=_describe(exc))
+                    continue
+                assert isinstance(unit, CaptionUnit)
+                units.append(unit)
+                owner[id(unit)] = i
+            for batch in pack(
+                units, capacity=self.max_batch_rows, rows=lambda u: 1, key=lambda u: u.shape_key
+            ):
+                for unit, text in zip(batch, self.run_pass(batch), strict=True):
+                    results[owner[id(unit)]] = CaptionResult(text=str(text))
         return [r if r is not None else CaptionResult(error="not processed") for r in results]
 
     def generate(self, requests: Sequence[GenerateRequest]) -> list[GenerateResult]:
         """One result per request, in request order, each with its n images in index order."""
         results = []
-        with self._lock, torch.inference_mode():
+        with self._lock:
             for tokens in self._generate_tokens(requests):
                 if isinstance(tokens, str):
                     results.append(GenerateResult(error=tokens))
                     continue
                 images = tuple(
-                    GeneratedImage(self._run(decode_image, self.model, t), seed, k, t)
+                    GeneratedImage(self.decode(t), seed, k, t)
                     for k, (seed, t) in enumerate(tokens)
                 )
                 results.append(GenerateResult(images=images))
@@ -144,7 +207,7 @@ class JanusEngine:
         self, requests: Sequence[GenerateRequest]
     ) -> list[list[tuple[int, ...]] | str]:
         """Image tokens only (no VQ decoding): per request its n token tuples, or an error."""
-        with self._lock, torch.inference_mode():
+        with self._lock:
             return [
                 t if isinstance(t, str) else [tokens for _, tokens in t]
                 for t in self._generate_tokens(requests)
@@ -158,25 +221,25 @@ class JanusEngine:
         placeholder: SeededTokens = (0, ())
         outcome: list[list[SeededTokens] | str] = [[placeholder] * r.n for r in requests]
         units: list[ImageUnit] = []
+        owner: dict[int, int] = {}
         for i, request in enumerate(requests):
             try:
-                request_units = prepare_images(self.processor, i, request, self.prompt_bucket)
-                self._check_length(request_units[0].prompt_len + self.tokens.num_image_tokens)
-                units.extend(request_units)
+                request_units = self.prepare(request)
             except Exception as exc:  # broad on purpose: only this request fails
                 logger.info("generate request %d failed: %s", i, _describe(exc))
                 outcome[i] = _describe(exc)
+                continue
+            for unit in request_units:
+                assert isinstance(unit, ImageUnit)
+                units.append(unit)
+                owner[id(unit)] = i
         for batch in pack(
             units, capacity=self.max_batch_rows, rows=lambda u: u.rows, key=lambda u: u.shape_key
         ):
-            started = time.perf_counter()
-            token_lists = self._run(
-                run_image_pass, self.model, self.tokens, batch, self.max_batch_rows
-            )
-            self._record("generate", len(batch), sum(u.rows for u in batch), started)
-            for unit, image_tokens in zip(batch, token_lists, strict=True):
-                images = outcome[unit.index]
+            for unit, image_tokens in zip(batch, self.run_pass(batch), strict=True):
+                images = outcome[owner[id(unit)]]
                 assert not isinstance(images, str), "a failed request has no units"
+                assert isinstance(image_tokens, tuple)
                 images[unit.k] = (unit.seed, image_tokens)
         return outcome
 

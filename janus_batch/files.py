@@ -16,7 +16,7 @@ import re
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 from sqlalchemy import select
 
@@ -47,7 +47,7 @@ def upload_key(owner: str, sha256: str, filename: str | None) -> str:
     return f"inputs/{owner}/{sha256}/{safe_filename(filename)}"
 
 
-def _spool(stream: BinaryIO, dest: BinaryIO, max_bytes: int) -> tuple[int, str]:
+def _spool(stream: BinaryIO, dest: IO[bytes], max_bytes: int) -> tuple[int, str]:
     """Copy `stream` into `dest`; returns (size, sha256). TooLarge once it exceeds the limit."""
     digest = hashlib.sha256()
     size = 0

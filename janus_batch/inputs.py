@@ -136,7 +136,7 @@ def parse_params(
     *,
     max_n: int,
     default_max_new_tokens: int | None = None,
-) -> BaseModel:
+) -> CaptionParams | GenerateParams:
     """Validate a job's `params` for its kind.
 
     A caption job that leaves `max_new_tokens` unset gets `default_max_new_tokens` (the
@@ -376,7 +376,7 @@ def iter_jsonl(
 def check_items(
     raw_items: Any,
     kind: str,
-    params: BaseModel,
+    params: CaptionParams | GenerateParams,
     *,
     max_items: int,
     max_prompt_chars: int,
@@ -386,7 +386,8 @@ def check_items(
 ) -> list[NewItem]:
     """Validate a whole inline item list up front: its size, every item, unique custom ids.
 
-    `resolve_file` and `storage_url` are passed to `caption_item`.
+    `params` are the job's, from `parse_params(kind, ...)`; `resolve_file` and `storage_url`
+    are passed to `caption_item`.
     """
     if not isinstance(raw_items, list):
         raise InvalidInput("items", "must be a list")
@@ -402,7 +403,7 @@ def check_items(
     seen: dict[str, int] = {}
     for i, raw in enumerate(raw_items):
         where = f"items[{i}]"
-        if kind == JobKind.CAPTION:
+        if kind == JobKind.CAPTION and isinstance(params, CaptionParams):
             item = caption_item(
                 raw,
                 params,
@@ -411,10 +412,12 @@ def check_items(
                 resolve_file=resolve_file,
                 storage_url=storage_url,
             )
-        else:
+        elif kind != JobKind.CAPTION and isinstance(params, GenerateParams):
             item = generate_item(
                 raw, params, where=where, max_prompt_chars=max_prompt_chars, max_n=max_n
             )
+        else:
+            raise TypeError(f"{type(params).__name__} are not the params of a {kind} job")
         if item.custom_id is not None and seen.setdefault(item.custom_id, i) != i:
             raise InvalidInput(
                 f"{where}.custom_id",

@@ -1,8 +1,11 @@
-"""Adding items to a job in bulk and enqueuing them in chunks as they are inserted.
+"""Adding items to a job in bulk, and dispatching them to the broker a window at a time.
 
 Used by the API for inline items and by the worker's expand task for S3 prefixes and
-manifests, so a million-item source streams: rows are inserted page by page and each page's
-chunks are enqueued at once, before the next page is read.
+manifests, so a million-item source streams: rows are inserted page by page. A job keeps at
+most `JANUS_BATCH_DISPATCH_WINDOW` chunk messages open (queued or running); each chunk that
+ends releases the job's next one, so the queue interleaves jobs round-robin, a small job
+never waits for a big one to drain, and a broker restart loses little (SQL remembers the
+rest).
 """
 
 from __future__ import annotations
@@ -48,31 +51,42 @@ def add_items(
     items: Iterable[NewItem],
     *,
     chunk_size: int,
+    window: int,
     start_idx: int = 0,
     page_size: int = INSERT_PAGE,
 ) -> int:
     """Insert `items` page by page (`lifecycle.insert_items`: one bulk INSERT ... RETURNING
-    and the job's total bumped, in one transaction), and enqueue each page's chunks right
-    after its commit. Returns how many were added.
+    and the job's total bumped, in one transaction), and after each page dispatch chunks up
+    to the job's window (`dispatch`). Returns how many were added.
 
-    A crash between a commit and the enqueue leaves items pending with no message: the
-    sweeper re-enqueues those, so nothing is lost.
+    A crash between a commit and the enqueue leaves items pending: dispatched ones are sent
+    again by the sweeper (their message is lost), undispatched ones by the next dispatch.
     """
     idx = start_idx
-    # Whole chunks per page, so only the last page ends in a partial chunk.
-    page_size = max(chunk_size, page_size - page_size % chunk_size)
     for page in chunked(items, page_size):
         rows = [
             {"idx": idx + i, "custom_id": item.custom_id, "input": item.input, "error": item.error}
             for i, item in enumerate(page)
         ]
         with session_scope(database_url) as session:
-            ids = lifecycle.insert_items(session, job_id, rows)
-        for chunk in chunked(ids, chunk_size):
-            send_chunk(app, kind, job_id, chunk)
+            lifecycle.insert_items(session, job_id, rows)
+        dispatch(database_url, app, job_id, kind, chunk_size=chunk_size, window=window)
         idx += len(page)
         log.info("job=%s added %d items (%d so far)", job_id, len(page), idx - start_idx)
     return idx - start_idx
+
+
+def dispatch(
+    database_url: str, app: Celery, job_id: str, kind: str, *, chunk_size: int, window: int
+) -> int:
+    """Send the job's next chunks, so that `window` of them are open (in the broker or
+    running): the fair-share rule. Called when items are added and when a chunk ends.
+    Returns how many items were sent."""
+    with session_scope(database_url) as session:
+        chunks = lifecycle.take_dispatch(session, job_id, chunk_size=chunk_size, window=window)
+    for chunk in chunks:
+        send_chunk(app, kind, job_id, chunk)
+    return sum(map(len, chunks))
 
 
 def iter_items(

@@ -176,7 +176,13 @@ def _enqueue_work(
     try:
         if request.items is not None:
             add_items(
-                database_url, app, job_id, kind, request.items, chunk_size=settings.chunk_size
+                database_url,
+                app,
+                job_id,
+                kind,
+                request.items,
+                chunk_size=settings.chunk_size,
+                window=settings.dispatch_window,
             )
             _end_expansion(database_url, app, job_id)
         else:

@@ -18,13 +18,15 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     ColumnElement,
+    CursorResult,
     Integer,
+    Result,
     String,
     Text,
     and_,
@@ -152,6 +154,12 @@ def start_running(session: Session, job_ids: Iterable[str]) -> list[str]:
     )
 
 
+def _rowcount(result: Result[Any]) -> int:
+    """Rows an UPDATE matched. Session.execute is typed as returning a Result, but for an
+    UPDATE it is a CursorResult, which has the rowcount."""
+    return cast(CursorResult[Any], result).rowcount
+
+
 def start_finalizing(session: Session, job_id: str) -> bool:
     """-> finalizing, if every item is final and expansion is over. True for exactly one
     caller: that caller enqueues the finalize task."""
@@ -166,7 +174,7 @@ def start_finalizing(session: Session, job_id: str) -> bool:
         .values(status=JobStatus.FINALIZING, updated_at=utcnow())
         .execution_options(synchronize_session=False)
     )
-    return moved.rowcount == 1
+    return _rowcount(moved) == 1
 
 
 def finish(session: Session, job_id: str, status: JobStatus, error: str | None) -> bool:
@@ -183,7 +191,7 @@ def finish(session: Session, job_id: str, status: JobStatus, error: str | None) 
         )
         .execution_options(synchronize_session=False)
     )
-    return moved.rowcount == 1
+    return _rowcount(moved) == 1
 
 
 def abandon(session: Session, job_id: str, reason: str) -> bool:
@@ -204,19 +212,21 @@ def abandon(session: Session, job_id: str, reason: str) -> bool:
         )
         .execution_options(synchronize_session=False)
     )
-    return moved.rowcount == 1
+    return _rowcount(moved) == 1
 
 
 def request_cancel(session: Session, job_id: str) -> tuple[bool, int]:
     """queued | running -> cancelling, its pending items cancelled (counted). Returns
     (whether the job is cancelling now, pending items cancelled by this call)."""
     n = cancel_pending(session, job_id)
-    moved = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status.in_(_job_from(JobStatus.CANCELLING)))
-        .values(status=JobStatus.CANCELLING, updated_at=utcnow())
-        .execution_options(synchronize_session=False)
-    ).rowcount
+    moved = _rowcount(
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status.in_(_job_from(JobStatus.CANCELLING)))
+            .values(status=JobStatus.CANCELLING, updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+    )
     status = session.scalar(select(Job.status).where(Job.id == job_id))
     return bool(moved) or status == JobStatus.CANCELLING, n
 
@@ -261,8 +271,9 @@ def take_stale_jobs(
 
 def insert_items(session: Session, job_id: str, rows: Sequence[Mapping[str, Any]]) -> list[int]:
     """Add a page of items to a job (each row: idx, custom_id, input, error); rows with an
-    error are born `failed` and counted. Bumps the job's total; returns the new pending ids
-    in row order."""
+    error are born `failed` and counted. Pending items are not yet dispatched (no message
+    names them: `take_dispatch` hands them out a window at a time). Bumps the job's total;
+    returns the new pending ids in row order."""
     if not rows:
         return []
     now = utcnow()
@@ -274,7 +285,7 @@ def insert_items(session: Session, job_id: str, rows: Sequence[Mapping[str, Any]
             "input": row["input"],
             "status": (ItemStatus.FAILED if row.get("error") else ItemStatus.PENDING).value,
             "attempts": 0,
-            "enqueued_at": now,
+            "enqueued_at": None,
             "error": row.get("error"),
             "finished_at": now if row.get("error") else None,
         }
@@ -289,6 +300,51 @@ def insert_items(session: Session, job_id: str, rows: Sequence[Mapping[str, Any]
         .values(total=Job.total + len(rows), failed=Job.failed + failed, updated_at=now)
     )
     return ids
+
+
+def take_dispatch(
+    session: Session, job_id: str, *, chunk_size: int, window: int, now: datetime | None = None
+) -> list[list[int]]:
+    """Undispatched pending items of the job, in idx order, stamped dispatched (enqueued_at),
+    so that at most `window` chunks of the job are open (dispatched pending, or running);
+    returns them as chunks to send. A concurrent call gets other items (or none)."""
+    open_items = session.scalar(
+        select(func.count())
+        .select_from(Item)
+        .where(
+            Item.job_id == job_id,
+            or_(
+                Item.status == ItemStatus.RUNNING,
+                and_(Item.status == ItemStatus.PENDING, Item.enqueued_at.is_not(None)),
+            ),
+        )
+    )
+    room = window - -(-(open_items or 0) // chunk_size)
+    if room <= 0:
+        return []
+    undispatched = and_(
+        Item.job_id == job_id, Item.status == ItemStatus.PENDING, Item.enqueued_at.is_(None)
+    )
+    ids = session.scalars(
+        select(Item.id)
+        .where(undispatched)
+        .order_by(Item.idx)
+        .limit(room * chunk_size)
+        .with_for_update(skip_locked=True)
+    ).all()
+    if not ids:
+        return []
+    taken = sorted(
+        session.execute(
+            update(Item)
+            .where(Item.id.in_(ids), undispatched)
+            .values(enqueued_at=now or utcnow())
+            .returning(Item.idx, Item.id)
+            .execution_options(synchronize_session=False)
+        ).all()
+    )
+    ordered = [item_id for _, item_id in taken]
+    return [ordered[i : i + chunk_size] for i in range(0, len(ordered), chunk_size)]
 
 
 def claim(
@@ -336,10 +392,10 @@ def claim(
     return sorted(claimed, key=lambda c: c.idx)
 
 
-def complete(session: Session, outcomes: Sequence[Outcome]) -> dict[str, Counter[str]]:
+def complete(session: Session, outcomes: Sequence[Outcome]) -> dict[int, str]:
     """running (this attempt) -> succeeded | failed | cancelled, for a whole pass of outcomes
-    of any jobs in one statement; counters bumped by the rows that moved. Returns
-    {job id: Counter(status -> n)} of what moved."""
+    of any jobs in one statement; counters bumped by the rows that moved. Returns the items
+    that moved: {item id: new status} (an outcome of a lost attempt is not among them)."""
     if not outcomes:
         return {}
     for outcome in outcomes:
@@ -383,7 +439,7 @@ def complete(session: Session, outcomes: Sequence[Outcome]) -> dict[str, Counter
     for item_id, status in moved:
         counts[job_of[item_id]][status] += 1
     bump_counts(session, counts)
-    return dict(counts)
+    return {item_id: status for item_id, status in moved}
 
 
 def extend_leases(session: Session, owned: Mapping[int, int], lease_seconds: int) -> set[int]:
@@ -423,12 +479,14 @@ def cancel_pending(session: Session, job_id: str, item_ids: Sequence[int] | None
         if not item_ids:
             return 0
         condition.append(Item.id.in_(list(item_ids)))
-    n = session.execute(
-        update(Item)
-        .where(*condition)
-        .values(status=ItemStatus.CANCELLED, error=CANCEL_ERROR, finished_at=utcnow())
-        .execution_options(synchronize_session=False)
-    ).rowcount
+    n = _rowcount(
+        session.execute(
+            update(Item)
+            .where(*condition)
+            .values(status=ItemStatus.CANCELLED, error=CANCEL_ERROR, finished_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+    )
     bump_counts(session, {job_id: Counter({ItemStatus.CANCELLED: n})})
     return n
 
@@ -454,6 +512,7 @@ def requeue_expired(session: Session, now: datetime, limit: int) -> list[Expired
             Item.attempts >= MAX_ATTEMPTS,
             {"error": POISON_ERROR, "finished_at": now},
         ),
+        # back to pending, already dispatched: the sweeper sends it in a chunk of its own
         (ItemStatus.PENDING, Item.attempts < MAX_ATTEMPTS, {"enqueued_at": now}),
     ]
     moved: list[Expired] = []

@@ -36,7 +36,7 @@ CHUNK_QUEUES = {
 def make_celery(settings: Settings) -> Celery:
     """A Celery app configured for janus-batch from `settings`."""
     app = Celery("janus_batch", broker=settings.redis_url)
-    transport = {"visibility_timeout": settings.visibility_timeout}
+    transport: dict[str, int | str] = {"visibility_timeout": settings.visibility_timeout}
     if settings.queue_prefix:
         transport["global_keyprefix"] = settings.queue_prefix
     app.conf.update(

@@ -1,16 +1,19 @@
 """The Celery app of the worker: `celery -A worker.app ...`. Importing it reads the settings
 (it is an entry point); the model is loaded when a worker process starts, never at import.
 
-One worker process per GPU (pin it with CUDA_VISIBLE_DEVICES), each serving all queues:
+One GPU worker process per GPU (pin it with CUDA_VISIBLE_DEVICES), its threads pool running
+a few chunks at once (their requests share the engine's passes, `worker.pipeline`):
 
-    CUDA_VISIBLE_DEVICES=0 celery -A worker.app worker -P solo -c 1 \\
-        -Q janus.caption,janus.generate,janus.control -E --loglevel INFO
+    CUDA_VISIBLE_DEVICES=0 celery -A worker.app worker -P threads -c 4 \\
+        -Q janus.caption,janus.generate -E --loglevel INFO -n gpu0@%h
 
-The sweeper runs on Celery beat, either inside one worker (add `-B`) or as its own process:
+and one control worker per deployment, so expand, finalize and sweep never wait behind GPU
+work (it loads no model; `-B` runs the sweeper's schedule in it):
 
-    celery -A worker.app beat --loglevel INFO
+    celery -A worker.app worker -P threads -c 2 -Q janus.control -E -B --loglevel INFO \\
+        -n control@%h
 
-A worker that serves only `-Q janus.control` (expand, finalize, sweep) loads no model. CPU
+A worker that serves only `-Q janus.control` loads no model. CPU
 works too (JANUS_BATCH_DEVICE=cpu). All settings are `JANUS_BATCH_*` variables; with
 JANUS_BATCH_METRICS_PORT=9100 each worker process serves Prometheus metrics there (the
 objects of `worker.metrics`, served from the process that runs the tasks).
@@ -28,6 +31,7 @@ from janus_batch.db import dispose_engines
 from janus_batch.queue import get_celery
 from janus_batch.settings import get_settings
 from worker import metrics, runtime
+from worker.context import current_context
 
 log = logging.getLogger(__name__)
 
@@ -52,18 +56,35 @@ def serve_metrics(port: int) -> bool:
     return True
 
 
+_threads_pool = False
+
+
 @signals.worker_init.connect
 def _on_worker_init(sender: Any = None, **_: Any) -> None:
-    """In the worker's main process, before any pool: note whether the model is needed."""
-    global _needs_model
+    """In the worker's main process, before any pool: note whether the model is needed and
+    whether tasks run in this process (threads pool: no fork, no worker_process_init)."""
+    global _needs_model, _threads_pool
     consume_from = getattr(getattr(sender.app.amqp, "queues", None), "consume_from", None)
     _needs_model = consumes_model_queues(list(consume_from or ()))
+    from celery.concurrency import get_implementation
+    from celery.concurrency.thread import TaskPool
+
+    _threads_pool = get_implementation(sender.pool_cls) is TaskPool
+
+
+@signals.worker_ready.connect
+def _on_worker_ready(**_: Any) -> None:
+    """A threads-pool worker runs its tasks in this process: set it up once, here."""
+    if _threads_pool:
+        _on_process_init()
 
 
 @signals.worker_process_init.connect
 def _on_process_init(**_: Any) -> None:
-    """In each process that runs tasks (a prefork child, or the solo worker itself): drop
-    connections inherited over fork, serve the metrics, then load the model once."""
+    """In each process that runs tasks (a prefork child, the solo worker itself, or the
+    threads-pool worker): drop connections inherited over fork, serve the metrics, then
+    start the pipeline, whose engine thread loads the model (the only thread that touches
+    the device)."""
     dispose_engines()
     runtime.reset()
     settings = get_settings()
@@ -72,7 +93,7 @@ def _on_process_init(**_: Any) -> None:
         serve_metrics(settings.metrics_port)
     if _needs_model:
         log.info("loading model %s on %s", settings.model, settings.device)
-        runtime.get_engine()
+        current_context().pipeline()
     else:
         log.info("control-only worker: no model loaded")
 

@@ -1,4 +1,5 @@
-"""Captioning a chunk: fetch the images concurrently, decode them, caption in micro-batches.
+"""Captioning a chunk: fetch the images concurrently, decode them into requests (on the
+chunk's thread); the engine thread captions them in passes shared with other chunks.
 
 An image that cannot be fetched (missing key, 404) or decoded (corrupt, truncated, not an
 image) fails only its own item with a readable error; transient fetch errors are retried with
@@ -10,7 +11,6 @@ an item: `{"caption": text}`.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
@@ -19,17 +19,22 @@ from janus_batch.lifecycle import Claimed, Outcome
 from janus_batch.models import Job
 from janus_batch.states import ItemStatus, JobKind
 from worker import metrics
-from worker.chunk import Handler, Work, failed, run_engine
+from worker.chunk import Handler, Work, failed
 from worker.context import Context
 from worker.fetch import FetchError, fetch_many
+from worker.scheduler import Ticket
 
 DEFAULTS = {"temperature": 0.0, "top_p": 1.0}
 
 
-def open_image(data: bytes, uri: str) -> Image.Image:
-    """Decode `data` fully; ValueError with a readable message if it is not a usable image."""
+def open_image(data: bytes, uri: str, size: int | None = None) -> Image.Image:
+    """Decode `data`; ValueError with a readable message if it is not a usable image. A JPEG
+    is decoded at the smallest DCT scale still at least `size` on each side (`draft`: up
+    to 8x less work and memory; the model resizes to `size` anyway)."""
     try:
         image = Image.open(io.BytesIO(data))
+        if size and image.format == "JPEG":
+            image.draft("RGB", (size, size))
         image.load()
         return image
     except UnidentifiedImageError:
@@ -46,6 +51,8 @@ class CaptionHandler(Handler):
     def prepare(
         self, ctx: Context, job: Job, items: list[Claimed]
     ) -> tuple[list[Work], list[Outcome]]:
+        from janus import CaptionRequest
+
         settings = ctx.settings
         with metrics.FETCH_SECONDS.time():
             fetched = fetch_many(
@@ -56,48 +63,30 @@ class CaptionHandler(Handler):
                 region=settings.s3_region,
                 max_retries=settings.max_retries,
             )
+        size = int(getattr(ctx.pipeline().engine(), "image_size", 384))
+        params: dict[str, Any] = {**DEFAULTS, **(job.params or {})}
         work: list[Work] = []
         errors: list[Outcome] = []
         for item, data in zip(items, fetched, strict=True):
             if isinstance(data, FetchError):
                 errors.append(failed(item, str(data)))
-            else:
-                work.append(Work(item, data))
-        return work, errors
-
-    def batches(self, ctx: Context, work: list[Work]) -> Iterator[list[Work]]:
-        size = ctx.settings.batch_rows
-        for start in range(0, len(work), size):
-            yield work[start : start + size]
-
-    def run(self, ctx: Context, job: Job, batch: list[Work]) -> list[Outcome]:
-        from janus import CaptionRequest
-
-        params: dict[str, Any] = {**DEFAULTS, **(job.params or {})}
-        outcomes: dict[int, Outcome] = {}
-        ready: list[tuple[Work, CaptionRequest]] = []
-        for w in batch:
+                continue
             try:
-                image = open_image(w.payload, w.item.input.get("image") or w.item.input["uri"])
+                image = open_image(data, item.input.get("image") or item.input["uri"], size)
                 request = CaptionRequest(
                     image=image,
-                    question=w.item.input["prompt"],
+                    question=item.input["prompt"],
                     max_new_tokens=int(params["max_new_tokens"]),
                     temperature=float(params["temperature"]),
                     top_p=float(params["top_p"]),
-                    seed=int(w.item.input["seed"]),
+                    seed=int(item.input["seed"]),
                 )
             except ValueError as exc:  # JanusRequestError is a ValueError too
-                outcomes[w.item.id] = failed(w.item, str(exc))
+                errors.append(failed(item, str(exc)))
                 continue
-            ready.append((w, request))
-        if ready:
-            results = run_engine(self.kind, ctx.engine(), [request for _, request in ready])
-            for (w, _), result in zip(ready, results, strict=True):
-                if result.error is not None:
-                    outcomes[w.item.id] = failed(w.item, result.error)
-                else:
-                    outcomes[w.item.id] = Outcome(
-                        w.item, ItemStatus.SUCCEEDED, result={"caption": result.text}
-                    )
-        return [outcomes[w.item.id] for w in batch]
+            work.append(Work(item, request))
+        return work, errors
+
+    def finish(self, ctx: Context, job: Job, work: Work, ticket: Ticket) -> Outcome:
+        [text] = ticket.outputs
+        return Outcome(work.item, ItemStatus.SUCCEEDED, result={"caption": text})

@@ -6,8 +6,9 @@ Tasks build it from the process's caches with `current_context()`; tests build t
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from celery import Celery
@@ -19,6 +20,39 @@ from worker import runtime
 
 if TYPE_CHECKING:
     from janus import JanusEngine
+    from worker.pipeline import Pipeline
+
+
+class PipelineHolder:
+    """Builds the pipeline (engine thread, recorder, outtake pool) on first use, once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pipeline: Pipeline | None = None
+
+    def get(self, ctx: Context) -> Pipeline:
+        with self._lock:
+            if self._pipeline is None:
+                from worker.pipeline import Pipeline
+
+                settings = ctx.settings
+                self._pipeline = Pipeline(
+                    ctx.engine,
+                    ctx.database_url,
+                    batch_rows=settings.batch_rows,
+                    wait_seconds=settings.pass_wait_ms / 1000,
+                    outtake_threads=settings.upload_concurrency,
+                )
+            return self._pipeline
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pipeline is not None:
+                self._pipeline.close()
+                self._pipeline = None
+
+
+_PROCESS_PIPELINE = PipelineHolder()
 
 
 @dataclass(frozen=True)
@@ -29,6 +63,11 @@ class Context:
     storage: Storage
     app: Celery
     engine: Callable[[], JanusEngine] = runtime.get_engine
+    pipelines: PipelineHolder = field(default_factory=PipelineHolder, compare=False)
+
+    def pipeline(self) -> Pipeline:
+        """The pipeline of this context (the process's, for tasks): built on first use."""
+        return self.pipelines.get(self)
 
     @property
     def database_url(self) -> str:
@@ -38,4 +77,9 @@ class Context:
 
 def current_context() -> Context:
     """The context of this process, from the cached settings, storage, app and engine."""
-    return Context(settings=get_settings(), storage=runtime.get_storage(), app=get_celery())
+    return Context(
+        settings=get_settings(),
+        storage=runtime.get_storage(),
+        app=get_celery(),
+        pipelines=_PROCESS_PIPELINE,
+    )

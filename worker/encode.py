@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from PIL import ExifTags, Image
-from PIL.PngImagePlugin import PngInfo
+from PIL.PngImagePlugin import PngImageFile, PngInfo
 
 SOFTWARE = "janus-batch"
 _USER_COMMENT_ASCII = b"ASCII\x00\x00\x00"  # the EXIF character-code prefix of UserComment
@@ -53,12 +53,20 @@ def _as_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def encode_image(image: Image.Image, fmt: str | EncodeSpec, metadata: dict[str, Any]) -> bytes:
-    """`image` encoded as `fmt` with `metadata` (plus Software) embedded."""
+def encode_image(
+    image: Image.Image,
+    fmt: str | EncodeSpec,
+    metadata: dict[str, Any],
+    *,
+    png_compress_level: int = 6,
+) -> bytes:
+    """`image` encoded as `fmt` with `metadata` (plus Software) embedded; PNGs at zlib level
+    `png_compress_level` (workers use JANUS_BATCH_PNG_COMPRESS_LEVEL, 1 by default)."""
     spec = fmt if isinstance(fmt, EncodeSpec) else image_format(fmt)
     fields = {**metadata, "Software": SOFTWARE}
     options = dict(spec.save_options)
     if spec.pil_name == "PNG":
+        options["compress_level"] = png_compress_level
         info = PngInfo()
         for key, value in fields.items():
             if value is not None:
@@ -82,7 +90,7 @@ def encode_image(image: Image.Image, fmt: str | EncodeSpec, metadata: dict[str, 
 def read_metadata(data: bytes) -> dict[str, Any]:
     """The provenance fields embedded by `encode_image` (PNG values come back as strings)."""
     with Image.open(io.BytesIO(data)) as image:
-        if image.format == "PNG":
+        if isinstance(image, PngImageFile):
             image.load()
             return dict(image.text)
         exif = image.getexif()

@@ -72,8 +72,8 @@ def expand_source(ctx: Context, job_id: str) -> int:
         log.info("job=%s cancelled before its expansion: handed to finalization", job_id)
         _finish(ctx, job_id, None)
         return 0
-    if reason := _skip_reason(job):
-        log.info("job=%s expand skipped: %s", job_id, reason)
+    if job is None or (reason := _skip_reason(job)):
+        log.info("job=%s expand skipped: %s", job_id, "no such job" if job is None else reason)
         return 0
     source = job.source or {}
     where = source.get("s3_prefix") or source.get("manifest") or "no source"
@@ -87,6 +87,7 @@ def expand_source(ctx: Context, job_id: str) -> int:
             job.kind,
             items,
             chunk_size=ctx.settings.chunk_size,
+            window=ctx.settings.dispatch_window,
             start_idx=done,
             page_size=INSERT_PAGE,
         )
@@ -106,9 +107,7 @@ def expand_source(ctx: Context, job_id: str) -> int:
     return added
 
 
-def _skip_reason(job: Job | None) -> str | None:
-    if job is None:
-        return "no such job"
+def _skip_reason(job: Job) -> str | None:
     if job.expanded:
         return "already expanded"
     if job.status not in EXPANDABLE:

@@ -77,7 +77,10 @@ def finalize_job(ctx: Context, job_id: str) -> str | None:
         return job.status
     write_manifests(ctx, job)
     with session_scope(ctx.database_url) as session:
-        job = session.get(Job, job_id)
+        fresh = session.get(Job, job_id)
+        if fresh is None:  # deleted meanwhile
+            return None
+        job = fresh
         status, error = final_status(job)
         changed = lifecycle.finish(session, job_id, status, error)
     if changed:

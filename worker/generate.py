@@ -1,5 +1,6 @@
-"""Generating a chunk: build requests from the self-contained item inputs, render them in
-micro-batches that fill the engine's rows, encode and upload the images concurrently.
+"""Generating a chunk: build requests from the self-contained item inputs; the engine thread
+renders them in passes shared with other chunks; each item's images are encoded and uploaded
+in the outtake pool.
 
 Image k of item idx goes to `<output_prefix>/images/<idx:08d>_<k>.<ext>`: the same item
 always writes the same keys, so a retry overwrites and never duplicates. Result of an item:
@@ -9,18 +10,17 @@ always writes the same keys, so a retry overwrites and never duplicates. Result 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from janus_batch.lifecycle import Claimed, Outcome
 from janus_batch.models import Job
 from janus_batch.states import ItemStatus, JobKind
 from worker import metrics
-from worker.chunk import Handler, Work, failed, run_engine
+from worker.chunk import Handler, Work, failed
 from worker.context import Context
 from worker.encode import EncodeSpec, encode_image, image_format
 from worker.fetch import retry_transient
+from worker.scheduler import Ticket
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +30,6 @@ REQUEST_FIELDS = ("prompt", "n", "seed", "cfg_weight", "temperature", "top_k", "
 def image_key(output_prefix: str, idx: int, k: int, ext: str) -> str:
     """The storage key of image `k` of item `idx`."""
     return f"{output_prefix.rstrip('/')}/images/{idx:08d}_{k}.{ext}"
-
-
-def request_rows(request: Any) -> int:
-    """Forward-pass rows a request needs: one per image, two when guided."""
-    return request.n * (2 if request.guided else 1)
 
 
 class GenerateHandler(Handler):
@@ -57,71 +52,38 @@ class GenerateHandler(Handler):
                 errors.append(failed(item, f"invalid request: {exc}"))
         return work, errors
 
-    def batches(self, ctx: Context, work: list[Work]) -> Iterator[list[Work]]:
-        """Consecutive requests whose rows fit `batch_rows` (a larger request goes alone)."""
-        batch: list[Work] = []
-        rows = 0
-        for w in work:
-            need = request_rows(w.payload)
-            if batch and rows + need > ctx.settings.batch_rows:
-                yield batch
-                batch, rows = [], 0
-            batch.append(w)
-            rows += need
-        if batch:
-            yield batch
-
-    def run(self, ctx: Context, job: Job, batch: list[Work]) -> list[Outcome]:
-        engine = ctx.engine()
-        results = run_engine(self.kind, engine, [w.payload for w in batch])
+    def finish(self, ctx: Context, job: Job, work: Work, ticket: Ticket) -> Outcome:
+        """Encode and upload the item's images (in the outtake pool); the item fails if one
+        cannot be stored."""
         fmt = image_format((job.params or {}).get("format"))
-        uploads = []
-        for w, result in zip(batch, results, strict=True):
-            if result.error is None:
-                uploads.extend((w, generated) for generated in result.images)
-        stored = _store_all(ctx, job, engine.model_name, fmt, uploads) if uploads else []
-        by_item: dict[int, list[dict[str, Any] | str]] = {}
-        for (w, _), entry in zip(uploads, stored, strict=True):
-            by_item.setdefault(w.item.id, []).append(entry)
-        outcomes = []
-        for w, result in zip(batch, results, strict=True):
-            if result.error is not None:
-                outcomes.append(failed(w.item, result.error))
-                continue
-            entries = by_item.get(w.item.id, [])
-            problems = [e for e in entries if isinstance(e, str)]
-            if problems:
-                outcomes.append(failed(w.item, problems[0]))
-            else:
-                result_json = {"images": entries, "format": fmt.ext}
-                outcomes.append(Outcome(w.item, ItemStatus.SUCCEEDED, result=result_json))
-        return outcomes
-
-
-def _store_all(
-    ctx: Context, job: Job, model: str, fmt: EncodeSpec, uploads: list[tuple[Work, Any]]
-) -> list[dict[str, Any] | str]:
-    """Encode and upload a micro-batch's images concurrently (timed for the metrics)."""
-    with (
-        metrics.UPLOAD_SECONDS.time(),
-        ThreadPoolExecutor(
-            max_workers=max(1, min(ctx.settings.upload_concurrency, len(uploads))),
-            thread_name_prefix="janus-upload",
-        ) as pool,
-    ):
-        return list(pool.map(lambda u: _store(ctx, job, model, fmt, *u), uploads))
+        model = getattr(ctx.pipeline().engine(), "model_name", "")
+        entries = []
+        for unit, image in zip(ticket.units, ticket.outputs, strict=True):
+            entry = _store(ctx, job, model, fmt, work, unit.k, unit.seed, image)
+            if isinstance(entry, str):
+                return failed(work.item, entry)
+            entries.append(entry)
+        result = {"images": sorted(entries, key=lambda e: e["index"]), "format": fmt.ext}
+        return Outcome(work.item, ItemStatus.SUCCEEDED, result=result)
 
 
 def _store(
-    ctx: Context, job: Job, model: str, fmt: EncodeSpec, w: Work, generated: Any
+    ctx: Context,
+    job: Job,
+    model: str,
+    fmt: EncodeSpec,
+    w: Work,
+    index: int,
+    seed: int,
+    image: Any,
 ) -> dict[str, Any] | str:
     """Encode and upload one image; its result entry, or an error message."""
-    request = w.payload
-    key = image_key(job.output_prefix, w.item.idx, generated.index, fmt.ext)
+    request = w.request
+    key = image_key(job.output_prefix, w.item.idx, index, fmt.ext)
     metadata = {
         "prompt": request.prompt,
-        "seed": generated.seed,
-        "index": generated.index,
+        "seed": seed,
+        "index": index,
         "cfg_weight": request.cfg_weight,
         "temperature": request.temperature,
         "top_k": request.top_k,
@@ -131,17 +93,15 @@ def _store(
         "item_idx": w.item.idx,
     }
     try:
-        data = encode_image(generated.image, fmt, metadata)
-        retry_transient(
-            lambda: ctx.storage.put_bytes(key, data, fmt.content_type),
-            attempts=ctx.settings.max_retries + 1,
-        )
-    except Exception as exc:
+        with metrics.UPLOAD_SECONDS.time():
+            data = encode_image(
+                image, fmt, metadata, png_compress_level=ctx.settings.png_compress_level
+            )
+            retry_transient(
+                lambda: ctx.storage.put_bytes(key, data, fmt.content_type),
+                attempts=ctx.settings.max_retries + 1,
+            )
+    except Exception as exc:  # one image fails its item, not the batch
         log.warning("job=%s idx=%d cannot store %s: %s", job.id, w.item.idx, key, exc)
-        return f"cannot store image {generated.index} at {key}: {exc}"
-    return {
-        "key": key,
-        "uri": ctx.storage.uri(key),
-        "seed": generated.seed,
-        "index": generated.index,
-    }
+        return f"cannot store image {index} at {key}: {exc}"
+    return {"key": key, "uri": ctx.storage.uri(key), "seed": seed, "index": index}

@@ -46,6 +46,7 @@ class LeaseHeartbeat:
         self.lease_seconds = ctx.settings.lease_seconds
         self.interval = interval if interval is not None else self.lease_seconds / 3
         self._owned = dict(owned)
+        self._lost: set[int] = set()
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -77,6 +78,11 @@ class LeaseHeartbeat:
         """Whether the item is still this worker's (not taken back, not released)."""
         with self._lock:
             return item_id in self._owned
+
+    def taken_back(self) -> set[int]:
+        """The items a beat found taken back by the sweeper (not merely released)."""
+        with self._lock:
+            return set(self._lost)
 
     def release(self, item_ids: Iterable[int]) -> None:
         """Stop extending these items (finished by the chunk, or found lost by it)."""
@@ -111,6 +117,7 @@ class LeaseHeartbeat:
             lost = set(owned) - still
             for item_id in lost:
                 del self._owned[item_id]
+            self._lost |= lost
         log.debug("job=%s lease of %d items extended", self.job_id, len(still))
         if lost:
             log.warning(

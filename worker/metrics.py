@@ -47,7 +47,7 @@ CHUNK_SECONDS = Histogram(
 )
 BATCH_SIZE = Histogram(
     "janus_worker_batch_size",
-    "Requests (images to caption, or prompts to generate) in one engine call (micro-batch).",
+    "Requests (images to caption, or images to generate) in one forward pass.",
     ["kind"],
     buckets=_SIZES,
 )
@@ -59,7 +59,7 @@ BATCH_FILL = Histogram(
 )
 MODEL_SECONDS = Histogram(
     "janus_worker_model_seconds",
-    "Seconds one engine call (micro-batch) took, the model alone: no fetch, encode or upload.",
+    "Seconds one forward pass took (with its VQ decodes): no fetch, encode or upload.",
     ["kind"],
     buckets=_SECONDS,
 )
@@ -70,8 +70,20 @@ FETCH_SECONDS = Histogram(
 )
 UPLOAD_SECONDS = Histogram(
     "janus_worker_upload_seconds",
-    "Seconds to encode and upload one generate micro-batch's images.",
+    "Seconds to encode and upload one generated image (in the outtake pool).",
     buckets=_SECONDS,
+)
+ENGINE_BUSY_SECONDS = Counter(
+    "janus_engine_busy_seconds",
+    "Seconds the engine thread spent running forward passes and VQ decodes (the GPU busy); "
+    "its rate is the model's busy fraction.",
+    ["kind"],
+)
+ENGINE_PASSES = Counter("janus_engine_passes", "Forward passes run by the engine.", ["kind"])
+ENGINE_ROWS = Counter(
+    "janus_engine_rows",
+    "Rows of real requests run in forward passes (over passes x JANUS_BATCH_BATCH_ROWS: the fill).",
+    ["kind"],
 )
 QUEUE_DEPTH = Gauge(
     "janus_queue_depth",

@@ -7,6 +7,7 @@ Celery signals in `worker.app` call it at process start, so the first chunk does
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 import time
@@ -34,10 +35,17 @@ def configure_torch(settings: Settings) -> None:
 
 
 def load_engine(settings: Settings) -> JanusEngine:
-    """Load the engine described by `settings` (model, device, dtype, batch rows)."""
+    """Load the engine described by `settings` (model, device, dtype, batch rows), or the one
+    `settings.engine = "module:function"` returns for them (a simulated engine in benches)."""
     from janus import JanusEngine
 
     configure_torch(settings)
+    if settings.engine != "janus":
+        module, _, function = settings.engine.partition(":")
+        factory = getattr(importlib.import_module(module), function)
+        log.warning("engine %s instead of the model (JANUS_BATCH_ENGINE)", settings.engine)
+        engine: JanusEngine = factory(settings)
+        return engine
     started = time.monotonic()
     engine = JanusEngine.load(
         settings.model,

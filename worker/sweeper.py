@@ -17,6 +17,7 @@ from janus_batch.constants import (
     GENERATE_QUEUE,
 )
 from janus_batch.db import session_scope
+from janus_batch.items import dispatch
 from janus_batch.lifecycle import MAX_ATTEMPTS
 from janus_batch.models import Item, Job, utcnow
 from janus_batch.queue import CHUNK_QUEUES, chunked, send_chunk, send_control
@@ -39,6 +40,7 @@ def sweep(ctx: Context, now: datetime | None = None) -> dict[str, int]:
     counts = {
         **requeue_expired(ctx, now),
         "requeued_pending": requeue_lost(ctx, now),
+        "windows_reopened": reopen_windows(ctx),
         "refinalized": resend_finalize(ctx, now),
         "reexpanded": resend_expand(ctx, now),
         "finalizing_started": start_finalizing(ctx),
@@ -140,6 +142,43 @@ def requeue_lost(ctx: Context, now: datetime) -> int:
         _enqueue(ctx, pending, "message lost", ctx.settings.chunk_size)
         total += len(taken)
     return total
+
+
+def reopen_windows(ctx: Context) -> int:
+    """Step 2b: live jobs with undispatched items but no chunk open (none dispatched pending,
+    none running: their window's messages were lost and their items already handed back)
+    get their window dispatched again."""
+    dispatched = and_(Item.status == ItemStatus.PENDING, Item.enqueued_at.is_not(None))
+    undispatched = and_(Item.status == ItemStatus.PENDING, Item.enqueued_at.is_(None))
+
+    def has(condition: Any) -> Any:
+        return select(Item.id).where(Item.job_id == Job.id, condition).exists()
+
+    with session_scope(ctx.database_url) as session:
+        stalled = session.execute(
+            select(Job.id, Job.kind)
+            .where(
+                Job.status.in_(LIVE_JOBS),
+                has(undispatched),
+                ~has(dispatched),
+                ~has(Item.status == ItemStatus.RUNNING),
+            )
+            .limit(BATCH)
+        ).all()
+    sent = 0
+    for job_id, kind in stalled:
+        n = dispatch(
+            ctx.database_url,
+            ctx.app,
+            job_id,
+            kind,
+            chunk_size=ctx.settings.chunk_size,
+            window=ctx.settings.dispatch_window,
+        )
+        if n:
+            log.info("job=%s no chunk open: its window of %d items dispatched again", job_id, n)
+            sent += 1
+    return sent
 
 
 def _stale_jobs(ctx: Context, condition: Any, cutoff: datetime, now: datetime) -> list[str]:

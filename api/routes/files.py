@@ -9,7 +9,7 @@ from fastapi import Response as FastAPIResponse
 
 from api.deps import DatabaseUrl, Owner, SettingsDep, StorageDep
 from api.downloads import object_response
-from api.errors import ErrorBody, HttpError
+from api.errors import HttpError, error_responses
 from api.metrics import MetricsDep
 from api.schemas import FilePublic, FilesPublic
 from api.views import file_public
@@ -17,7 +17,7 @@ from janus_batch import files
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
-ERRORS = {code: {"model": ErrorBody} for code in (401, 404, 413, 422, 503)}
+ERRORS = error_responses(401, 404, 413, 422, 503)
 
 
 @router.post("", status_code=201, response_model=FilePublic, responses=ERRORS)

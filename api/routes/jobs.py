@@ -9,7 +9,7 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import CeleryDep, DatabaseUrl, Owner, SettingsDep, StorageDep
 from api.downloads import iter_body, job_output_key, object_response
-from api.errors import ErrorBody, HttpError
+from api.errors import HttpError, Responses, error_responses
 from api.metrics import MetricsDep
 from api.schemas import ItemsPublic, JobCreate, JobPublic, JobsPublic
 from api.views import item_public, job_public
@@ -23,7 +23,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 NDJSON = "application/x-ndjson"
 _READ_CHUNK = 256 * 1024
-ERRORS = {code: {"model": ErrorBody} for code in (401, 404, 409, 413, 422, 503)}
+ERRORS = error_responses(401, 404, 409, 413, 422, 503)
 
 JobId = Annotated[str, Path(max_length=64, description="A job id (job_...).")]
 
@@ -33,7 +33,7 @@ def _view(job: Job, db: str, storage: StorageDep, request: Request) -> JobPublic
     return job_public(job, running, storage, request)
 
 
-REPLAY = {
+REPLAY: Responses = {
     200: {"model": JobPublic, "description": "The job created earlier with this Idempotency-Key."}
 }
 

@@ -69,7 +69,7 @@ DROPPED = ("key", "login_error")
 """Query parameters never carried into a link."""
 
 
-def with_params(request: Request, path: str | None = None, **changes: Any) -> str:
+def with_params(request: Request, path: str | None = None, /, **changes: Any) -> str:
     """This page's URL (or `path` under the app's root) with query parameters replaced
     (None removes one)."""
     params = {

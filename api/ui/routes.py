@@ -44,7 +44,7 @@ ERROR_ITEMS = 20
 
 
 def _render(
-    request: Request, name: str, settings: Any, status_code: int = 200, **context: Any
+    request: Request, name: str, settings: Any, status_code: int = 200, /, **context: Any
 ) -> Response:
     base = pages.root(request)
     context.update(

@@ -54,9 +54,9 @@ def snap_size(size: int) -> int:
 def make_thumbnail(data: bytes, size: int) -> bytes:
     """A JPEG whose longest side is at most `size`, from any image Pillow can read."""
     try:
-        with Image.open(BytesIO(data)) as img:
-            img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale
-            img = ImageOps.exif_transpose(img)
+        with Image.open(BytesIO(data)) as source:
+            source.draft("RGB", (size, size))  # JPEG: decode at a reduced scale
+            img = ImageOps.exif_transpose(source)
             img.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
             if img.mode in ("RGBA", "LA", "PA", "P"):
                 rgba = img.convert("RGBA")

@@ -21,7 +21,10 @@ import httpx
 
 from janus_batch.constants import CAPTION_QUEUE, CONTROL_QUEUE, GENERATE_QUEUE
 
-WORKER_QUEUES = f"{CAPTION_QUEUE},{GENERATE_QUEUE},{CONTROL_QUEUE}"
+GPU_QUEUES = f"{CAPTION_QUEUE},{GENERATE_QUEUE}"
+ALL_QUEUES = f"{GPU_QUEUES},{CONTROL_QUEUE}"
+CHUNKS_IN_FLIGHT = 4
+"""Chunk tasks a GPU worker runs at once (its threads pool): their requests share passes."""
 
 
 def free_port() -> int:
@@ -32,9 +35,15 @@ def free_port() -> int:
 
 
 def worker_command(
-    name: str = "worker", beat: bool = False, schedule: Path | None = None
+    name: str = "worker",
+    beat: bool = False,
+    schedule: Path | None = None,
+    *,
+    queues: str = GPU_QUEUES,
+    concurrency: int = CHUNKS_IN_FLIGHT,
 ) -> list[str]:
-    """The worker command line: one solo process (one per GPU), task events on for Flower."""
+    """A GPU worker (one per GPU): a threads pool of `concurrency` chunks in flight feeding
+    one engine thread; task events on for Flower (the main thread keeps heartbeating)."""
     cmd = [
         sys.executable,
         "-m",
@@ -43,11 +52,11 @@ def worker_command(
         "worker.app",
         "worker",
         "-P",
-        "solo",
+        "threads",
         "-c",
-        "1",
+        str(concurrency),
         "-Q",
-        WORKER_QUEUES,
+        queues,
         "-E",
         "-n",
         f"{name}@%h",
@@ -57,6 +66,14 @@ def worker_command(
     if beat:
         cmd += ["-B", "-s", str(schedule or "celerybeat-schedule")]
     return cmd
+
+
+def control_command(
+    name: str = "control", beat: bool = True, schedule: Path | None = None
+) -> list[str]:
+    """The control worker (one per deployment, no model): expand, finalize and the sweeper
+    (with its beat schedule), so control work never waits behind GPU work."""
+    return worker_command(name, beat, schedule, queues=CONTROL_QUEUE, concurrency=2)
 
 
 def api_command(port: int) -> list[str]:
@@ -129,27 +146,34 @@ def wait_http(url: str, child: Child, timeout: float = 60.0) -> None:
 
 @dataclass
 class Stack:
-    """A running API + worker."""
+    """A running API, GPU worker and control worker."""
 
     api_url: str
     api: Child
     worker: Child
+    control: Child
+
+    @property
+    def children(self) -> list[Child]:
+        return [self.worker, self.control, self.api]
 
 
 @contextmanager
 def local_stack(
     env: Mapping[str, str], log_dir: Path, *, beat: bool = True, api_port: int | None = None
 ) -> Iterator[Stack]:
-    """Run the API and one worker (with the sweeper schedule) until the block ends."""
+    """Run the API, one GPU worker and the control worker (with the sweeper schedule) until
+    the block ends."""
     port = api_port or free_port()
     env = {**os.environ, **env}
     with ExitStack() as stack:
-        worker = spawn(
-            "worker", worker_command("local", beat, log_dir / "celerybeat-schedule"), env, log_dir
-        )
+        worker = spawn("worker", worker_command("local"), env, log_dir)
         stack.callback(worker.stop)
+        schedule = log_dir / "celerybeat-schedule"
+        control = spawn("control", control_command("control", beat, schedule), env, log_dir)
+        stack.callback(control.stop)
         api = spawn("api", api_command(port), env, log_dir)
         stack.callback(api.stop)
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/healthz", api)
-        yield Stack(url, api, worker)
+        yield Stack(url, api, worker, control)

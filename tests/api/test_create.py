@@ -41,7 +41,7 @@ def _job(database_url: str, job_id: str) -> Job:
 def test_caption_job_inserts_items_and_enqueues_chunks(
     client, set_env, database_url, queue_len, queue_messages
 ):
-    settings = set_env(chunk_size="2", model="org/some-janus")
+    settings = set_env(chunk_size="2", dispatch_window="3", model="org/some-janus")
     job = caption_job(client, n=5, params={"prompt": "What is this?", "max_new_tokens": 40})
 
     assert job["id"].startswith("job_")

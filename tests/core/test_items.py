@@ -8,43 +8,65 @@ import json
 import redis
 from sqlalchemy import func, select
 
+from janus_batch import lifecycle
 from janus_batch.constants import GENERATE_QUEUE
 from janus_batch.db import session_scope
-from janus_batch.items import NewItem, add_items
+from janus_batch.items import NewItem, add_items, dispatch
+from janus_batch.lifecycle import Outcome
 from janus_batch.models import Item, Job
 from janus_batch.queue import make_celery
+from janus_batch.states import ItemStatus
 
 
-def test_pages_hold_whole_chunks_and_every_item_is_enqueued_once(
+def _chunks(redis_url: str, queue_prefix: str) -> list[list[int]]:
+    raw = redis.Redis.from_url(redis_url).lrange(f"{queue_prefix}{GENERATE_QUEUE}", 0, -1)
+    # Celery message protocol 2: body = [args, kwargs, embed]; args = [job_id, item_ids].
+    return [json.loads(_body(m))[0][1] for m in reversed(raw)]  # oldest first
+
+
+def test_a_job_keeps_a_window_of_chunks_in_the_broker_and_each_end_releases_one(
     settings_env, database_url: str, redis_url: str, queue_prefix: str
 ) -> None:
     with session_scope(database_url) as session:
-        session.add(
-            Job(
-                id="job_x",
-                owner="local",
-                kind="generate",
-                model="m",
-                params={},
-                output_prefix="jobs/job_x",
-            )
+        lifecycle.create_job(
+            session,
+            id="job_x",
+            owner="local",
+            kind="generate",
+            model="m",
+            params={},
+            source=None,
+            idempotency_key=None,
+            output_prefix="jobs/job_x",
         )
     app = make_celery(settings_env)
     items = (NewItem({"prompt": f"p{i}", "n": 1, "seed": i}) for i in range(250))
-    added = add_items(database_url, app, "job_x", "generate", items, chunk_size=32, page_size=100)
+    added = add_items(
+        database_url, app, "job_x", "generate", items, chunk_size=32, window=3, page_size=100
+    )
     assert added == 250
-
-    raw = redis.Redis.from_url(redis_url).lrange(f"{queue_prefix}{GENERATE_QUEUE}", 0, -1)
-    # Celery message protocol 2: body = [args, kwargs, embed]; args = [job_id, item_ids].
-    chunks = [json.loads(_body(m))[0][1] for m in raw]
-    sizes = sorted((len(c) for c in chunks), reverse=True)
-    # A page of 100 rounds down to 96 (3 whole chunks): pages 96, 96, 58 -> 32 x 7 + 26.
-    assert sizes == [32] * 7 + [26]
-    ids = [i for c in chunks for i in c]
-    assert len(ids) == len(set(ids)) == 250
     with session_scope(database_url) as session:
         assert session.scalar(select(func.count()).select_from(Item)) == 250
         assert session.get(Job, "job_x").total == 250
+        idx_of = dict(session.execute(select(Item.id, Item.idx)).all())
+
+    chunks = _chunks(redis_url, queue_prefix)
+    assert [[idx_of[i] for i in c] for c in chunks] == [
+        list(range(0, 32)),
+        list(range(32, 64)),
+        list(range(64, 96)),
+    ]  # a window of 3 chunks, in idx order, however many pages were inserted
+    assert dispatch(database_url, app, "job_x", "generate", chunk_size=32, window=3) == 0
+
+    with session_scope(database_url) as session:  # the first chunk runs and ends
+        claimed = lifecycle.claim(session, "job_x", chunks[0], lease_seconds=60)
+        assert dispatch(database_url, app, "job_x", "generate", chunk_size=32, window=3) == 0
+        lifecycle.complete(session, [Outcome(c, ItemStatus.SUCCEEDED) for c in claimed])
+    assert dispatch(database_url, app, "job_x", "generate", chunk_size=32, window=3) == 32
+    released = _chunks(redis_url, queue_prefix)[3]
+    assert [idx_of[i] for i in released] == list(range(96, 128))
+    ids = [i for c in _chunks(redis_url, queue_prefix) for i in c]
+    assert len(ids) == len(set(ids)) == 128  # every item sent once
 
 
 def _body(message: bytes) -> str:

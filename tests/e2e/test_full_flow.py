@@ -69,7 +69,7 @@ def test_full_job_flow(
         assert caption["status"] == generate["status"] == "queued"
         assert caption["counts"]["total"] == 8 and generate["counts"]["total"] == 3
 
-        children = [stack.worker, stack.api]
+        children = stack.children
         caption = wait_final(http, caption["id"], children)
         generate = wait_final(http, generate["id"], children)
 

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from janus_batch import constants
-from janus_batch.ops.stack import api_command, free_port, wait_http, worker_command
+from janus_batch.ops.stack import ALL_QUEUES, api_command, free_port, wait_http, worker_command
 from tests.e2e.helpers import assert_counters_match_items, jsonl, post_job, read_rows, wait_final
 
 PROMPTS = [{"prompt": f"a small house with a green door, number {i}", "seed": i} for i in range(5)]
@@ -29,7 +29,11 @@ def test_lost_message_is_finished_by_the_sweeper(
     processes: Any,
     tmp_path: Path,
 ) -> None:
-    env = {**stack_env, "JANUS_BATCH_CHUNK_SIZE": str(CHUNK_SIZE)}
+    env = {
+        **stack_env,
+        "JANUS_BATCH_CHUNK_SIZE": str(CHUNK_SIZE),
+        "JANUS_BATCH_DISPATCH_WINDOW": "3",
+    }
     port = free_port()
     api = processes("api", api_command(port), env)
     api_url = f"http://127.0.0.1:{port}"
@@ -51,7 +55,9 @@ def test_lost_message_is_finished_by_the_sweeper(
                 "JANUS_BATCH_SWEEP_INTERVAL": "1",
             }
             schedule = tmp_path / "celerybeat-schedule"
-            worker = processes("worker", worker_command("lost", True, schedule), worker_env)
+            worker = processes(
+                "worker", worker_command("lost", True, schedule, queues=ALL_QUEUES), worker_env
+            )
             done = wait_final(http, job["id"], [worker, api], timeout=180)
     finally:
         queue.close()

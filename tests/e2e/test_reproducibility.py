@@ -31,7 +31,7 @@ def pixels(data: bytes) -> tuple[str, tuple[int, int], bytes]:
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_generated_image_regenerates_alone(stack_env: dict[str, str], start_stack: Any) -> None:
     stack = start_stack(stack_env)
-    children = [stack.worker, stack.api]
+    children = stack.children
     with httpx.Client(base_url=stack.api_url, timeout=30) as http:
         first = post_job(
             http,

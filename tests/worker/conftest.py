@@ -75,6 +75,7 @@ def make_ctx(
 
     yield make
     for ctx in made:
+        ctx.pipelines.close()
         ctx.storage.close()
 
 

@@ -75,7 +75,15 @@ def create_job(
                 generate_item(raw, parsed, where=f"items[{i}]", max_prompt_chars=4000, max_n=16)
                 for i, raw in enumerate(items or [])
             ]
-        add_items(ctx.database_url, ctx.app, job_id, kind, new, chunk_size=settings.chunk_size)
+        add_items(
+            ctx.database_url,
+            ctx.app,
+            job_id,
+            kind,
+            new,
+            chunk_size=settings.chunk_size,
+            window=settings.dispatch_window,
+        )
         with session_scope(ctx.database_url) as session:
             session.execute(update(Job).where(Job.id == job_id).values(expanded=True))
     return job_id
@@ -179,15 +187,31 @@ def cancel_like_the_api(ctx: Context, job_id: str) -> None:
     cancel_job(ctx.database_url, ctx.app, constants.LOCAL_OWNER, job_id)
 
 
-class CancellingEngine:
-    """The tiny engine, with the job cancelled (as the API does) during the first call."""
+class EngineDouble:
+    """The tiny engine's pass-level API, for doubles to override `run_pass`."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.model_name = engine.model_name
+        self.max_batch_rows = engine.max_batch_rows
+        self.image_size = engine.image_size
+        self.prepare = engine.prepare
+        self.unit_rows = engine.unit_rows
+        self.decode = engine.decode
+
+    def run_pass(self, units: list[Any]) -> list[Any]:
+        return self.engine.run_pass(units)
+
+
+class CancellingEngine(EngineDouble):
+    """The tiny engine, with the job cancelled (as the API does) during the first pass."""
 
     def __init__(self, engine: Any, ctx: Context, job_id: str) -> None:
-        self.engine, self.ctx, self.job_id, self.calls = engine, ctx, job_id, 0
-        self.model_name = engine.model_name
+        super().__init__(engine)
+        self.ctx, self.job_id, self.calls = ctx, job_id, 0
 
-    def generate(self, requests: list[Any]) -> list[Any]:
+    def run_pass(self, units: list[Any]) -> list[Any]:
         self.calls += 1
         if self.calls == 1:
             cancel_like_the_api(self.ctx, self.job_id)
-        return self.engine.generate(requests)
+        return self.engine.run_pass(units)

@@ -6,6 +6,7 @@ from typing import Any
 
 from janus_batch.states import ItemStatus, JobKind, JobStatus
 from tests.worker.helpers import (
+    EngineDouble,
     create_job,
     drain,
     get_items,
@@ -80,18 +81,19 @@ def test_caption_chunk_fails_only_bad_items(ctx: Any, s3_env: Any) -> None:
     assert results[0]["params"]["max_new_tokens"] == 6
 
 
-class ExplodingEngine:
-    """An engine whose caption call raises for the whole micro-batch."""
+class ExplodingEngine(EngineDouble):
+    """An engine whose every pass raises."""
 
-    model_name = "exploding"
-
-    def caption(self, requests: list[Any]) -> list[Any]:
+    def run_pass(self, units: list[Any]) -> list[Any]:
         raise RuntimeError("CUDA error: device-side assert triggered")
 
 
-def test_engine_exception_fails_the_micro_batch_not_the_worker(make_ctx: Any, s3_env: Any) -> None:
+def test_engine_exception_fails_the_pass_not_the_worker(
+    make_ctx: Any, s3_env: Any, tiny_engine: Any
+) -> None:
     ctx = make_ctx()
-    ctx = type(ctx)(ctx.settings, ctx.storage, ctx.app, engine=ExplodingEngine)
+    exploding = ExplodingEngine(tiny_engine)
+    ctx = type(ctx)(ctx.settings, ctx.storage, ctx.app, engine=lambda: exploding)
     client = s3_env.client()
     client.put_object(Bucket=s3_env.bucket, Key="a.png", Body=png_bytes())
     job_id = create_job(ctx, JobKind.CAPTION, [f"s3://{s3_env.bucket}/a.png"] * 5)

@@ -8,7 +8,7 @@ from typing import Any
 
 from janus import JanusRuntimeError
 from janus_batch.states import ItemStatus, JobKind
-from tests.worker.helpers import create_job, get_items, get_job, pop_message
+from tests.worker.helpers import EngineDouble, create_job, get_items, get_job, pop_message
 from worker.chunk import run_chunk
 from worker.context import Context
 from worker.generate import GenerateHandler
@@ -16,20 +16,20 @@ from worker.generate import GenerateHandler
 OOM = "out of memory on cpu: tried to allocate 2.00 GiB"
 
 
-class OomEngine:
+class OomEngine(EngineDouble):
     """The tiny engine, raising the engine's out-of-memory error when `fails(prompts)`."""
 
     def __init__(self, engine: Any, fails: Callable[[list[str]], bool]) -> None:
-        self.engine, self.fails = engine, fails
-        self.model_name = engine.model_name
+        super().__init__(engine)
+        self.fails = fails
         self.calls: list[list[str]] = []
 
-    def generate(self, requests: list[Any]) -> list[Any]:
-        prompts = [r.prompt for r in requests]
+    def run_pass(self, units: list[Any]) -> list[Any]:
+        prompts = [u.request.prompt for u in units]
         self.calls.append(prompts)
         if self.fails(prompts):
             raise JanusRuntimeError(OOM)
-        return self.engine.generate(requests)
+        return self.engine.run_pass(units)
 
 
 def run_with(ctx: Context, tiny_engine: Any, fails: Callable[[list[str]], bool]) -> Any:

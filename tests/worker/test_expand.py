@@ -98,7 +98,8 @@ def test_expand_enqueues_while_the_listing_goes_on(
     assert expand_source(ctx, job_id) == 6
     assert [uri for uri, _ in seen] == expected
     assert [queued for _, queued in seen] == [0, 0, 1, 1, 2, 2]
-    assert len(peek_messages(ctx, "janus.caption")) == 3
+    # the job's window (JANUS_BATCH_DISPATCH_WINDOW=2) is full: the third chunk waits in SQL
+    assert len(peek_messages(ctx, "janus.caption")) == ctx.settings.dispatch_window == 2
 
 
 def test_expand_resumes_after_the_last_inserted_key(ctx: Any, s3_env: Any) -> None:
@@ -106,7 +107,8 @@ def test_expand_resumes_after_the_last_inserted_key(ctx: Any, s3_env: Any) -> No
     job_id = create_job(ctx, JobKind.CAPTION, source={"s3_prefix": f"s3://{s3_env.bucket}/photos/"})
     params = parse_params(JobKind.CAPTION, get_job(ctx, job_id).params, max_n=16)
     first = [caption_item(uri, params, where="x", max_prompt_chars=99) for uri in expected[:2]]
-    add_items(ctx.database_url, ctx.app, job_id, JobKind.CAPTION, first, chunk_size=8)  # crash
+    add_items(ctx.database_url, ctx.app, job_id, JobKind.CAPTION, first, chunk_size=8, window=9)
+    # ... and the expansion crashed here
 
     assert expand_source(ctx, job_id) == 4
     rows = get_items(ctx, job_id)
@@ -206,7 +208,8 @@ def test_manifest_resume_skips_lines_already_added(ctx: Any, s3_env: Any) -> Non
     params = parse_params(JobKind.CAPTION, get_job(ctx, job_id).params, max_n=16)
     uri = f"s3://{s3_env.bucket}/m/cat.png"
     done = [caption_item(uri, params, where="x", max_prompt_chars=99)] * 3
-    add_items(ctx.database_url, ctx.app, job_id, JobKind.CAPTION, done, chunk_size=8)  # crash
+    add_items(ctx.database_url, ctx.app, job_id, JobKind.CAPTION, done, chunk_size=8, window=9)
+    # ... and the expansion crashed here
 
     assert expand_source(ctx, job_id) == 3
     rows = get_items(ctx, job_id)

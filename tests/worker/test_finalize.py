@@ -8,11 +8,11 @@ import pytest
 from sqlalchemy import update
 
 from janus_batch.db import session_scope
+from janus_batch.items import iter_items
 from janus_batch.models import Item, Job, utcnow
 from janus_batch.results import iter_job_lines
 from janus_batch.states import ItemStatus, JobKind, JobStatus
 from tests.worker.helpers import create_job, get_job, read_jsonl
-from janus_batch.items import iter_items
 from worker.finalize import final_status, finalize_job, write_manifests
 
 

@@ -9,7 +9,6 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -20,12 +19,13 @@ from sqlalchemy.exc import OperationalError
 import worker.chunk
 from janus_batch import lifecycle
 from janus_batch.db import session_scope
-from janus_batch.lifecycle import Outcome
 from janus_batch.models import Item, utcnow
 from janus_batch.states import ItemStatus, JobKind
-from tests.worker.helpers import create_job, get_items, get_job, pop_message
+from tests.worker.helpers import EngineDouble, create_job, get_items, get_job, pop_message
 from worker import heartbeat as heartbeat_module
-from worker.chunk import Work, run_chunk
+from worker.chunk import run_chunk
+from worker.context import PipelineHolder
+from worker.generate import GenerateHandler
 from worker.heartbeat import LeaseHeartbeat
 from worker.sweeper import sweep
 
@@ -37,31 +37,36 @@ def expire(ctx: Any, ids: list[int]) -> None:
         )
 
 
-class SlowHandler:
-    """A handler stand-in: the fetch and each micro-batch (one item) take `seconds`; `during`
-    runs inside the first micro-batch."""
+class SlowEngine(EngineDouble):
+    """The tiny engine, each pass `seconds` slower; `during` runs inside the first pass."""
 
-    kind = JobKind.GENERATE
+    def __init__(self, engine: Any, seconds: float, during: Any = None) -> None:
+        super().__init__(engine)
+        self.seconds, self.during = seconds, during
+        self.ran: list[str] = []
 
-    def __init__(self, seconds: float, during: Any = None) -> None:
-        self.seconds = seconds
-        self.during = during
-        self.ran: list[int] = []
-
-    def prepare(self, ctx: Any, job: Any, items: list[Any]) -> tuple[list[Work], list[Outcome]]:
-        time.sleep(self.seconds)
-        return [Work(item, None) for item in items], []
-
-    def batches(self, ctx: Any, work: list[Work]) -> Iterator[list[Work]]:
-        for w in work:
-            yield [w]
-
-    def run(self, ctx: Any, job: Any, batch: list[Work]) -> list[Outcome]:
+    def run_pass(self, units: list[Any]) -> list[Any]:
         if self.during is not None and not self.ran:
             self.during()
         time.sleep(self.seconds)
-        self.ran.extend(w.item.id for w in batch)
-        return [Outcome(w.item, ItemStatus.SUCCEEDED, result={"images": []}) for w in batch]
+        self.ran.extend(unit.request.prompt for unit in units)
+        return self.engine.run_pass(units)
+
+
+class SlowHandler(GenerateHandler):
+    """The generate handler, its preparation (the fetch) taking `seconds`."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def prepare(self, ctx: Any, job: Any, items: list[Any]) -> Any:
+        time.sleep(self.seconds)
+        return super().prepare(ctx, job, items)
+
+
+def slow(ctx: Any, tiny_engine: Any, seconds: float, during: Any = None) -> tuple[Any, SlowEngine]:
+    engine = SlowEngine(tiny_engine, seconds, during)
+    return dataclasses.replace(ctx, engine=lambda: engine, pipelines=PipelineHolder()), engine
 
 
 def short_lease(ctx: Any, seconds: int = 1) -> Any:
@@ -71,12 +76,12 @@ def short_lease(ctx: Any, seconds: int = 1) -> Any:
 
 
 def test_slow_chunk_keeps_its_lease_against_a_live_sweeper(
-    ctx: Any, monkeypatch: pytest.MonkeyPatch
+    ctx: Any, tiny_engine: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(
         worker.chunk, "LeaseHeartbeat", functools.partial(LeaseHeartbeat, interval=0.2)
     )
-    ctx = short_lease(ctx)
+    ctx, _ = slow(short_lease(ctx), tiny_engine, seconds=1.3)
     job_id = create_job(ctx, JobKind.GENERATE, ["a"])
     _, (_, ids) = pop_message(ctx, "janus.generate")
     swept: Counter[str] = Counter()
@@ -89,11 +94,12 @@ def test_slow_chunk_keeps_its_lease_against_a_live_sweeper(
 
     thread = threading.Thread(target=sweeper)
     thread.start()
-    try:  # the fetch and the micro-batch each outlast the 1 s lease
+    try:  # the fetch and the pass each outlast the 1 s lease
         counts = run_chunk(ctx, SlowHandler(seconds=1.3), job_id, ids)
     finally:
         done.set()
         thread.join()
+        ctx.pipelines.close()
 
     assert counts == {ItemStatus.SUCCEEDED: 1}
     assert (swept["requeued_leases"], swept["poisoned"]) == (0, 0)
@@ -117,17 +123,25 @@ def test_extend_lease_returns_only_owned_ids(ctx: Any) -> None:
     assert [r.status for r in rows] == [ItemStatus.PENDING, ItemStatus.PENDING, "running"]
 
 
-def test_chunk_does_not_run_items_taken_back(ctx: Any) -> None:
-    job_id = create_job(ctx, JobKind.GENERATE, ["a", "b", "c"])
+def test_chunk_does_not_run_items_taken_back(
+    ctx: Any, tiny_engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        worker.chunk, "LeaseHeartbeat", functools.partial(LeaseHeartbeat, interval=0.2)
+    )
+    job_id = create_job(ctx, JobKind.GENERATE, ["a", "b", "c"])  # guided: 2 rows, 2 per pass
     _, (_, ids) = pop_message(ctx, "janus.generate")
 
-    def taken_back() -> None:  # while the first micro-batch runs, the lease of the last lapses
+    def taken_back() -> None:  # while the first pass runs, the lease of the last lapses
         expire(ctx, ids[2:])
         assert sweep(ctx)["requeued_leases"] == 1
 
-    handler = SlowHandler(seconds=0, during=taken_back)
-    assert run_chunk(ctx, handler, job_id, ids) == {ItemStatus.SUCCEEDED: 2}
-    assert handler.ran == ids[:2]
+    ctx, engine = slow(ctx, tiny_engine, seconds=0.6, during=taken_back)
+    try:
+        assert run_chunk(ctx, SlowHandler(seconds=0), job_id, ids) == {ItemStatus.SUCCEEDED: 2}
+    finally:
+        ctx.pipelines.close()
+    assert engine.ran == ["a", "b"]  # the heartbeat saw the loss before the next pass
     rows = get_items(ctx, job_id)
     assert [(r.status, r.attempts) for r in rows] == [
         (ItemStatus.SUCCEEDED, 1),

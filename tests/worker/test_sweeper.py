@@ -204,3 +204,23 @@ def test_cancelling_job_with_lost_pending_items_is_finished(make_ctx: Any) -> No
     job = get_job(ctx, job_id)
     assert (job.status, job.succeeded, job.cancelled) == (JobStatus.CANCELLED, 1, 2)
     assert [r.status for r in get_items(ctx, job_id)] == ["succeeded", "cancelled", "cancelled"]
+
+
+def test_a_job_whose_window_was_lost_gets_it_back(make_ctx: Any) -> None:
+    """A chunk ended but its worker died before releasing the job's next chunk (or the broker
+    lost it): nothing of the job is open any more, so the sweeper dispatches the window."""
+    ctx = make_ctx(dispatch_window="1")
+    job_id = create_job(ctx, JobKind.GENERATE, [f"p{i}" for i in range(20)])  # chunks of 8
+    _, (_, first) = pop_message(ctx, "janus.generate")
+    assert pop_message(ctx, "janus.generate") is None  # one chunk open: the window
+    assert sweep(ctx)["windows_reopened"] == 0
+    with session_scope(ctx.database_url) as session:  # the chunk ran, then its worker died
+        claimed = lifecycle.claim(session, job_id, first, lease_seconds=60)
+        outcomes = [lifecycle.Outcome(c, ItemStatus.SUCCEEDED, result={}) for c in claimed]
+        lifecycle.complete(session, outcomes)
+
+    assert sweep(ctx)["windows_reopened"] == 1
+    _, (_, second) = pop_message(ctx, "janus.generate")
+    rows = {row.id: row.idx for row in get_items(ctx, job_id)}
+    assert [rows[i] for i in second] == list(range(8, 16))
+    assert sweep(ctx)["windows_reopened"] == 0  # that chunk is open now

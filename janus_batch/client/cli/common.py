@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -19,10 +19,13 @@ from typer.core import TyperGroup
 
 from janus_batch.client.http import ApiError, Client
 
-try:  # typer 0.2x vendors its own click
+if TYPE_CHECKING:  # checked against the installed typer, which vendors its own click
     from typer._click.exceptions import UsageError as ClickUsageError
-except ImportError:  # pragma: no cover - older typer on the real click
-    from click.exceptions import UsageError as ClickUsageError
+else:
+    try:  # typer 0.2x vendors its own click
+        from typer._click.exceptions import UsageError as ClickUsageError
+    except ImportError:  # pragma: no cover - older typer on the real click
+        from click.exceptions import UsageError as ClickUsageError
 
 OK = 0
 ITEMS_FAILED = 1
