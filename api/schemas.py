@@ -103,6 +103,11 @@ class JobPublic(BaseModel):
     eta_seconds: float | None
     output: JobOutput
     error: str | None
+    live_workers: int | None = Field(
+        default=None,
+        description="Live workers consuming this job's queue (single-job responses only); 0: "
+        "nothing will run it until a worker starts.",
+    )
 
 
 class JobsPublic(BaseModel):

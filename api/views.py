@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import redis
 from fastapi import Request
 
 from api.schemas import Counts, FilePublic, ItemPublic, JobOutput, JobPublic
+from janus_batch import fleet
 from janus_batch.constants import ERRORS_NAME, RESULTS_NAME
 from janus_batch.jobs import as_utc
 from janus_batch.models import File, Item, Job
+from janus_batch.settings import get_settings
 from janus_batch.states import JOB_FINAL
 from janus_batch.storage import Storage
 
@@ -117,3 +120,17 @@ def file_public(row: File) -> FilePublic:
         sha256=row.sha256,
         created_at=as_utc(row.created_at),
     )
+
+
+def live_consumers(queue: str) -> int | None:
+    """Live workers consuming `queue` (their announcements in Redis); None if Redis does
+    not answer."""
+    client = redis.Redis.from_url(
+        get_settings().redis_url, socket_connect_timeout=2, socket_timeout=2
+    )
+    try:
+        return fleet.consumers(fleet.live_workers(client, get_settings().queue_prefix), queue)
+    except redis.RedisError:
+        return None
+    finally:
+        client.close()

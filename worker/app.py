@@ -32,6 +32,7 @@ from janus_batch.queue import get_celery
 from janus_batch.settings import get_settings
 from worker import metrics, runtime
 from worker.context import current_context
+from worker.presence import Presence
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ def serve_metrics(port: int) -> bool:
 
 
 _threads_pool = False
+_presence: Presence | None = None
 
 
 @signals.worker_init.connect
@@ -73,10 +75,21 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
 
 
 @signals.worker_ready.connect
-def _on_worker_ready(**_: Any) -> None:
-    """A threads-pool worker runs its tasks in this process: set it up once, here."""
+def _on_worker_ready(sender: Any = None, **_: Any) -> None:
+    """Announce the worker and its queues (`janus_batch.fleet`); a threads-pool worker runs
+    its tasks in this process: set it up once, here."""
+    global _presence
+    queues = [q.name for q in sender.task_consumer.queues] if sender is not None else []
+    _presence = Presence(get_settings(), sender.hostname, queues).start()
     if _threads_pool:
         _on_process_init()
+
+
+@signals.worker_shutdown.connect
+def _on_worker_shutdown(**_: Any) -> None:
+    """Withdraw the announcement at once (a killed worker's key expires by itself)."""
+    if _presence is not None:
+        _presence.stop()
 
 
 @signals.worker_process_init.connect

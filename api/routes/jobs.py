@@ -12,10 +12,11 @@ from api.downloads import iter_body, job_output_key, object_response
 from api.errors import HttpError, Responses, error_responses
 from api.metrics import MetricsDep
 from api.schemas import ItemsPublic, JobCreate, JobPublic, JobsPublic
-from api.views import item_public, job_public
+from api.views import item_public, job_public, live_consumers
 from janus_batch import jobs
 from janus_batch.constants import ERRORS_NAME, RESULTS_NAME
 from janus_batch.models import Job
+from janus_batch.queue import CHUNK_QUEUES
 from janus_batch.results import iter_job_lines
 from janus_batch.states import JOB_FINAL, ItemStatus, JobKind, JobStatus
 
@@ -30,7 +31,10 @@ JobId = Annotated[str, Path(max_length=64, description="A job id (job_...).")]
 
 def _view(job: Job, db: str, storage: StorageDep, request: Request) -> JobPublic:
     running = jobs.running_counts(db, [job.id]).get(job.id, 0)
-    return job_public(job, running, storage, request)
+    view = job_public(job, running, storage, request)
+    if job.status not in JOB_FINAL:
+        view.live_workers = live_consumers(CHUNK_QUEUES[JobKind(job.kind)])
+    return view
 
 
 REPLAY: Responses = {

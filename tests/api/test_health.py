@@ -10,9 +10,35 @@ def test_healthz_and_readyz_ok(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {
-        "status": "ok", "checks": {"database": "ok", "redis": "ok", "storage": "ok"}
-    }  # fmt: skip
+    body = ready.json()
+    assert (body["status"], body["checks"]) == (
+        "ok", {"database": "ok", "redis": "ok", "storage": "ok"}
+    )  # fmt: skip
+
+
+def test_readyz_and_jobs_say_when_no_live_worker_consumes_a_queue(client, settings_env):
+    """No worker announced: the API is ready, but says jobs would wait; a worker that
+    announces itself (as every worker process does, `worker.presence`) is counted."""
+    import redis
+
+    from janus_batch import fleet
+
+    body = client.get("/readyz").json()
+    assert body["workers"] == {"janus.caption": 0, "janus.generate": 0, "janus.control": 0}
+    assert "no live worker consumes janus.generate" in body["warnings"]
+    job = client.post("/v1/jobs", json={"kind": "generate", "items": ["a fox"]}).json()
+    assert job["live_workers"] == 0
+    assert client.get(f"/v1/jobs/{job['id']}").json()["live_workers"] == 0
+
+    r = redis.Redis.from_url(settings_env.redis_url)
+    fleet.announce(r, settings_env.queue_prefix, "gpu0@h", ["janus.caption", "janus.generate"])
+    fleet.announce(r, settings_env.queue_prefix, "control@h", ["janus.control"], ttl=1)
+    body = client.get("/readyz").json()
+    assert body["workers"] == {"janus.caption": 1, "janus.generate": 1, "janus.control": 1}
+    assert body["warnings"] == []
+    assert client.get(f"/v1/jobs/{job['id']}").json()["live_workers"] == 1
+    fleet.withdraw(r, settings_env.queue_prefix, "gpu0@h")
+    assert client.get(f"/v1/jobs/{job['id']}").json()["live_workers"] == 0
 
 
 def test_readyz_503_when_redis_is_down(client, set_env):

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from janus_batch.ops.stack import api_command, free_port, spawn, wait_http
@@ -80,12 +81,16 @@ def test_the_client_installs_without_the_server_or_the_model(client_venv: Path) 
         assert command in helped.stdout
 
 
-def test_client_lists_jobs_of_a_running_api(client_venv: Path, tmp_path: Path) -> None:
+def test_client_lists_jobs_of_a_running_api(
+    client_venv: Path, tmp_path: Path, redis_url: str, queue_prefix: str
+) -> None:
     port = free_port()
     env = {
         **os.environ,
         "JANUS_BATCH_DATA_DIR": str(tmp_path / "data"),
         "JANUS_BATCH_DATABASE_URL": f"sqlite:///{tmp_path / 'jobs.db'}",
+        "JANUS_BATCH_REDIS_URL": redis_url,
+        "JANUS_BATCH_QUEUE_PREFIX": queue_prefix,
         "JANUS_BATCH_AUTH_MODE": "open",
     }
     from janus_batch.db import dispose_engines
@@ -99,6 +104,12 @@ def test_client_lists_jobs_of_a_running_api(client_venv: Path, tmp_path: Path) -
         listed = _run(client_venv, "list", "--api-url", f"http://127.0.0.1:{port}", "--json")
         assert listed.returncode == 0, listed.stderr
         assert json.loads(listed.stdout) == {"data": [], "next_cursor": None, "has_more": False}
+        api_url = f"http://127.0.0.1:{port}"
+        job = httpx.post(f"{api_url}/v1/jobs", json={"kind": "generate", "items": ["a fox"]})
+        shown = _run(client_venv, "status", job.json()["id"], "--api-url", api_url)
+        assert shown.returncode == 0, shown.stderr
+        # no worker runs here: the status says the job will wait
+        assert "no live worker consumes this job's queue" in " ".join(shown.stdout.split())
     finally:
         api.stop()
     refused = _run(client_venv, "list", "--api-url", f"http://127.0.0.1:{port}")

@@ -58,6 +58,17 @@ def describe(job: dict) -> str:
     return f"{job['status']:<10} " + "  ".join(parts)
 
 
+NO_WORKER = (
+    "no live worker consumes this job's queue: it waits until one starts "
+    "(README: Running it as a service)"
+)
+
+
+def no_worker(job: dict) -> bool:
+    """The API says no live worker would run this unfinished job."""
+    return job.get("live_workers") == 0 and job["status"] not in FINAL_STATUSES
+
+
 def watch_jobs(
     client: Client,
     job_ids: list[str],
@@ -70,12 +81,16 @@ def watch_jobs(
     log file, CI), a line is printed each time a job's counts change instead."""
     deadline = None if timeout is None else time.monotonic() + timeout
     jobs: dict[str, dict] = {}
+    warned: set[str] = set()
     with _Display(console, job_ids) as display:
         while True:
             for job_id in job_ids:
                 if jobs.get(job_id, {}).get("status") not in FINAL_STATUSES:
                     jobs[job_id] = client.get_job(job_id)
                     display.show(jobs[job_id])
+                    if no_worker(jobs[job_id]) and job_id not in warned:
+                        warned.add(job_id)
+                        console.print(f"[yellow]{job_id}: {NO_WORKER}[/]", soft_wrap=True)
             if all(job["status"] in FINAL_STATUSES for job in jobs.values()):
                 return [jobs[job_id] for job_id in job_ids]
             if deadline is not None and time.monotonic() > deadline:

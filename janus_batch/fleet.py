@@ -1,0 +1,51 @@
+"""Which workers are alive and which queues they consume.
+
+Each worker process announces itself in Redis (`janus:worker:<hostname>`, a key that expires
+after `TTL` seconds unless its presence thread refreshes it every `TTL / 3`), so the API can
+say when no live worker consumes a kind's queue (`/readyz`, a job's `live_workers`) instead
+of showing a job `queued` forever with everything "ok".
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from typing import Any
+
+KEY = "janus:worker:"
+TTL = 30
+
+
+def announce(
+    client: Any, prefix: str, hostname: str, queues: Iterable[str], ttl: int = TTL
+) -> None:
+    """Say that `hostname` is alive and consumes `queues` (for the next `ttl` seconds)."""
+    body = json.dumps({"queues": sorted(queues), "at": time.time()})
+    client.set(f"{prefix}{KEY}{hostname}", body, ex=ttl)
+
+
+def withdraw(client: Any, prefix: str, hostname: str) -> None:
+    """The worker is shutting down: forget it at once."""
+    client.delete(f"{prefix}{KEY}{hostname}")
+
+
+def live_workers(client: Any, prefix: str) -> dict[str, list[str]]:
+    """{hostname: queues} of every worker whose announcement has not expired."""
+    found: dict[str, list[str]] = {}
+    pattern = f"{prefix}{KEY}*"
+    for key in client.scan_iter(match=pattern, count=100):
+        raw = client.get(key)
+        if raw is None:
+            continue
+        name = key.decode() if isinstance(key, bytes) else str(key)
+        try:
+            found[name[len(prefix) + len(KEY) :]] = list(json.loads(raw)["queues"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return found
+
+
+def consumers(workers: dict[str, list[str]], queue: str) -> int:
+    """How many of `workers` consume `queue`."""
+    return sum(1 for queues in workers.values() if queue in queues)

@@ -1,0 +1,47 @@
+"""A worker's presence in Redis (`janus_batch.fleet`): announced at start, refreshed by a
+daemon thread every third of its TTL, withdrawn at shutdown."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+
+import redis
+
+from janus_batch import fleet
+from janus_batch.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Presence:
+    """Keeps `hostname` (consuming `queues`) announced while the worker lives."""
+
+    def __init__(self, settings: Settings, hostname: str, queues: Iterable[str]) -> None:
+        self.prefix = settings.queue_prefix
+        self.hostname = hostname
+        self.queues = sorted(queues)
+        self._client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="janus-presence", daemon=True)
+
+    def start(self) -> Presence:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        try:
+            fleet.withdraw(self._client, self.prefix, self.hostname)
+        except redis.RedisError as exc:
+            log.warning("presence not withdrawn: %s", exc)
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                fleet.announce(self._client, self.prefix, self.hostname, self.queues)
+            except redis.RedisError as exc:  # Redis away: the key expires, the API says so
+                log.warning("presence not announced: %s", exc)
+            if self._stop.wait(fleet.TTL / 3):
+                return
