@@ -49,6 +49,12 @@ class JobCreate(BaseModel):
     )
 
     kind: JobKind
+    priority: int = Field(
+        default=0,
+        ge=-100,
+        le=100,
+        description="Higher runs first among jobs of the same kind on a worker (default 0).",
+    )
     params: dict[str, Any] | None = Field(
         default=None,
         description="caption: prompt, max_new_tokens, temperature, top_p; "
@@ -103,6 +109,7 @@ class JobPublic(BaseModel):
     eta_seconds: float | None
     output: JobOutput
     error: str | None
+    priority: int = 0
     live_workers: int | None = Field(
         default=None,
         description="Live workers consuming this job's queue (single-job responses only); 0: "

@@ -92,6 +92,7 @@ def job_public(job: Job, running: int, storage: Storage, request: Request) -> Jo
             errors_url=_download_url(job, storage, request, ERRORS_NAME, errors=True),
         ),
         error=job.error,
+        priority=job.priority or 0,
     )
 
 

@@ -197,8 +197,7 @@ class JanusEngine:
                     results.append(GenerateResult(error=tokens))
                     continue
                 images = tuple(
-                    GeneratedImage(self.decode(t), seed, k, t)
-                    for k, (seed, t) in enumerate(tokens)
+                    GeneratedImage(self.decode(t), seed, k, t) for k, (seed, t) in enumerate(tokens)
                 )
                 results.append(GenerateResult(images=images))
         return results

@@ -65,6 +65,7 @@ def create_job(
     items: list[Any] | None = None,
     source: dict[str, Any] | None = None,
     idempotency_key: str | None = None,
+    priority: int = 0,
 ) -> tuple[Job, bool]:
     """Validate everything, write the job, enqueue its work; returns (job, created).
 
@@ -77,6 +78,8 @@ def create_job(
     database_url = settings.resolved_database_url()
     if idempotency_key is not None:
         _check_idempotency_key(idempotency_key)
+    if isinstance(priority, bool) or not isinstance(priority, int) or not -100 <= priority <= 100:
+        raise InvalidInput("priority", "must be an integer between -100 and 100")
     request = _validate(settings, owner, kind, params, items, source)
     if idempotency_key is not None and (
         existing := _find_idempotent(database_url, owner, idempotency_key)
@@ -94,6 +97,7 @@ def create_job(
                 params=request.params,
                 source=request.source,
                 idempotency_key=idempotency_key,
+                priority=priority,
                 output_prefix=f"jobs/{job_id}",
                 created_at=utcnow(),
             )

@@ -68,6 +68,7 @@ class Job(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
     output_prefix: Mapped[str] = mapped_column(String(1024))
     expanded: Mapped[bool] = mapped_column(Boolean, default=False)
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     total: Mapped[int] = mapped_column(Integer, default=0)
     succeeded: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
@@ -91,6 +92,7 @@ class Item(Base):
     __table_args__ = (
         UniqueConstraint("job_id", "idx", name="uq_items_job_idx"),
         Index("ix_items_job_status", "job_id", "status"),
+        Index("ix_items_job_status_idx", "job_id", "status", "idx"),
         Index("ix_items_status_lease", "status", "lease_until"),
     )
 

@@ -138,6 +138,7 @@ def _run_claimed(ctx: Context, handler: Handler, job: Job, claimed: list[Claimed
                 heartbeat.release(o.item.id for o in outcomes)  # finished: no more beats
                 pipeline.recorder.add(handler.kind, outcomes, tracker)
 
+            pipeline.wait_for_room()
             try:
                 work, early = handler.prepare(ctx, job, claimed)
             except Exception as exc:  # a bug in preparation must not strand the claimed items
@@ -192,7 +193,7 @@ def _submit(
             rows=engine.unit_rows,
             on_done=done,
             job_id=job.id,
-            priority=int(getattr(job, "priority", 0) or 0),
+            priority=job.priority or 0,
             keep=keep,
         )
     )

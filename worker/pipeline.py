@@ -47,6 +47,8 @@ STOPPING = frozenset({JobStatus.CANCELLING, JobStatus.CANCELLED})
 FLUSH_SECONDS = 0.02
 """How long the recorder gathers outcomes before writing them (one transaction)."""
 RETRY_SECONDS = (0.5, 1, 2, 5)
+PENDING_PASSES = 4
+"""Passes' worth of prepared rows the engine may have waiting before chunks stop preparing."""
 
 
 def _describe(exc: BaseException) -> str:
@@ -341,6 +343,19 @@ class Pipeline:
 
     def submit(self, ticket: Ticket) -> None:
         self.engine_loop.submit(ticket)
+
+    def wait_for_room(self, timeout: float = 60.0) -> None:
+        """Backpressure: block a chunk thread before it prepares more while the engine
+        already has `PENDING_PASSES` passes' worth of rows waiting (bounded memory whatever
+        the pool's concurrency; the engine never waits, it has that much queued)."""
+        scheduler = self.engine_loop.scheduler
+        if scheduler is None:
+            return
+        deadline = time.monotonic() + timeout
+        while scheduler.pending_rows() >= PENDING_PASSES * scheduler.capacity:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.01)
 
     def close(self) -> None:
         self.engine_loop.close()

@@ -143,18 +143,11 @@ class PassScheduler:
         with self._cond:
             while True:
                 self._drop_unwanted()
-                best = self._best_group()
-                if best is not None:
-                    key, group = best
-                    rows = self._fill(group)
-                    waited = self._clock() - self._head_time(group)
-                    if rows >= self.capacity or waited >= self.wait_seconds or self._closed:
-                        return self._take(key, group)
-                    wait = self.wait_seconds - waited
-                elif self._closed:
+                ready, wait = self._ready_group()
+                if ready is not None:
+                    return self._take(*ready)
+                if wait is None and self._closed:
                     return None
-                else:
-                    wait = None
                 if deadline is not None:
                     left = deadline - self._clock()
                     if left <= 0:
@@ -162,15 +155,29 @@ class PassScheduler:
                     wait = left if wait is None else min(wait, left)
                 self._cond.wait(wait)
 
+    def _ready_group(
+        self,
+    ) -> tuple[tuple[tuple[str, Hashable], deque[_Queued]] | None, float | None]:
+        """A group to run now: a full one (highest priority, then oldest head first), else one
+        whose oldest unit waited `wait_seconds`; otherwise (None, seconds until one will)."""
+        live = sorted(
+            ((k, g) for k, g in self._groups.items() if g),
+            key=lambda kg: (-kg[1][0].ticket.priority, kg[1][0].seq),
+        )
+        if not live:
+            return None, None
+        for key, group in live:
+            if self._fill(group) >= self.capacity:
+                return (key, group), None
+        now = self._clock()
+        waits = [self.wait_seconds - (now - self._head_time(g)) for _, g in live]
+        for (key, group), wait in zip(live, waits, strict=True):
+            if wait <= 0 or self._closed:
+                return (key, group), None
+        return None, min(waits)
+
     def _head_time(self, group: deque[_Queued]) -> float:
         return group[0].ticket.submitted
-
-    def _best_group(self) -> tuple[tuple[str, Hashable], deque[_Queued]] | None:
-        """The group whose head has the highest priority, then the oldest sequence."""
-        live = [(k, g) for k, g in self._groups.items() if g]
-        if not live:
-            return None
-        return min(live, key=lambda kg: (-kg[1][0].ticket.priority, kg[1][0].seq))
 
     def _fill(self, group: deque[_Queued]) -> int:
         """Rows the group can put in one pass (first fit, in queue order)."""

@@ -66,6 +66,7 @@ def create_job(
         app,
         owner=owner,
         kind=body.kind,
+        priority=body.priority,
         params=body.params,
         items=body.items,
         source=source,

@@ -283,3 +283,17 @@ def test_queue_down_fails_the_job_with_503(client, set_env, database_url):
         job = session.scalars(select(Job)).one()
     assert job.status == "failed" and job.idempotency_key is None
     assert job.cancelled == 1 and "could not enqueue" in job.error
+
+
+def test_priority_is_recorded_and_bounded(client):
+    job = client.post(
+        "/v1/jobs", json={"kind": "generate", "priority": 7, "items": ["a fox"]}
+    ).json()
+    assert job["priority"] == 7
+    assert client.get(f"/v1/jobs/{job['id']}").json()["priority"] == 7
+    assert (
+        client.post("/v1/jobs", json={"kind": "generate", "items": ["a"]}).json()["priority"] == 0
+    )
+    refused = client.post("/v1/jobs", json={"kind": "generate", "priority": 101, "items": ["a"]})
+    assert refused.status_code == 422
+    assert refused.json()["error"]["field"] == "priority"
