@@ -112,3 +112,24 @@ def test_other_locations_and_file_ids_still_work(client, set_env, s3_env) -> Non
 
 def test_local_storage_accepts_any_s3_reference(client) -> None:
     caption_job(client, n=1)
+
+
+def test_the_job_service_applies_the_rule_whatever_the_transport(client, set_env) -> None:
+    """No HTTP here: a notebook or a future gRPC transport calling the service directly gets
+    the same refusal, and nothing is written."""
+    from janus_batch import jobs
+    from janus_batch.inputs import InvalidInput
+    from janus_batch.queue import get_celery
+
+    settings = set_env(storage_url=STORE)
+    for kwargs, field in (
+        ({"items": [{"image": f"{STORE}/inputs/bob/x.png"}]}, "items[0].image"),
+        ({"source": {"manifest": f"{STORE}/jobs/job_1/results.jsonl"}}, "source.manifest"),
+        ({"source": {"s3_prefix": "s3://corp-store/"}}, "source.s3_prefix"),
+    ):
+        with pytest.raises(InvalidInput) as refused:
+            jobs.create_job(settings, get_celery(), owner="alice", kind="caption", **kwargs)
+        assert refused.value.field == field
+        assert HINT in str(refused.value)
+    listed, _ = jobs.list_jobs(settings.resolved_database_url(), "alice")
+    assert listed == []
