@@ -49,3 +49,28 @@ def live_workers(client: Any, prefix: str) -> dict[str, list[str]]:
 def consumers(workers: dict[str, list[str]], queue: str) -> int:
     """How many of `workers` consume `queue`."""
     return sum(1 for queues in workers.values() if queue in queues)
+
+
+_cache: dict[tuple[str, str], tuple[float, int]] = {}
+CACHE_SECONDS = 5.0
+
+
+def consumers_of(redis_url: str, prefix: str, queue: str) -> int:
+    """Live workers consuming `queue` (cached for a few seconds per process); 0 if Redis does
+    not answer."""
+    import redis
+
+    key = (redis_url + prefix, queue)
+    now = time.monotonic()
+    hit = _cache.get(key)
+    if hit is not None and now - hit[0] < CACHE_SECONDS:
+        return hit[1]
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        n = consumers(live_workers(client, prefix), queue)
+    except redis.RedisError:
+        n = 0
+    finally:
+        client.close()
+    _cache[key] = (now, n)
+    return n

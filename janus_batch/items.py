@@ -19,10 +19,12 @@ from celery import Celery
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from janus_batch import lifecycle
+from janus_batch import fleet, lifecycle
 from janus_batch.db import session_scope
 from janus_batch.models import Item
-from janus_batch.queue import chunked, send_chunk
+from janus_batch.queue import CHUNK_QUEUES, chunked, send_chunk
+from janus_batch.settings import Settings
+from janus_batch.states import JobKind
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,15 @@ def add_items(
         idx += len(page)
         log.info("job=%s added %d items (%d so far)", job_id, len(page), idx - start_idx)
     return idx - start_idx
+
+
+def window_for(settings: Settings, kind: str) -> int:
+    """A job's window: JANUS_BATCH_DISPATCH_WINDOW chunks per live worker consuming its
+    queue (at least one worker's worth), so one big job can keep every worker busy while
+    any other job still finds the broker short."""
+    queue = CHUNK_QUEUES[JobKind(kind)]
+    workers = fleet.consumers_of(settings.redis_url, settings.queue_prefix, queue)
+    return settings.dispatch_window * max(1, workers)
 
 
 def dispatch(

@@ -31,7 +31,7 @@ from janus_batch.inputs import (
     check_text,
     parse_params,
 )
-from janus_batch.items import NewItem, add_items
+from janus_batch.items import NewItem, add_items, window_for
 from janus_batch.models import Item, Job, new_id, utcnow
 from janus_batch.queue import send_control
 from janus_batch.settings import Settings
@@ -186,7 +186,7 @@ def _enqueue_work(
                 kind,
                 request.items,
                 chunk_size=settings.chunk_size,
-                window=settings.dispatch_window,
+                window=window_for(settings, kind),
             )
             _end_expansion(database_url, app, job_id)
         else:

@@ -68,11 +68,11 @@ class Settings(BaseSettings):
         default=32, ge=1, description="Items per queue message (one Celery task)."
     )
     dispatch_window: int = Field(
-        default=2,
+        default=4,
         ge=1,
-        description="Chunk messages of one job in the broker at a time; each finished chunk "
-        "releases the job's next one, so jobs interleave and a small job never waits for a "
-        "big one to drain.",
+        description="Chunk messages of one job open (queued or running) per live worker of "
+        "its kind; each finished chunk releases the job's next one, so jobs interleave and a "
+        "small job never waits for a big one to drain.",
     )
     pass_wait_ms: float = Field(
         default=30.0,
@@ -124,7 +124,10 @@ class Settings(BaseSettings):
     )
     fetch_concurrency: int = Field(default=8, ge=1, description="Parallel input downloads.")
     upload_concurrency: int = Field(
-        default=8, ge=1, description="Parallel result encodes and uploads per worker process."
+        default=8,
+        ge=1,
+        description="Parallel result uploads per worker process (its outtake pool has twice as "
+        "many threads, so encoding overlaps uploading).",
     )
     png_compress_level: int = Field(
         default=1,

@@ -4,7 +4,7 @@
 One GPU worker process per GPU (pin it with CUDA_VISIBLE_DEVICES), its threads pool running
 a few chunks at once (their requests share the engine's passes, `worker.pipeline`):
 
-    CUDA_VISIBLE_DEVICES=0 celery -A worker.app worker -P threads -c 8 \\
+    CUDA_VISIBLE_DEVICES=0 celery -A worker.app worker -P threads -c 16 \\
         -Q janus.caption,janus.generate -E --loglevel INFO -n gpu0@%h
 
 and one control worker per deployment, so expand, finalize and sweep never wait behind GPU

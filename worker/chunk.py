@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from janus_batch import lifecycle
 from janus_batch.constants import FINALIZE_JOB_TASK
 from janus_batch.db import session_scope
-from janus_batch.items import dispatch
+from janus_batch.items import dispatch, window_for
 from janus_batch.lifecycle import Claimed, Outcome
 from janus_batch.models import Job
 from janus_batch.queue import send_control
@@ -244,7 +244,7 @@ def _after(ctx: Context, job: Job) -> None:
         job.id,
         job.kind,
         chunk_size=settings.chunk_size,
-        window=settings.dispatch_window,
+        window=window_for(settings, job.kind),
     )
 
 

@@ -41,7 +41,7 @@ class PipelineHolder:
                     ctx.database_url,
                     batch_rows=settings.batch_rows,
                     wait_seconds=settings.pass_wait_ms / 1000,
-                    outtake_threads=settings.upload_concurrency,
+                    outtake_threads=2 * settings.upload_concurrency,  # encoding overlaps uploading
                 )
             return self._pipeline
 

@@ -38,7 +38,7 @@ from janus_batch.inputs import (
     parse_json_line,
     parse_params,
 )
-from janus_batch.items import INSERT_PAGE, NewItem, add_items
+from janus_batch.items import INSERT_PAGE, NewItem, add_items, window_for
 from janus_batch.models import Item, Job
 from janus_batch.queue import send_control
 from janus_batch.states import JobKind, JobStatus
@@ -87,7 +87,7 @@ def expand_source(ctx: Context, job_id: str) -> int:
             job.kind,
             items,
             chunk_size=ctx.settings.chunk_size,
-            window=ctx.settings.dispatch_window,
+            window=window_for(ctx.settings, job.kind),
             start_idx=done,
             page_size=INSERT_PAGE,
         )

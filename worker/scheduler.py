@@ -3,9 +3,10 @@
 Chunk threads `submit` tickets (one request each, already prepared into the engine's units);
 the engine thread asks `next_pass` for the next pass. A pass holds units of one kind and one
 shape key (so outputs never depend on neighbours), from any chunk or job, up to the engine's
-row capacity. It is formed from the group whose oldest unit has the highest job priority
-(then the longest wait); when that group cannot fill a pass, the scheduler waits up to
-`wait_seconds` for more units before running it part-full. Units of a ticket whose job is
+row capacity. A full group goes first (highest job priority, then the oldest); when none can
+fill a pass, the scheduler waits up to `wait_seconds` for more units before running the
+oldest part-full. Within a pass, jobs take turns (higher priority first), so a small job is
+not queued behind a big job's backlog. Units of a ticket whose job is
 being cancelled (or whose lease was taken back) are dropped when a pass is formed.
 
 This module knows nothing of torch, Celery or SQL: it orders work, the engine loop runs it.
@@ -191,11 +192,19 @@ class PassScheduler:
         return rows
 
     def _take(self, key: tuple[str, Hashable], group: deque[_Queued]) -> Pass:
-        """Remove and return a pass's worth of the group, highest priority first."""
-        ordered = sorted(group, key=lambda q: (-q.ticket.priority, q.seq))
+        """Remove and return a pass's worth of the group: higher priority first, then the
+        jobs in turn (each job's first waiting unit, then each job's second, ...), so a small
+        job's requests ride in the next pass even behind a big job's backlog."""
+        turn: dict[str, int] = {}
+        ranked = []
+        for queued in group:
+            job = queued.ticket.job_id
+            ranked.append((-queued.ticket.priority, turn.get(job, 0), queued.seq, queued))
+            turn[job] = turn.get(job, 0) + 1
+        ranked.sort(key=lambda r: r[:3])
         taken: list[_Queued] = []
         rows = 0
-        for queued in ordered:
+        for *_, queued in ranked:
             need = queued.ticket.rows(queued.unit)
             if rows + need <= self.capacity:
                 taken.append(queued)

@@ -17,7 +17,7 @@ from janus_batch.constants import (
     GENERATE_QUEUE,
 )
 from janus_batch.db import session_scope
-from janus_batch.items import dispatch
+from janus_batch.items import dispatch, window_for
 from janus_batch.lifecycle import MAX_ATTEMPTS
 from janus_batch.models import Item, Job, utcnow
 from janus_batch.queue import CHUNK_QUEUES, chunked, send_chunk, send_control
@@ -173,7 +173,7 @@ def reopen_windows(ctx: Context) -> int:
             job_id,
             kind,
             chunk_size=ctx.settings.chunk_size,
-            window=ctx.settings.dispatch_window,
+            window=window_for(ctx.settings, kind),
         )
         if n:
             log.info("job=%s no chunk open: its window of %d items dispatched again", job_id, n)

@@ -23,7 +23,7 @@ from janus_batch.constants import CAPTION_QUEUE, CONTROL_QUEUE, GENERATE_QUEUE
 
 GPU_QUEUES = f"{CAPTION_QUEUE},{GENERATE_QUEUE}"
 ALL_QUEUES = f"{GPU_QUEUES},{CONTROL_QUEUE}"
-CHUNKS_IN_FLIGHT = 8
+CHUNKS_IN_FLIGHT = 16
 """Chunk tasks a GPU worker runs at once (its threads pool): their requests share passes."""
 
 

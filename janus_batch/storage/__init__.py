@@ -63,5 +63,5 @@ def storage_from_settings(settings: Settings) -> Storage:
         settings.resolved_storage_url(),
         endpoint_url=settings.s3_endpoint_url,
         region=settings.s3_region,
-        max_pool_connections=max(settings.fetch_concurrency, settings.upload_concurrency),
+        max_pool_connections=settings.fetch_concurrency + 2 * settings.upload_concurrency,
     )

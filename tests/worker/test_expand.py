@@ -81,7 +81,7 @@ def test_expand_s3_prefix(make_ctx: Any, s3_env: Any) -> None:
 def test_expand_enqueues_while_the_listing_goes_on(
     make_ctx: Any, s3_env: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ctx = make_ctx(chunk_size="2")
+    ctx = make_ctx(chunk_size="2", dispatch_window="2")
     expected = fill_prefix(s3_env)
     monkeypatch.setattr(sources, "LIST_PAGE", 2)
     monkeypatch.setattr(expand, "INSERT_PAGE", 2)

@@ -146,7 +146,8 @@ def test_cancelled_items_are_counted_by_the_chunk_that_moved_them(
     assert seen.delta("janus_worker_batch_size_count", kind="generate") == 1
 
 
-def test_sweep_sets_queue_depths_from_redis(ctx: Context) -> None:
+def test_sweep_sets_queue_depths_from_redis(make_ctx: Any) -> None:
+    ctx = make_ctx(dispatch_window="2")
     create_job(ctx, JobKind.CAPTION, [f"s3://b/{i}.png" for i in range(20)])  # chunks of 8
     create_job(ctx, JobKind.GENERATE, ["a fox"])
     redis_client(ctx).rpush(f"{ctx.settings.queue_prefix}{constants.CONTROL_QUEUE}", b"x", b"y")

@@ -100,3 +100,16 @@ def test_unwanted_tickets_are_dropped_before_their_pass() -> None:
     for (t, position), output in zip(step.entries, ["text"], strict=True):
         t.deliver(position, output)
     assert done == [cancelled, kept] and kept.outputs == ["text"]
+
+
+def test_jobs_take_turns_within_a_pass() -> None:
+    scheduler = PassScheduler(capacity=4, wait_seconds=0)
+    big = ticket("caption", *[1] * 6)
+    big.job_id = "big"
+    small = ticket("caption", 1, 1)
+    small.job_id = "small"
+    scheduler.submit(big)
+    scheduler.submit(small)  # arrived after six units of the big job
+    step = scheduler.next_pass(timeout=0)
+    assert step is not None
+    assert sorted(t.job_id for t, _ in step.entries) == ["big", "big", "small", "small"]
