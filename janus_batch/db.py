@@ -42,7 +42,8 @@ def _create(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    # a GPU worker runs up to ~16 chunk threads, their lease heartbeats and the recorder
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=30)
 
 
 def get_engine(url: str) -> Engine:

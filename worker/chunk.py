@@ -83,6 +83,7 @@ def failed(item: Claimed, error: str) -> Outcome:
 def run_chunk(ctx: Context, handler: Handler, job_id: str, item_ids: Sequence[int]) -> Counter[str]:
     """Process one chunk message; returns the counts this call changed (by item status)."""
     started = time.monotonic()
+    ctx.pipeline().engine()  # a worker whose model did not load raises here, before claiming
     job, claimed = _start(ctx, handler.kind, job_id, item_ids)
     total: Counter[str] = Counter()
     if job is not None and claimed:
@@ -148,6 +149,8 @@ def _run_claimed(ctx: Context, handler: Handler, job: Job, claimed: list[Claimed
             for w in work:
                 _submit(ctx, pipeline, handler, job, w, heartbeat, record, tracker)
             while not tracker.wait(WAIT_STEP):
+                if not pipeline.engine_loop.alive():  # leases lapse; the sweeper hands them out
+                    raise RuntimeError("the engine thread stopped: chunk abandoned")
                 lost = heartbeat.taken_back() & set(tracker.left)
                 if lost:
                     log.warning(

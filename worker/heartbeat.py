@@ -97,24 +97,27 @@ class LeaseHeartbeat:
             yield
 
     def beat(self) -> set[int]:
-        """Extend the leases once; returns the ids found lost (and dropped). Never raises."""
+        """Extend the leases once; returns the ids found lost (and dropped). Never raises.
+        The SQL runs outside the lock, so `owns` (asked before every pass) never waits on it."""
         with self._lock:
             if self._stop.is_set() or not self._owned:
                 return set()
             owned = dict(self._owned)
-            try:
-                with session_scope(self.ctx.database_url) as session:
-                    still = lifecycle.extend_leases(session, owned, self.lease_seconds)
-            except Exception as exc:
-                log.warning(
-                    "job=%s lease heartbeat failed (%d items): %s: %s",
-                    self.job_id,
-                    len(owned),
-                    type(exc).__name__,
-                    exc,
-                )
-                return set()
-            lost = set(owned) - still
+        try:
+            with session_scope(self.ctx.database_url) as session:
+                still = lifecycle.extend_leases(session, owned, self.lease_seconds)
+        except Exception as exc:
+            log.warning(
+                "job=%s lease heartbeat failed (%d items): %s: %s",
+                self.job_id,
+                len(owned),
+                type(exc).__name__,
+                exc,
+            )
+            return set()
+        lost = set(owned) - still
+        with self._lock:
+            lost &= set(self._owned)  # released meanwhile (recorded): not lost
             for item_id in lost:
                 del self._owned[item_id]
             self._lost |= lost

@@ -31,13 +31,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from janus_batch import lifecycle
 from janus_batch.db import session_scope
 from janus_batch.lifecycle import Outcome
 from janus_batch.models import Job
-from janus_batch.states import JobStatus
+from janus_batch.states import ItemStatus, JobStatus
 from worker import metrics
 from worker.scheduler import Pass, PassScheduler, Ticket
 
@@ -95,6 +95,7 @@ class JobWatch:
                 ).all()
         except SQLAlchemyError as exc:  # keep the last answer; the next pass asks again
             log.warning("job status not re-read: %s", exc)
+            self._stale = False
             return
         self._stopping = {row[0] for row in rows}
         self._stale = False
@@ -170,20 +171,11 @@ class Recorder:
 
     def _write(self, batches: list[_Batch]) -> None:
         outcomes = [o for b in batches for o in b.outcomes]
-        for attempt in range(len(RETRY_SECONDS) + 1):
-            try:
-                with session_scope(self.database_url) as session:
-                    moved = lifecycle.complete(session, outcomes)
-                break
-            except SQLAlchemyError as exc:
-                wait = RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)]
-                log.warning(
-                    "recording %d outcomes failed (%s); retry in %ss", len(outcomes), exc, wait
-                )
-                time.sleep(wait)
-        else:  # pragma: no cover - the database stayed down: the leases will expire
-            log.error(
-                "recording %d outcomes gave up: the sweeper will hand them out", len(outcomes)
+        try:
+            moved = self._complete(outcomes)
+        except Exception:  # never lose the thread: the chunks must hear back
+            log.exception(
+                "recording %d outcomes failed: the sweeper will hand them out", len(outcomes)
             )
             moved = {}
         for batch in batches:
@@ -192,6 +184,44 @@ class Recorder:
                 if status is not None:
                     metrics.ITEMS_PROCESSED.labels(batch.kind, status).inc()
             batch.tracker.settle((o.item.id for o in batch.outcomes), moved)
+
+    def _complete(self, outcomes: list[Outcome]) -> dict[int, str]:
+        """One transaction for all; a transient database error is retried with backoff, any
+        other error (one outcome the database refuses) records them one by one, the refused
+        one failed with the reason."""
+        for attempt in range(len(RETRY_SECONDS) + 1):
+            try:
+                with session_scope(self.database_url) as session:
+                    return lifecycle.complete(session, outcomes)
+            except OperationalError as exc:
+                wait = RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)]
+                log.warning("recording %d outcomes: %s; retry in %ss", len(outcomes), exc, wait)
+                time.sleep(wait)
+            except SQLAlchemyError:
+                if len(outcomes) == 1:
+                    raise
+                return self._one_by_one(outcomes)
+        log.error("recording %d outcomes gave up: the sweeper will hand them out", len(outcomes))
+        return {}
+
+    def _one_by_one(self, outcomes: list[Outcome]) -> dict[int, str]:
+        moved: dict[int, str] = {}
+        for outcome in outcomes:
+            try:
+                with session_scope(self.database_url) as session:
+                    moved.update(lifecycle.complete(session, [outcome]))
+            except SQLAlchemyError as exc:
+                log.warning(
+                    "job=%s idx=%d outcome refused: %s", outcome.item.job_id, outcome.item.idx, exc
+                )
+                refused = Outcome(
+                    outcome.item,
+                    ItemStatus.FAILED,
+                    error=f"worker error: result not recordable ({type(exc).__name__})",
+                )
+                with session_scope(self.database_url) as session:
+                    moved.update(lifecycle.complete(session, [refused]))
+        return moved
 
 
 class EngineLoop:
@@ -251,8 +281,18 @@ class EngineLoop:
         self._ready.set()
         while not self._stop.is_set():
             step = self.scheduler.next_pass(timeout=1.0)
-            if step is not None:
+            if step is None:
+                continue
+            try:
                 self._run_pass(step)
+            except Exception as exc:  # never lose the engine thread: fail this pass alone
+                log.exception("the %s pass could not be finished", step.kind)
+                for ticket in {id(t): t for t, _ in step.entries}.values():
+                    ticket.fail(f"worker error: {_describe(exc)}")
+
+    def alive(self) -> bool:
+        """Whether the engine thread still runs (False after a load error or a crash)."""
+        return self._thread.is_alive() and self._error is None
 
     def _run_pass(self, step: Pass) -> None:
         started = time.perf_counter()

@@ -159,21 +159,21 @@ class PassScheduler:
     def _ready_group(
         self,
     ) -> tuple[tuple[tuple[str, Hashable], deque[_Queued]] | None, float | None]:
-        """A group to run now: a full one (highest priority, then oldest head first), else one
-        whose oldest unit waited `wait_seconds`; otherwise (None, seconds until one will)."""
+        """A group to run now: by priority, then the age of its oldest unit, the first that is
+        full or whose oldest unit waited `wait_seconds`; otherwise (None, seconds until one
+        will)."""
         live = sorted(
             ((k, g) for k, g in self._groups.items() if g),
             key=lambda kg: (-kg[1][0].ticket.priority, kg[1][0].seq),
         )
         if not live:
             return None, None
-        for key, group in live:
-            if self._fill(group) >= self.capacity:
-                return (key, group), None
         now = self._clock()
         waits = [self.wait_seconds - (now - self._head_time(g)) for _, g in live]
         for (key, group), wait in zip(live, waits, strict=True):
-            if wait <= 0 or self._closed:
+            # in order of priority, then age: the first group that is full, or has waited
+            # long enough, runs (an old part-full group is never starved by full ones)
+            if wait <= 0 or self._closed or self._fill(group) >= self.capacity:
                 return (key, group), None
         return None, min(waits)
 

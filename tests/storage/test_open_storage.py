@@ -38,7 +38,7 @@ def test_storage_from_settings_s3() -> None:
     assert store.url == "s3://results/jobs"
     assert store.endpoint_url == "http://127.0.0.1:1"
     config = store._client.meta.config
-    assert config.max_pool_connections == 24
+    assert config.max_pool_connections == 4 + 2 * 24  # fetches, and encodes overlapping uploads
     assert store._client.meta.region_name == "eu-west-1"
 
 
