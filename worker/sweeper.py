@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import base64
+import json
 import logging
+import time
 from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import Any
@@ -127,8 +130,37 @@ def queue_length(ctx: Context, kind: str) -> int:
         client.close()
 
 
+def reserved_item_ids(ctx: Context) -> set[int]:
+    """Items named by messages a worker reserved within the last stale_pending_seconds and
+    has not acknowledged (kombu's `unacked` hash and its delivery-time index): in a live
+    worker's hands, not lost, whatever the queue's length says. A reservation older than that
+    whose items are still pending belongs to a dead worker (a live one claims at once), so it
+    does not count. Unreadable entries are skipped."""
+    prefix = ctx.settings.queue_prefix
+    since = time.time() - ctx.settings.stale_pending_seconds
+    client = redis.Redis.from_url(ctx.settings.redis_url)
+    found: set[int] = set()
+    try:
+        tags = [str(t, "utf-8") if isinstance(t, bytes) else str(t) for t in
+                client.zrangebyscore(f"{prefix}unacked_index", since, "+inf")]  # fmt: skip
+        entries = client.hmget(f"{prefix}unacked", tags) if tags else []
+        for raw in entries:
+            if raw is None:
+                continue
+            try:
+                message = json.loads(raw)[0]
+                body = json.loads(base64.b64decode(message["body"]))
+                found.update(int(i) for i in body[0][1])
+            except (ValueError, KeyError, IndexError, TypeError):
+                continue
+    finally:
+        client.close()
+    return found
+
+
 def requeue_lost(ctx: Context, now: datetime) -> int:
-    """Step 2: long-pending items whose queue is empty lost their message: re-enqueue."""
+    """Step 2: long-pending items whose queue is empty lost their message: re-enqueue (not
+    those a live worker has reserved: they are in its prefetch, not lost)."""
     cutoff = now - timedelta(seconds=ctx.settings.stale_pending_seconds)
     total = 0
     for kind in JobKind:
@@ -136,6 +168,9 @@ def requeue_lost(ctx: Context, now: datetime) -> int:
             continue
         with session_scope(ctx.database_url) as session:
             taken = lifecycle.take_lost_pending(session, kind, cutoff, now, BATCH)
+        if taken:
+            reserved = reserved_item_ids(ctx)
+            taken = [(item_id, job_id) for item_id, job_id in taken if item_id not in reserved]
         pending: dict[tuple[str, str], list[int]] = defaultdict(list)
         for item_id, job_id in taken:
             pending[(job_id, kind)].append(item_id)
