@@ -72,21 +72,18 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
     from celery.concurrency.thread import TaskPool
 
     _threads_pool = get_implementation(sender.pool_cls) is TaskPool
-    if _threads_pool:  # tasks run in this process: set it up (model loaded) before consuming
-        _on_process_init()
-        if _needs_model:
-            try:
-                current_context().pipeline().engine()
-            except RuntimeError:
-                log.exception("the model did not load: chunk tasks will fail and be re-sent")
 
 
 @signals.worker_ready.connect
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
-    """Announce the worker and its queues (`janus_batch.fleet`)."""
+    """Announce the worker and its queues (`janus_batch.fleet`); a threads-pool worker runs
+    its tasks in this process: set it up here, once logging is configured (a chunk task
+    waits for the model before it claims anything)."""
     global _presence
     queues = [q.name for q in sender.task_consumer.queues] if sender is not None else []
     _presence = Presence(get_settings(), sender.hostname, queues).start()
+    if _threads_pool:
+        _on_process_init()
 
 
 @signals.worker_shutdown.connect

@@ -51,7 +51,9 @@ def test_lost_message_is_finished_by_the_sweeper(
 
             worker_env = {
                 **env,
-                "JANUS_BATCH_STALE_PENDING_SECONDS": "1",
+                # longer than the worker takes to load the model while holding the re-sent
+                # messages: a reservation that old would count as a dead worker's
+                "JANUS_BATCH_STALE_PENDING_SECONDS": "5",
                 "JANUS_BATCH_SWEEP_INTERVAL": "1",
             }
             schedule = tmp_path / "celerybeat-schedule"
