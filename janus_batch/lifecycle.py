@@ -15,7 +15,7 @@ completion cannot deadlock on PostgreSQL.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -539,18 +539,25 @@ def requeue_expired(session: Session, now: datetime, limit: int) -> list[Expired
 
 
 def take_lost_pending(
-    session: Session, kind: str, cutoff: datetime, now: datetime, limit: int
+    session: Session,
+    kind: str,
+    cutoff: datetime,
+    now: datetime,
+    limit: int,
+    in_flight: Collection[int] = (),
 ) -> list[tuple[int, str]]:
-    """Pending items of live jobs of `kind` enqueued before `cutoff` (their message was
-    lost): stamped enqueued `now`, so a concurrent sweep does not send them again. Returns
-    (item id, job id) of those this call took."""
+    """Pending items of live jobs of `kind` dispatched before `cutoff` and not `in_flight`
+    (named by no queued or freshly reserved message: their message was lost): stamped
+    enqueued `now`, so a concurrent sweep does not send them again. Returns (item id, job id)
+    of those this call took."""
     live = select(Job.id).where(
         Job.kind == kind, Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING))
     )
     stale = and_(
         Item.status == ItemStatus.PENDING, Item.enqueued_at < cutoff, Item.job_id.in_(live)
     )
-    ids = session.scalars(select(Item.id).where(stale).order_by(Item.id).limit(limit)).all()
+    candidates = session.scalars(select(Item.id).where(stale).order_by(Item.id).limit(limit))
+    ids = [item_id for item_id in candidates if item_id not in in_flight]
     if not ids:
         return []
     rows = session.execute(

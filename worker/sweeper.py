@@ -130,52 +130,67 @@ def queue_length(ctx: Context, kind: str) -> int:
         client.close()
 
 
-def reserved_item_ids(ctx: Context) -> set[int]:
-    """Items named by messages a worker reserved within the last stale_pending_seconds and
-    has not acknowledged (kombu's `unacked` hash and its delivery-time index): in a live
-    worker's hands, not lost, whatever the queue's length says. A reservation older than that
-    whose items are still pending belongs to a dead worker (a live one claims at once), so it
-    does not count. Unreadable entries are skipped."""
+SCAN_LIMIT = 20_000
+"""Most queued messages read to tell a lost item from a waiting one (windowed dispatch keeps
+queues far shorter); past it a kind's lost-message step waits for a shorter queue."""
+
+
+def _message_item_ids(raw: bytes | str) -> list[int]:
+    """The item ids of a chunk message as kombu keeps it in Redis: a message dict (in a
+    queue's list) or [message, exchange, routing key] (in the `unacked` hash); [] if not one."""
+    try:
+        value = json.loads(raw)
+        message = value[0] if isinstance(value, list) else value
+        body = json.loads(base64.b64decode(message["body"]))
+        return [int(i) for i in body[0][1]]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return []
+
+
+def in_flight_item_ids(ctx: Context, kind: str) -> set[int] | None:
+    """Items named by a message waiting in `kind`'s queue, or reserved within the last
+    stale_pending_seconds by a worker that has not acknowledged it yet (kombu's `unacked`
+    hash and its delivery-time index): not lost. A reservation older than that whose items
+    are still pending belongs to a dead worker (a live one claims at once). None when the
+    queue is too long to read (then nothing of that kind is taken for lost)."""
     prefix = ctx.settings.queue_prefix
+    key = f"{prefix}{CHUNK_QUEUES[JobKind(kind)]}"
     since = time.time() - ctx.settings.stale_pending_seconds
     client = redis.Redis.from_url(ctx.settings.redis_url)
     found: set[int] = set()
     try:
+        if int(client.llen(key)) > SCAN_LIMIT:
+            return None
+        for raw in client.lrange(key, 0, SCAN_LIMIT):
+            found.update(_message_item_ids(raw))
         tags = [str(t, "utf-8") if isinstance(t, bytes) else str(t) for t in
                 client.zrangebyscore(f"{prefix}unacked_index", since, "+inf")]  # fmt: skip
-        entries = client.hmget(f"{prefix}unacked", tags) if tags else []
-        for raw in entries:
-            if raw is None:
-                continue
-            try:
-                message = json.loads(raw)[0]
-                body = json.loads(base64.b64decode(message["body"]))
-                found.update(int(i) for i in body[0][1])
-            except (ValueError, KeyError, IndexError, TypeError):
-                continue
+        for entry in client.hmget(f"{prefix}unacked", tags) if tags else []:
+            if entry is not None:
+                found.update(_message_item_ids(entry))
     finally:
         client.close()
     return found
 
 
 def requeue_lost(ctx: Context, now: datetime) -> int:
-    """Step 2: long-pending items whose queue is empty lost their message: re-enqueue (not
-    those a live worker has reserved: they are in its prefetch, not lost)."""
+    """Step 2: items dispatched long ago, still pending, that no queued message names and no
+    live worker holds, lost their message (a broker restart, a crash between the dispatch and
+    the send): re-enqueue them. Checked per item, so one lost window is found even while the
+    queue holds other jobs' messages."""
     cutoff = now - timedelta(seconds=ctx.settings.stale_pending_seconds)
     total = 0
     for kind in JobKind:
-        if queue_length(ctx, kind):
+        in_flight = in_flight_item_ids(ctx, kind)
+        if in_flight is None:
             continue
         with session_scope(ctx.database_url) as session:
-            taken = lifecycle.take_lost_pending(session, kind, cutoff, now, BATCH)
-        if taken:
-            reserved = reserved_item_ids(ctx)
-            taken = [(item_id, job_id) for item_id, job_id in taken if item_id not in reserved]
+            lost = lifecycle.take_lost_pending(session, kind, cutoff, now, BATCH, in_flight)
         pending: dict[tuple[str, str], list[int]] = defaultdict(list)
-        for item_id, job_id in taken:
+        for item_id, job_id in lost:
             pending[(job_id, kind)].append(item_id)
         _enqueue(ctx, pending, "message lost", ctx.settings.chunk_size)
-        total += len(taken)
+        total += len(lost)
     return total
 
 

@@ -224,3 +224,19 @@ def test_a_job_whose_window_was_lost_gets_it_back(make_ctx: Any) -> None:
     rows = {row.id: row.idx for row in get_items(ctx, job_id)}
     assert [rows[i] for i in second] == list(range(8, 16))
     assert sweep(ctx)["windows_reopened"] == 0  # that chunk is open now
+
+
+def test_a_lost_message_is_found_while_other_jobs_messages_wait(make_ctx: Any) -> None:
+    """The queue is not empty (another job's chunk waits in it), yet the message naming this
+    job's items is gone: it is re-sent; the waiting one is not."""
+    ctx = make_ctx(stale_pending_seconds="60")
+    lost_job = create_job(ctx, JobKind.GENERATE, ["a", "b"])
+    waiting_job = create_job(ctx, JobKind.GENERATE, ["c"])
+    _, (job_id, _) = pop_message(ctx, "janus.generate")  # the oldest message: lost_job's
+    assert job_id == lost_job
+    later = utcnow() + timedelta(seconds=61)
+    assert sweep(ctx, now=later)["requeued_pending"] == 2
+    assert sorted(args[0] for _, args in peek_messages(ctx, "janus.generate")) == sorted(
+        [lost_job, waiting_job]
+    )
+    assert sweep(ctx, now=later)["requeued_pending"] == 0
