@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from janus import CaptionRequest, JanusEngine, JanusRequestError, hf_adapter, make_tiny_checkpoint
+from janus import CaptionRequest, JanusEngine, hf_adapter, make_tiny_checkpoint
 from janus.caption import CaptionUnit
 
 log = logging.getLogger(__name__)
@@ -167,16 +167,8 @@ class SimulatedEngine(JanusEngine):
         """A simulated forward pass: validated like the real one, `pass_seconds` long."""
         if not units:
             return []
-        keys = {unit.shape_key for unit in units}
-        rows = sum(self.unit_rows(unit) for unit in units)
-        if len(keys) != 1 or rows > self.max_batch_rows:
-            raise JanusRequestError(
-                f"a pass needs one shape and at most {self.max_batch_rows} rows, got "
-                f"{len(keys)} shapes and {rows} rows"
-            )
+        rows = self.check_pass(units)
         captions = isinstance(units[0], CaptionUnit)
-        if any(isinstance(unit, CaptionUnit) != captions for unit in units):
-            raise JanusRequestError("a pass needs units of one kind")
         with self._lock:
             started = time.perf_counter()
             if self.pass_seconds > 0:

@@ -124,6 +124,19 @@ class JanusEngine:
         """Rows of a pass a unit takes: 1 for a caption, 1 or 2 (guided) for an image."""
         return unit.rows if isinstance(unit, ImageUnit) else 1
 
+    def check_pass(self, units: Sequence[Unit]) -> int:
+        """The rows of a valid pass: units of one kind and one shape key, at most
+        `max_batch_rows` rows; JanusRequestError otherwise."""
+        kinds = {isinstance(unit, CaptionUnit) for unit in units}
+        keys = {unit.shape_key for unit in units}
+        rows = sum(self.unit_rows(unit) for unit in units)
+        if len(kinds) != 1 or len(keys) != 1 or rows > self.max_batch_rows:
+            raise JanusRequestError(
+                f"a pass needs one kind, one shape and at most {self.max_batch_rows} rows, "
+                f"got {len(kinds)} kinds, {len(keys)} shapes and {rows} rows"
+            )
+        return rows
+
     def run_pass(self, units: Sequence[Unit]) -> list[str] | list[tuple[int, ...]]:
         """One forward pass over units of one kind and one shape key, at most
         `max_batch_rows` rows: the caption texts, or the image tokens, per unit in order.
@@ -131,13 +144,7 @@ class JanusEngine:
         device ran out of memory."""
         if not units:
             return []
-        keys = {unit.shape_key for unit in units}
-        rows = sum(self.unit_rows(unit) for unit in units)
-        if len(keys) != 1 or rows > self.max_batch_rows:
-            raise JanusRequestError(
-                f"a pass needs one shape and at most {self.max_batch_rows} rows, got "
-                f"{len(keys)} shapes and {rows} rows"
-            )
+        rows = self.check_pass(units)
         with self._lock, torch.inference_mode():
             started = time.perf_counter()
             if isinstance(units[0], CaptionUnit):
