@@ -238,47 +238,38 @@ def describe_deltas(deltas: list[Any], b: Bench) -> str:
     )
 
 
+def _one_worker_busy(b: Bench, name: str, what: str, body: dict[str, Any], rows: float) -> None:
+    """Run one job on one GPU worker; its row: the model's busy share of the job's time."""
+    dep = b.workers(1, b.args.pass_seconds)
+    view, busy, window, deltas = busy_run(dep, body, b.timeout(rows / b.args.batch_rows))
+    log(
+        f"{name}: {view['counts']['succeeded']} items in {window:.1f} s "
+        f"(end to end {job_seconds(view):.1f} s); {describe_deltas(deltas, b)}"
+    )
+    b.rows.append(
+        Row(
+            f"model busy, {what}, one worker",
+            f"{busy[0]:.0%} ({deltas[0].busy:.1f} s of {window:.1f} s)",
+            target=">= 95%",
+            met=busy[0] >= 0.95,
+        )
+    )
+
+
 def part_caption_busy(b: Bench) -> None:
     n = b.args.items
-    dep = b.workers(1, b.args.pass_seconds)
     body = {
         "kind": "caption",
         "params": {"prompt": CAPTION_PROMPT},
         "source": {"s3_prefix": b.args.prefix_uri},
     }
-    view, busy, window, deltas = busy_run(dep, body, b.timeout(n / b.args.batch_rows))
-    log(
-        f"caption-busy: {view['counts']['succeeded']} items in {window:.1f} s "
-        f"(end to end {job_seconds(view):.1f} s); {describe_deltas(deltas, b)}"
-    )
-    b.rows.append(
-        Row(
-            f"model busy, caption job of {n:,} S3 images, one worker",
-            f"{busy[0]:.0%} ({deltas[0].busy:.1f} s of {window:.1f} s)",
-            target=">= 95%",
-            met=busy[0] >= 0.95,
-        )
-    )
+    _one_worker_busy(b, "caption-busy", f"caption job of {n:,} S3 images", body, n)
 
 
 def part_generate_busy(b: Bench) -> None:
     n = b.args.items // 2
-    dep = b.workers(1, b.args.pass_seconds)
-    view, busy, window, deltas = busy_run(
-        dep, generate_body(n), b.timeout(2 * n / b.args.batch_rows)
-    )
-    log(
-        f"generate-busy: {view['counts']['succeeded']} items in {window:.1f} s "
-        f"(end to end {job_seconds(view):.1f} s); {describe_deltas(deltas, b)}"
-    )
-    b.rows.append(
-        Row(
-            f"model busy, generate job of {n:,} prompts (PNG to S3), one worker",
-            f"{busy[0]:.0%} ({deltas[0].busy:.1f} s of {window:.1f} s)",
-            target=">= 95%",
-            met=busy[0] >= 0.95,
-        )
-    )
+    what = f"generate job of {n:,} prompts (PNG to S3)"
+    _one_worker_busy(b, "generate-busy", what, generate_body(n), 2 * n)
 
 
 def part_two_workers(b: Bench) -> None:
