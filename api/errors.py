@@ -153,8 +153,12 @@ async def _on_unavailable(request: Request, exc: Exception) -> JSONResponse:
     }
     name = next((v for k, v in what.items() if isinstance(exc, k)), "a dependency")
     log.error("%s %s: %s unavailable: %s", request.method, request.url.path, name, exc)
-    first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return error_response(503, f"{name} unavailable: {first_line}", headers={"Retry-After": "5"})
+    # the detail (addresses, driver text) is logged, never sent: it is internal
+    return error_response(
+        503,
+        f"{name} unavailable; retry shortly (the details are in the server log)",
+        headers={"Retry-After": "5"},
+    )
 
 
 async def _on_bug(request: Request, exc: Exception) -> JSONResponse:

@@ -78,6 +78,22 @@ def add_items(
     return idx - start_idx
 
 
+def insert_all(
+    session: Session, job_id: str, items: Iterable[NewItem], *, page_size: int = INSERT_PAGE
+) -> int:
+    """Insert `items` (idx from 0) in pages inside the caller's transaction, so a job and
+    all its inline items commit together; nothing is dispatched. Returns how many."""
+    n = 0
+    for page in chunked(items, page_size):
+        rows = [
+            {"idx": n + i, "custom_id": item.custom_id, "input": item.input, "error": item.error}
+            for i, item in enumerate(page)
+        ]
+        lifecycle.insert_items(session, job_id, rows)
+        n += len(page)
+    return n
+
+
 def window_for(settings: Settings, kind: str) -> int:
     """A job's window: JANUS_BATCH_DISPATCH_WINDOW chunks per live worker consuming its
     queue (at least one worker's worth), so one big job can keep every worker busy while
@@ -95,8 +111,14 @@ def dispatch(
     Returns how many items were sent."""
     with session_scope(database_url) as session:
         chunks = lifecycle.take_dispatch(session, job_id, chunk_size=chunk_size, window=window)
-    for chunk in chunks:
-        send_chunk(app, kind, job_id, chunk)
+    for n, chunk in enumerate(chunks):
+        try:
+            send_chunk(app, kind, job_id, chunk)
+        except Exception:  # the broker is away: what was not sent is undispatched again
+            unsent = [item_id for rest in chunks[n:] for item_id in rest]
+            with session_scope(database_url) as session:
+                lifecycle.release_dispatch(session, unsent)
+            raise
     return sum(map(len, chunks))
 
 

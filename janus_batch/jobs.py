@@ -8,6 +8,7 @@ QueueUnavailable; the API turns them into HTTP codes.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import re
@@ -31,7 +32,7 @@ from janus_batch.inputs import (
     check_text,
     parse_params,
 )
-from janus_batch.items import NewItem, add_items, window_for
+from janus_batch.items import NewItem, dispatch, insert_all, window_for
 from janus_batch.models import Item, Job, new_id, utcnow
 from janus_batch.queue import send_control
 from janus_batch.settings import Settings
@@ -71,9 +72,11 @@ def create_job(
 
     Every rule about a job is applied here, whatever the transport: parameters, items or a
     source (never both), limits, and no `s3://` reference into the service's own storage.
-    Inline items are inserted and enqueued in chunks before returning; a source is stored on
-    the job and expanded by the `expand_source` task. With an idempotency key already used
-    by this owner, the existing job is returned and nothing is created (`created` False).
+    The job and all its inline items are committed in one transaction (a crash leaves the
+    whole job or nothing), then their first chunks are dispatched; a source is stored on the
+    job and expanded by the `expand_source` task. With an idempotency key already used by
+    this owner for the same request, the existing job is returned and nothing is created
+    (`created` False); for a different request, InvalidInput naming the key.
     """
     database_url = settings.resolved_database_url()
     if idempotency_key is not None:
@@ -81,14 +84,15 @@ def create_job(
     if isinstance(priority, bool) or not isinstance(priority, int) or not -100 <= priority <= 100:
         raise InvalidInput("priority", "must be an integer between -100 and 100")
     request = _validate(settings, owner, kind, params, items, source)
+    fingerprint = request_fingerprint(kind, params, items, source, priority)
     if idempotency_key is not None and (
-        existing := _find_idempotent(database_url, owner, idempotency_key)
+        existing := _find_idempotent(database_url, owner, idempotency_key, fingerprint)
     ):
         return existing, False
     job_id = new_id("job")
     try:
         with session_scope(database_url) as session:
-            lifecycle.create_job(
+            job = lifecycle.create_job(
                 session,
                 id=job_id,
                 owner=owner,
@@ -97,22 +101,46 @@ def create_job(
                 params=request.params,
                 source=request.source,
                 idempotency_key=idempotency_key,
+                request_hash=fingerprint,
                 priority=priority,
                 output_prefix=f"jobs/{job_id}",
                 created_at=utcnow(),
             )
+            finalize = False
+            if request.items is not None:
+                insert_all(session, job_id, request.items)
+                lifecycle.end_expansion(session, job_id)
+                finalize = lifecycle.start_finalizing(session, job_id)  # every item invalid
+            session.flush()
+            session.refresh(job)
     except IntegrityError:
         if idempotency_key is not None and (
-            existing := _find_idempotent(database_url, owner, idempotency_key)
+            existing := _find_idempotent(database_url, owner, idempotency_key, fingerprint)
         ):
             return existing, False  # a concurrent request with the same key won the race
         raise
-    _enqueue_work(settings, app, job_id, kind, request)
+    if finalize:
+        send_control(app, FINALIZE_JOB_TASK, job_id)  # lost: the sweeper re-sends it
+    else:
+        _enqueue_work(settings, app, job_id, kind, request)
     what = (
         f"{len(request.items)} items" if request.items is not None else f"source {request.source}"
     )
     log.info("job=%s created: %s %s for %s", job_id, kind, what, owner)
-    return get_job(database_url, owner, job_id), True
+    return job, True
+
+
+def request_fingerprint(
+    kind: str,
+    params: dict[str, Any] | None,
+    items: list[Any] | None,
+    source: dict[str, Any] | None,
+    priority: int,
+) -> str:
+    """SHA-256 of the request as sent (canonical JSON): what an Idempotency-Key is bound to."""
+    body = {"kind": kind, "params": params, "items": items, "source": source, "priority": priority}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -174,23 +202,28 @@ def _validate(
 def _enqueue_work(
     settings: Settings, app: Celery, job_id: str, kind: str, request: _Request
 ) -> None:
-    """Insert and enqueue inline items (then end the expansion), or send the expand task;
-    a broker that cannot take them fails the job and raises QueueUnavailable."""
+    """Dispatch the first chunks of committed inline items, or send the expand task.
+
+    Inline items are in SQL already: a broker that cannot take their chunks now leaves them
+    undispatched, and the sweeper dispatches them once it answers (the job is accepted). A
+    source job's expand task that cannot be sent fails the job and raises QueueUnavailable
+    (nothing would expand it before the sweeper's stale timeout)."""
     database_url = settings.resolved_database_url()
-    try:
-        if request.items is not None:
-            add_items(
+    if request.items is not None:
+        try:
+            dispatch(
                 database_url,
                 app,
                 job_id,
                 kind,
-                request.items,
                 chunk_size=settings.chunk_size,
                 window=window_for(settings, kind),
             )
-            _end_expansion(database_url, app, job_id)
-        else:
-            send_control(app, EXPAND_SOURCE_TASK, job_id)
+        except Exception as exc:
+            log.warning("job=%s not dispatched yet (the sweeper will): %s", job_id, exc)
+        return
+    try:
+        send_control(app, EXPAND_SOURCE_TASK, job_id)
     except Exception as exc:
         _abandon(database_url, job_id, f"could not enqueue the job: {exc}")
         raise QueueUnavailable(f"could not enqueue job {job_id}: {exc}") from exc
@@ -205,18 +238,16 @@ def _check_idempotency_key(key: str) -> None:
     check_text(key, field)
 
 
-def _find_idempotent(database_url: str, owner: str, key: str) -> Job | None:
+def _find_idempotent(database_url: str, owner: str, key: str, fingerprint: str) -> Job | None:
+    """The owner's job created with `key`, if any; InvalidInput if it was for another request."""
     with session_scope(database_url) as session:
-        return session.scalar(select(Job).where(Job.owner == owner, Job.idempotency_key == key))
-
-
-def _end_expansion(database_url: str, app: Celery, job_id: str) -> None:
-    """Mark every item inserted; if workers already finished them all, finalize now."""
-    with session_scope(database_url) as session:
-        lifecycle.end_expansion(session, job_id)
-        won = lifecycle.start_finalizing(session, job_id)
-    if won:
-        send_control(app, FINALIZE_JOB_TASK, job_id)
+        job = session.scalar(select(Job).where(Job.owner == owner, Job.idempotency_key == key))
+    if job is not None and job.request_hash not in (None, fingerprint):
+        raise InvalidInput(
+            "Idempotency-Key",
+            f"was already used for a different request (job {job.id}); use a new key",
+        )
+    return job
 
 
 def _abandon(database_url: str, job_id: str, reason: str) -> None:

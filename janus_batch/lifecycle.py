@@ -25,6 +25,7 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     CursorResult,
+    DateTime,
     Integer,
     Result,
     String,
@@ -44,7 +45,10 @@ from janus_batch.models import Item, Job, utcnow
 from janus_batch.states import ItemStatus, JobStatus, item_sources, job_sources
 
 MAX_ATTEMPTS = 3
-"""Claims of one item before the sweeper gives up on it (poison-pill protection)."""
+"""Claims of one item before the sweeper gives up on it (poison-pill protection); claims
+that ended in a deferral (`Item.retries`) do not count."""
+WAITING = "waiting"
+"""Prefix of a deferred item's error: what it waits out, not why it failed."""
 CANCEL_ERROR = "job cancelled"
 POISON_ERROR = (
     f"worker lost {MAX_ATTEMPTS} times while processing this item "
@@ -62,16 +66,21 @@ class Claimed:
     attempts: int
     input: dict[str, Any]
     custom_id: str | None = None
+    retries: int = 0
+    """Earlier attempts that ended in a deferral."""
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """The end of one attempt of one item: its final status, result and error."""
+    """The end of one attempt of one item: its final status, result and error; or, with
+    status `pending`, a deferral: a transient error (storage or an input host down) sends the
+    item back to wait `delay` seconds, the attempt not counted against MAX_ATTEMPTS."""
 
     item: Claimed
     status: ItemStatus
     result: dict[str, Any] | None = None
     error: str | None = None
+    delay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -125,6 +134,7 @@ def bump_counts(session: Session, counts: Mapping[str, Counter[str]]) -> None:
         )
         if not (succeeded or failed or cancelled):
             continue
+        extra: dict[str, Any] = {"waiting_since": None, "waiting_reason": None}
         session.execute(
             update(Job)
             .where(Job.id == job_id)
@@ -133,6 +143,7 @@ def bump_counts(session: Session, counts: Mapping[str, Counter[str]]) -> None:
                 failed=Job.failed + failed,
                 cancelled=Job.cancelled + cancelled,
                 updated_at=now,
+                **(extra if succeeded else {}),  # a success: whatever it waited on is back
             )
         )
 
@@ -302,6 +313,20 @@ def insert_items(session: Session, job_id: str, rows: Sequence[Mapping[str, Any]
     return ids
 
 
+def dispatchable(now: datetime) -> ColumnElement[bool]:
+    """Items a dispatch may send: pending, named by no message, and not deferred past `now`."""
+    return and_(
+        Item.status == ItemStatus.PENDING,
+        Item.enqueued_at.is_(None),
+        or_(Item.not_before.is_(None), Item.not_before <= now),
+    )
+
+
+def _poison_left() -> ColumnElement[bool]:
+    """The item still has attempts left: claims that ended in a deferral do not count."""
+    return Item.attempts - Item.retries < MAX_ATTEMPTS
+
+
 def take_dispatch(
     session: Session, job_id: str, *, chunk_size: int, window: int, now: datetime | None = None
 ) -> list[list[int]]:
@@ -322,9 +347,7 @@ def take_dispatch(
     room = window - -(-(open_items or 0) // chunk_size)
     if room <= 0:
         return []
-    undispatched = and_(
-        Item.job_id == job_id, Item.status == ItemStatus.PENDING, Item.enqueued_at.is_(None)
-    )
+    undispatched = and_(Item.job_id == job_id, dispatchable(now or utcnow()))
     ids = session.scalars(
         select(Item.id)
         .where(undispatched)
@@ -347,6 +370,21 @@ def take_dispatch(
     return [ordered[i : i + chunk_size] for i in range(0, len(ordered), chunk_size)]
 
 
+def release_dispatch(session: Session, item_ids: Sequence[int]) -> int:
+    """Pending items whose chunk message could not be sent become undispatched again (the
+    next dispatch, or the sweeper's, sends them). Returns how many."""
+    if not item_ids:
+        return 0
+    return _rowcount(
+        session.execute(
+            update(Item)
+            .where(Item.id.in_(list(item_ids)), Item.status == ItemStatus.PENDING)
+            .values(enqueued_at=None)
+            .execution_options(synchronize_session=False)
+        )
+    )
+
+
 def claim(
     session: Session, job_id: str, item_ids: Sequence[int], lease_seconds: int
 ) -> list[Claimed]:
@@ -360,7 +398,7 @@ def claim(
         and_(
             Item.status == ItemStatus.RUNNING,
             Item.lease_until < now,
-            Item.attempts < MAX_ATTEMPTS,
+            _poison_left(),
         ),
     )
     # Lock in id order, skipping rows another claimer holds (PostgreSQL; SQLite has one
@@ -383,23 +421,31 @@ def claim(
             started_at=now,
             error=None,
         )
-        .returning(Item.id, Item.idx, Item.attempts, Item.input, Item.custom_id)
+        .returning(Item.id, Item.idx, Item.attempts, Item.input, Item.custom_id, Item.retries)
         .execution_options(synchronize_session=False)
     ).all()
     if rows:
         start_running(session, [job_id])
-    claimed = [Claimed(r.id, job_id, r.idx, r.attempts, r.input, r.custom_id) for r in rows]
+    claimed = [
+        Claimed(r.id, job_id, r.idx, r.attempts, r.input, r.custom_id, r.retries) for r in rows
+    ]
     return sorted(claimed, key=lambda c: c.idx)
 
 
 def complete(session: Session, outcomes: Sequence[Outcome]) -> dict[int, str]:
     """running (this attempt) -> succeeded | failed | cancelled, for a whole pass of outcomes
-    of any jobs in one statement; counters bumped by the rows that moved. Returns the items
-    that moved: {item id: new status} (an outcome of a lost attempt is not among them)."""
+    of any jobs in one statement; counters bumped by the rows that moved; deferrals (status
+    pending) go back to wait (`defer`). Returns the items that moved: {item id: new status}
+    (an outcome of a lost attempt is not among them)."""
     if not outcomes:
         return {}
     for outcome in outcomes:
         _item_from({ItemStatus.RUNNING}, outcome.status)
+    deferred = [o for o in outcomes if o.status == ItemStatus.PENDING]
+    moved_back = defer(session, deferred) if deferred else {}
+    outcomes = [o for o in outcomes if o.status != ItemStatus.PENDING]
+    if not outcomes:
+        return moved_back
     job_of = {o.item.id: o.item.job_id for o in outcomes}
     v = (
         values(
@@ -439,7 +485,62 @@ def complete(session: Session, outcomes: Sequence[Outcome]) -> dict[int, str]:
     for item_id, status in moved:
         counts[job_of[item_id]][status] += 1
     bump_counts(session, counts)
-    return {item_id: status for item_id, status in moved}
+    return {**moved_back, **{item_id: status for item_id, status in moved}}
+
+
+def defer(session: Session, outcomes: Sequence[Outcome]) -> dict[int, str]:
+    """running (this attempt) -> pending, undispatched until `now + delay`, for items that
+    met a transient error: `retries` + 1 (so the attempt is not poison), the error kept as
+    what it waits on, and each job marked waiting since the first of them (cleared by its
+    next success). Returns {item id: "pending"} for the items that moved."""
+    now = utcnow()
+    v = (
+        values(
+            column("id", BigInteger),
+            column("attempts", Integer),
+            column("error", Text),
+            column("not_before", DateTime(timezone=True)),
+            name="d",
+        )
+        .data(
+            [
+                (o.item.id, o.item.attempts, o.error, now + timedelta(seconds=o.delay))
+                for o in sorted(outcomes, key=lambda o: o.item.id)
+            ]
+        )
+        .cte("d")
+    )
+    moved = session.scalars(
+        update(Item)
+        .where(
+            Item.id == v.c.id,
+            Item.attempts == v.c.attempts,
+            Item.status.in_(_item_from({ItemStatus.RUNNING}, ItemStatus.PENDING)),
+        )
+        .values(
+            status=ItemStatus.PENDING,
+            retries=Item.retries + 1,
+            not_before=v.c.not_before,
+            error=v.c.error,
+            lease_until=None,
+            enqueued_at=None,
+        )
+        .returning(Item.id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    moved_ids = set(moved)
+    reasons = {o.item.job_id: o.error for o in outcomes if o.item.id in moved_ids}
+    for job_id in sorted(reasons):
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(
+                waiting_since=func.coalesce(Job.waiting_since, now),
+                waiting_reason=reasons[job_id],
+                updated_at=now,
+            )
+        )
+    return dict.fromkeys(moved, ItemStatus.PENDING.value)
 
 
 def extend_leases(session: Session, owned: Mapping[int, int], lease_seconds: int) -> set[int]:
@@ -509,11 +610,11 @@ def requeue_expired(session: Session, now: datetime, limit: int) -> list[Expired
         ),
         (
             ItemStatus.FAILED,
-            Item.attempts >= MAX_ATTEMPTS,
+            ~_poison_left(),
             {"error": POISON_ERROR, "finished_at": now},
         ),
         # back to pending, already dispatched: the sweeper sends it in a chunk of its own
-        (ItemStatus.PENDING, Item.attempts < MAX_ATTEMPTS, {"enqueued_at": now}),
+        (ItemStatus.PENDING, _poison_left(), {"enqueued_at": now}),
     ]
     moved: list[Expired] = []
     for target, condition, extra in verdicts:
@@ -526,10 +627,10 @@ def requeue_expired(session: Session, now: datetime, limit: int) -> list[Expired
                 condition,
             )
             .values(status=target, lease_until=None, **extra)
-            .returning(Item.id, Item.job_id, Item.idx, Item.attempts)
+            .returning(Item.id, Item.job_id, Item.idx, Item.attempts - Item.retries)
             .execution_options(synchronize_session=False)
         ).all()
-        moved += [Expired(r.id, r.job_id, r.idx, r.attempts, target) for r in rows]
+        moved += [Expired(r[0], r[1], r[2], r[3], target) for r in rows]
     counts: dict[str, Counter[str]] = defaultdict(Counter)
     for item in moved:
         if item.status != ItemStatus.PENDING:

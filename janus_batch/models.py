@@ -69,6 +69,11 @@ class Job(Base):
     output_prefix: Mapped[str] = mapped_column(String(1024))
     expanded: Mapped[bool] = mapped_column(Boolean, default=False)
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """Fingerprint of the request an idempotency key is bound to (a replay must match it)."""
+    waiting_since: Mapped[datetime | None] = mapped_column(nullable=True)
+    """Set while items wait out a transient error (storage down); cleared by a success."""
+    waiting_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     total: Mapped[int] = mapped_column(Integer, default=0)
     succeeded: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
@@ -103,6 +108,10 @@ class Item(Base):
     input: Mapped[dict[str, Any]] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16), default=ItemStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Attempts that ended in a transient error (deferred): not counted as poison."""
+    not_before: Mapped[datetime | None] = mapped_column(nullable=True)
+    """A deferred item is not dispatched again before this time."""
     lease_until: Mapped[datetime | None] = mapped_column(nullable=True)
     enqueued_at: Mapped[datetime | None] = mapped_column(nullable=True)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)

@@ -139,6 +139,25 @@ class Settings(BaseSettings):
     max_retries: int = Field(
         default=3, ge=0, description="Retries (with backoff) of transient fetch/upload errors."
     )
+    retry_delay_max: float = Field(
+        default=30.0,
+        gt=0,
+        description="Longest wait before an item deferred by a transient error (storage or "
+        "an input host down) is tried again; waits double from 1 s up to this.",
+    )
+    storage_patience: float = Field(
+        default=600.0,
+        ge=0,
+        description="Seconds a worker keeps a generated item's encoded images in memory, "
+        "retrying the upload while storage is down, before it defers the item (its images are "
+        "then rendered again later).",
+    )
+    max_input_deferrals: int = Field(
+        default=8,
+        ge=0,
+        description="Deferrals of an item whose http(s) input host keeps failing transiently "
+        "before the item fails (storage outages defer without limit).",
+    )
     flower_url: str = Field(
         default="http://127.0.0.1:5555", description="Flower address linked from the dashboard."
     )

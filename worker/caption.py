@@ -2,10 +2,12 @@
 chunk's thread); the engine thread captions them in passes shared with other chunks.
 
 An image that cannot be fetched (missing key, 404) or decoded (corrupt, truncated, not an
-image) fails only its own item with a readable error; transient fetch errors are retried with
-backoff by `worker.fetch` first. Sampling (temperature > 0) uses the item's recorded
-`seed`, so resubmitting the same image, question and seed gives the same caption. Result of
-an item: `{"caption": text}`.
+image) fails only its own item with a readable error. Transient fetch errors are retried with
+backoff by `worker.fetch` first; one that outlasts those retries defers the item (it waits and
+is tried again, `worker.chunk.deferred`), never fails it, and one of storage pauses the
+worker's new work until storage answers (`worker.breaker`). Sampling (temperature > 0) uses
+the item's recorded `seed`, so resubmitting the same image, question and seed gives the same
+caption. Result of an item: `{"caption": text}`.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from janus_batch.lifecycle import Claimed, Outcome
 from janus_batch.models import Job
 from janus_batch.states import ItemStatus, JobKind
 from worker import metrics
-from worker.chunk import Handler, Work, failed
+from worker.chunk import Handler, Work, deferred, failed
 from worker.context import Context
-from worker.fetch import FetchError, fetch_many
+from worker.fetch import FetchError, fetch_many, fetch_uri
 from worker.scheduler import Ticket
 
 DEFAULTS = {"temperature": 0.0, "top_p": 1.0}
@@ -41,6 +43,10 @@ def open_image(data: bytes, uri: str, size: int | None = None) -> Image.Image:
         raise ValueError(f"cannot read image {uri}: cannot identify image file") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ValueError(f"cannot read image {uri}: {exc}") from None
+
+
+def _from_storage(uri: str) -> bool:
+    return uri.startswith(("s3://", "storage:"))
 
 
 class CaptionHandler(Handler):
@@ -67,12 +73,16 @@ class CaptionHandler(Handler):
         params: dict[str, Any] = {**DEFAULTS, **(job.params or {})}
         work: list[Work] = []
         errors: list[Outcome] = []
+        breaker = ctx.pipeline().breaker
         for item, data in zip(items, fetched, strict=True):
+            uri = item.input["uri"]
             if isinstance(data, FetchError):
-                errors.append(failed(item, str(data)))
+                errors.append(self._fetch_failed(ctx, item, data))
                 continue
+            if _from_storage(uri):
+                breaker.success()
             try:
-                image = open_image(data, item.input.get("image") or item.input["uri"], size)
+                image = open_image(data, item.input.get("image") or uri, size)
                 request = CaptionRequest(
                     image=image,
                     question=item.input["prompt"],
@@ -86,6 +96,26 @@ class CaptionHandler(Handler):
                 continue
             work.append(Work(item, request))
         return work, errors
+
+    def _fetch_failed(self, ctx: Context, item: Claimed, error: FetchError) -> Outcome:
+        """A permanent error fails the item; a transient one defers it, and one of storage
+        also pauses the worker's new work until a single fetch of that input answers."""
+        if error.permanent:
+            return failed(item, str(error))
+        if error.storage:
+            settings = ctx.settings
+            uri = item.input["uri"]
+            ctx.pipeline().breaker.trip(
+                str(error),
+                probe=lambda: fetch_uri(
+                    uri,
+                    storage=ctx.storage,
+                    endpoint_url=settings.s3_endpoint_url,
+                    region=settings.s3_region,
+                    max_retries=0,
+                ),
+            )
+        return deferred(ctx, self.kind, item, str(error), storage=error.storage)
 
     def finish(self, ctx: Context, job: Job, work: Work, ticket: Ticket) -> Outcome:
         [text] = ticket.outputs

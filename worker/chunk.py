@@ -22,6 +22,7 @@ This module owns the order of state changes, the same for both kinds:
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -80,10 +81,34 @@ def failed(item: Claimed, error: str) -> Outcome:
     return Outcome(item, ItemStatus.FAILED, error=error)
 
 
+STORAGE_RETRY_DELAY = 1.0
+"""Seconds a deferred item waits when storage was down: the breaker already holds new work
+back while it is, so the item may go as soon as storage answers."""
+
+
+def deferred(ctx: Context, kind: str, item: Claimed, error: str, *, storage: bool) -> Outcome:
+    """A transient error: the item goes back to wait and is tried again later, without
+    spending one of its attempts. Storage outages defer without limit; an input host's own
+    transient errors up to `max_input_deferrals` times (waits doubling from 1 s up to
+    `retry_delay_max`), then the item fails."""
+    settings = ctx.settings
+    if storage:
+        delay = STORAGE_RETRY_DELAY
+    elif item.retries >= settings.max_input_deferrals:
+        return failed(item, f"{error} (still failing after {item.retries + 1} tries)")
+    else:
+        delay = min(settings.retry_delay_max, 2.0**item.retries) * random.uniform(0.75, 1.0)
+    metrics.ITEMS_DEFERRED.labels(kind, "storage" if storage else "input").inc()
+    log.info("job=%s idx=%d deferred %.1fs: %s", item.job_id, item.idx, delay, error)
+    return Outcome(item, ItemStatus.PENDING, error=f"{lifecycle.WAITING}: {error}", delay=delay)
+
+
 def run_chunk(ctx: Context, handler: Handler, job_id: str, item_ids: Sequence[int]) -> Counter[str]:
     """Process one chunk message; returns the counts this call changed (by item status)."""
     started = time.monotonic()
-    ctx.pipeline().engine()  # a worker whose model did not load raises here, before claiming
+    pipeline = ctx.pipeline()
+    pipeline.engine()  # a worker whose model did not load raises here, before claiming
+    pipeline.breaker.wait_until_usable()  # storage down: claim nothing until it answers
     job, claimed = _start(ctx, handler.kind, job_id, item_ids)
     total: Counter[str] = Counter()
     if job is not None and claimed:

@@ -55,14 +55,17 @@ _CHUNK = 1024 * 1024
 
 
 class FetchError(Exception):
-    """An input could not be fetched; `permanent` is False when a later retry may succeed."""
+    """An input could not be fetched; `permanent` is False when a later retry may succeed;
+    `storage` is True when the failing party is storage (`s3://` at the configured endpoint
+    or `storage:`), not an input's own host: a transient one pauses the worker's new work."""
 
-    def __init__(self, message: str, permanent: bool) -> None:
+    def __init__(self, message: str, permanent: bool, storage: bool = False) -> None:
         super().__init__(message)
         self.permanent = permanent
+        self.storage = storage
 
-    def __reduce__(self) -> tuple[Any, ...]:  # keep `permanent` through pickling (Celery)
-        return (type(self), (str(self), self.permanent))
+    def __reduce__(self) -> tuple[Any, ...]:  # keep the flags through pickling (Celery)
+        return (type(self), (str(self), self.permanent, self.storage))
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -117,7 +120,9 @@ def fetch_uri(
     except FetchError as exc:
         if exc.permanent or attempts == 1:
             raise
-        raise FetchError(f"{exc} (gave up after {attempts} attempts)", permanent=False) from exc
+        raise FetchError(
+            f"{exc} (gave up after {attempts} attempts)", permanent=False, storage=exc.storage
+        ) from exc
 
 
 def fetch_many(uris: list[str], *, concurrency: int, **kw: Any) -> list[bytes | FetchError]:
@@ -290,7 +295,7 @@ def _check_size(size: int | None, max_bytes: int, uri: str) -> None:
 
 def _from_storage_error(exc: StorageError, uri: str) -> FetchError:
     message = str(exc) if uri in str(exc) else f"cannot fetch {_show(uri)}: {exc}"
-    return FetchError(message, permanent=not isinstance(exc, TransientStorageError))
+    return FetchError(message, permanent=not isinstance(exc, TransientStorageError), storage=True)
 
 
 def _show(uri: object, limit: int = 300) -> str:

@@ -3,23 +3,26 @@ renders them in passes shared with other chunks; each item's images are encoded 
 in the outtake pool.
 
 Image k of item idx goes to `<output_prefix>/images/<idx:08d>_<k>.<ext>`: the same item
-always writes the same keys, so a retry overwrites and never duplicates. Result of an item:
+always writes the same keys, so a retry overwrites and never duplicates. Storage down does not
+fail an item: its encoded images wait in memory while the breaker probes storage, up to
+`JANUS_BATCH_STORAGE_PATIENCE` seconds, then the item is deferred. Result of an item:
 `{"images": [{"key", "uri", "seed", "index"}], "format": ext}`.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from janus_batch.lifecycle import Claimed, Outcome
 from janus_batch.models import Job
 from janus_batch.states import ItemStatus, JobKind
 from worker import metrics
-from worker.chunk import Handler, Work, failed
+from worker.chunk import Handler, Work, deferred, failed
 from worker.context import Context
 from worker.encode import EncodeSpec, encode_image, image_format
-from worker.fetch import retry_transient
+from worker.fetch import is_transient, retry_transient
 from worker.scheduler import Ticket
 
 log = logging.getLogger(__name__)
@@ -59,7 +62,10 @@ class GenerateHandler(Handler):
         model = getattr(ctx.pipeline().engine(), "model_name", "")
         entries = []
         for unit, image in zip(ticket.units, ticket.outputs, strict=True):
-            entry = _store(ctx, job, model, fmt, work, unit.k, unit.seed, image)
+            try:
+                entry = _store(ctx, job, model, fmt, work, unit.k, unit.seed, image)
+            except StorageDown as exc:
+                return deferred(ctx, self.kind, work.item, str(exc), storage=True)
             if isinstance(entry, str):
                 return failed(work.item, entry)
             entries.append(entry)
@@ -97,11 +103,38 @@ def _store(
             data = encode_image(
                 image, fmt, metadata, png_compress_level=ctx.settings.png_compress_level
             )
-            retry_transient(
-                lambda: ctx.storage.put_bytes(key, data, fmt.content_type),
-                attempts=ctx.settings.max_retries + 1,
-            )
+            _upload(ctx, key, data, fmt.content_type)
+    except StorageDown:
+        raise
     except Exception as exc:  # one image fails its item, not the batch
         log.warning("job=%s idx=%d cannot store %s: %s", job.id, w.item.idx, key, exc)
         return f"cannot store image {index} at {key}: {exc}"
     return {"key": key, "uri": ctx.storage.uri(key), "seed": seed, "index": index}
+
+
+class StorageDown(Exception):
+    """Storage stayed down longer than `storage_patience`: the item is deferred."""
+
+
+def _upload(ctx: Context, key: str, data: bytes, content_type: str) -> None:
+    """Store `data` at `key`. A transient error that outlasts the quick retries opens the
+    breaker and the encoded image waits in memory (this outtake thread) until storage answers,
+    up to `storage_patience` seconds, then StorageDown; a permanent error raises."""
+    breaker = ctx.pipeline().breaker
+    settings = ctx.settings
+    deadline = time.monotonic() + settings.storage_patience
+    while True:
+        try:
+            retry_transient(
+                lambda: ctx.storage.put_bytes(key, data, content_type),
+                attempts=settings.max_retries + 1,
+            )
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            breaker.trip(str(exc), probe=ctx.storage.ping)
+            if not breaker.wait_until_usable(deadline):
+                raise StorageDown(f"cannot store {key}: {exc}") from exc
+            continue
+        breaker.success()
+        return

@@ -90,6 +90,20 @@ QUEUE_DEPTH = Gauge(
     "Messages waiting in a Celery queue (LLEN), as last seen by the sweeper.",
     ["queue"],
 )
+STORAGE_UP = Gauge(
+    "janus_storage_up",
+    "1 while this worker's storage answers, 0 while its circuit breaker holds new work back.",
+)
+STORAGE_UP.set(1)
+ITEMS_DEFERRED = Counter(
+    "janus_items_deferred",
+    "Items sent back to wait out a transient error (storage or an input host down).",
+    ["kind", "why"],
+)
+SWEEPER_LAST_RUN = Gauge(
+    "janus_sweeper_last_run_timestamp_seconds",
+    "Unix time of the sweeper's last successful run (in the process that ran it).",
+)
 
 
 def observe_batch(kind: str, *, size: int, model_seconds: float) -> None:

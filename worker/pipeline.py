@@ -39,6 +39,7 @@ from janus_batch.lifecycle import Outcome
 from janus_batch.models import Job
 from janus_batch.states import ItemStatus, JobStatus
 from worker import metrics
+from worker.breaker import StorageBreaker
 from worker.scheduler import Pass, PassScheduler, Ticket
 
 log = logging.getLogger(__name__)
@@ -369,7 +370,10 @@ class Pipeline:
         wait_seconds: float,
         outtake_threads: int,
     ) -> None:
+        from worker.fetch import is_transient
+
         self.watch = JobWatch(database_url)
+        self.breaker = StorageBreaker(is_transient=is_transient)
         self.engine_loop = EngineLoop(
             load_engine, wait_seconds=wait_seconds, watch=self.watch, batch_rows_hint=batch_rows
         )

@@ -196,10 +196,10 @@ def requeue_lost(ctx: Context, now: datetime) -> int:
 
 def reopen_windows(ctx: Context) -> int:
     """Step 2b: live jobs with undispatched items but no chunk open (none dispatched pending,
-    none running: their window's messages were lost and their items already handed back)
-    get their window dispatched again."""
+    none running: their window's messages were lost and their items already handed back, or
+    every item waits out a transient error) get their window dispatched again."""
     dispatched = and_(Item.status == ItemStatus.PENDING, Item.enqueued_at.is_not(None))
-    undispatched = and_(Item.status == ItemStatus.PENDING, Item.enqueued_at.is_(None))
+    undispatched = lifecycle.dispatchable(utcnow())  # deferred items once their wait is over
 
     def has(condition: Any) -> Any:
         return select(Item.id).where(Item.job_id == Job.id, condition).exists()

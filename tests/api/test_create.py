@@ -21,9 +21,12 @@ from janus_batch.db import session_scope
 from janus_batch.inputs import parse_params
 from janus_batch.models import Item, Job
 from janus_batch.queue import get_celery
-from janus_batch.settings import DEFAULT_MAX_NEW_TOKENS
+from janus_batch.settings import DEFAULT_MAX_NEW_TOKENS, get_settings
+from janus_batch.storage import storage_from_settings
 from tests.api.helpers import caption_job, finish_items
 from tests.services import free_port
+from worker.context import Context
+from worker.sweeper import reopen_windows
 
 
 def _items(database_url: str, job_id: str) -> list[Item]:
@@ -269,20 +272,61 @@ def test_idempotency_unique_constraint_race(client, monkeypatch, queue_len):
     assert queue_len(CAPTION_QUEUE) == 1
 
 
-def test_queue_down_fails_the_job_with_503(client, set_env, database_url):
+def test_queue_down_accepts_inline_items_and_the_sweeper_dispatches_them(
+    client, set_env, database_url, queue_len
+):
+    """Inline items are committed with their job: with Redis down the job is accepted, its
+    items wait undispatched, and the first sweep after Redis answers sends them."""
+    redis_url = get_settings().redis_url
+    set_env(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    get_celery.cache_clear()
+    body = {"kind": "caption", "items": [{"image": "s3://b/a.jpg"}, {"image": "s3://b/c.jpg"}]}
+    response = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "k"})
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    with session_scope(database_url) as session:
+        items = session.scalars(select(Item).where(Item.job_id == job_id)).all()
+    assert len(items) == 2 and all(i.enqueued_at is None for i in items)
+
+    set_env(redis_url=redis_url)  # Redis answers again
+    get_celery.cache_clear()
+    settings = get_settings()
+    ctx = Context(settings, storage_from_settings(settings), get_celery())
+    assert reopen_windows(ctx) == 1
+    assert queue_len(CAPTION_QUEUE) == 1
+
+
+def test_queue_down_fails_a_source_job_with_503(client, set_env, database_url):
     set_env(redis_url=f"redis://127.0.0.1:{free_port()}/0")
     get_celery.cache_clear()
     response = client.post(
         "/v1/jobs",
-        json={"kind": "caption", "items": [{"image": "s3://b/a.jpg"}]},
+        json={"kind": "caption", "source": {"s3_prefix": "s3://b/photos/"}},
         headers={"Idempotency-Key": "k"},
     )
     assert response.status_code == 503, response.text
-    assert "queue unavailable" in response.json()["error"]["message"]
+    message = response.json()["error"]["message"]
+    assert "queue unavailable" in message and "127.0.0.1" not in message
     with session_scope(database_url) as session:
         job = session.scalars(select(Job)).one()
     assert job.status == "failed" and job.idempotency_key is None
-    assert job.cancelled == 1 and "could not enqueue" in job.error
+    assert "could not enqueue" in job.error
+
+
+def test_idempotency_key_replayed_with_another_body_is_refused(client):
+    body = {"kind": "generate", "items": ["a fox"]}
+    first = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "same"})
+    assert first.status_code == 202
+    replay = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "same"})
+    assert replay.status_code == 200 and replay.json()["id"] == first.json()["id"]
+    other = client.post(
+        "/v1/jobs",
+        json={"kind": "generate", "items": ["a boat"]},
+        headers={"Idempotency-Key": "same"},
+    )
+    assert other.status_code == 422, other.text
+    error = other.json()["error"]
+    assert error["field"] == "Idempotency-Key" and first.json()["id"] in error["message"]
 
 
 def test_priority_is_recorded_and_bounded(client):
