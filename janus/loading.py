@@ -123,6 +123,11 @@ def _source(model: str) -> tuple[str, bool]:
     """Return (what to pass to from_pretrained, is_local) or raise JanusLoadError."""
     path = pathlib.Path(model).expanduser()
     if path.exists():
+        from . import convert, original
+
+        if path.is_dir() and original.is_original(path):
+            # deepseek-ai's own layout: converted once into a cache folder, then reused
+            return str(convert.converted_copy(path)), True
         _check_local_dir(path)
         return str(path), True
     looks_like_path = model.startswith(("/", ".", "~")) or "\\" in model or model.count("/") > 1
@@ -159,8 +164,9 @@ def load_checkpoint(model: str, device: torch.device, dtype: torch.dtype):
         if "multi_modality" in reason:
             raise JanusLoadError(
                 f"{where} is in the original deepseek-ai layout (model_type 'multi_modality', "
-                "trust_remote_code), not transformers' Janus format: use "
-                "deepseek-community/Janus-Pro-1B or -7B instead."
+                "trust_remote_code), not transformers' Janus format: download it and point at "
+                "the folder (converted once on load), convert it with `janus-batch model "
+                "convert SRC DST`, or use deepseek-community/Janus-Pro-1B or -7B."
             ) from exc
         hint = (
             ""
