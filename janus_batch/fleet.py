@@ -18,10 +18,19 @@ TTL = 30
 
 
 def announce(
-    client: Any, prefix: str, hostname: str, queues: Iterable[str], ttl: int = TTL
+    client: Any,
+    prefix: str,
+    hostname: str,
+    queues: Iterable[str],
+    ttl: int = TTL,
+    *,
+    storage_down_since: float | None = None,
 ) -> None:
-    """Say that `hostname` is alive and consumes `queues` (for the next `ttl` seconds)."""
-    body = json.dumps({"queues": sorted(queues), "at": time.time()})
+    """Say that `hostname` is alive and consumes `queues` (for the next `ttl` seconds), and
+    since when (unix time) its storage has been unreachable, if it is."""
+    body = json.dumps(
+        {"queues": sorted(queues), "at": time.time(), "storage_down_since": storage_down_since}
+    )
     client.set(f"{prefix}{KEY}{hostname}", body, ex=ttl)
 
 
@@ -32,7 +41,12 @@ def withdraw(client: Any, prefix: str, hostname: str) -> None:
 
 def live_workers(client: Any, prefix: str) -> dict[str, list[str]]:
     """{hostname: queues} of every worker whose announcement has not expired."""
-    found: dict[str, list[str]] = {}
+    return {name: list(body["queues"]) for name, body in announcements(client, prefix).items()}
+
+
+def announcements(client: Any, prefix: str) -> dict[str, dict[str, Any]]:
+    """{hostname: announcement} of every live worker (queues, at, storage_down_since)."""
+    found: dict[str, dict[str, Any]] = {}
     pattern = f"{prefix}{KEY}*"
     for key in client.scan_iter(match=pattern, count=100):
         raw = client.get(key)
@@ -40,10 +54,30 @@ def live_workers(client: Any, prefix: str) -> dict[str, list[str]]:
             continue
         name = key.decode() if isinstance(key, bytes) else str(key)
         try:
-            found[name[len(prefix) + len(KEY) :]] = list(json.loads(raw)["queues"])
+            body = json.loads(raw)
+            list(body["queues"])
         except (ValueError, KeyError, TypeError):
             continue
+        found[name[len(prefix) + len(KEY) :]] = body
     return found
+
+
+SWEEP_KEY = "janus:sweeper:last"
+"""Unix time of the sweeper's last successful run (no expiry: its age is the signal)."""
+
+
+def record_sweep(client: Any, prefix: str) -> None:
+    """The sweeper finished a run now."""
+    client.set(f"{prefix}{SWEEP_KEY}", repr(time.time()))
+
+
+def last_sweep(client: Any, prefix: str) -> float | None:
+    """Unix time of the sweeper's last successful run, or None if none is recorded."""
+    raw = client.get(f"{prefix}{SWEEP_KEY}")
+    try:
+        return float(raw) if raw is not None else None
+    except ValueError:
+        return None
 
 
 def consumers(workers: dict[str, list[str]], queue: str) -> int:

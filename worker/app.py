@@ -31,7 +31,7 @@ from janus_batch.db import dispose_engines
 from janus_batch.queue import get_celery
 from janus_batch.settings import get_settings
 from worker import metrics, runtime
-from worker.context import current_context
+from worker.context import current_context, storage_down_since
 from worker.presence import Presence
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,9 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     waits for the model before it claims anything)."""
     global _presence
     queues = [q.name for q in sender.task_consumer.queues] if sender is not None else []
-    _presence = Presence(get_settings(), sender.hostname, queues).start()
+    _presence = Presence(
+        get_settings(), sender.hostname, queues, storage_down_since=storage_down_since
+    ).start()
     if _threads_pool:
         _on_process_init()
 

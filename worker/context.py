@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from celery import Celery
@@ -45,6 +46,10 @@ class PipelineHolder:
                 )
             return self._pipeline
 
+    def built(self) -> Pipeline | None:
+        """The pipeline if it was built (never builds one)."""
+        return self._pipeline
+
     def close(self) -> None:
         with self._lock:
             if self._pipeline is not None:
@@ -73,6 +78,13 @@ class Context:
     def database_url(self) -> str:
         """The job table's URL."""
         return self.settings.resolved_database_url()
+
+
+def storage_down_since() -> datetime | None:
+    """Since when this process's pipeline has seen its storage down (None: up, or no
+    pipeline in this process)."""
+    pipeline = _PROCESS_PIPELINE.built()
+    return pipeline.breaker.down_since if pipeline is not None else None
 
 
 def current_context() -> Context:

@@ -1,11 +1,13 @@
 """A worker's presence in Redis (`janus_batch.fleet`): announced at start, refreshed by a
-daemon thread every third of its TTL, withdrawn at shutdown."""
+daemon thread every third of its TTL (with its storage breaker's state), withdrawn at
+shutdown."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from datetime import datetime
 
 import redis
 
@@ -18,8 +20,15 @@ log = logging.getLogger(__name__)
 class Presence:
     """Keeps `hostname` (consuming `queues`) announced while the worker lives."""
 
-    def __init__(self, settings: Settings, hostname: str, queues: Iterable[str]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        hostname: str,
+        queues: Iterable[str],
+        storage_down_since: Callable[[], datetime | None] = lambda: None,
+    ) -> None:
         self.prefix = settings.queue_prefix
+        self._storage_down_since = storage_down_since
         self.hostname = hostname
         self.queues = sorted(queues)
         self._client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
@@ -40,7 +49,14 @@ class Presence:
     def _loop(self) -> None:
         while True:
             try:
-                fleet.announce(self._client, self.prefix, self.hostname, self.queues)
+                down = self._storage_down_since()
+                fleet.announce(
+                    self._client,
+                    self.prefix,
+                    self.hostname,
+                    self.queues,
+                    storage_down_since=down.timestamp() if down else None,
+                )
             except redis.RedisError as exc:  # Redis away: the key expires, the API says so
                 log.warning("presence not announced: %s", exc)
             if self._stop.wait(fleet.TTL / 3):

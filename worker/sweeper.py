@@ -11,7 +11,7 @@ from typing import Any
 import redis
 from sqlalchemy import and_, or_, select
 
-from janus_batch import lifecycle
+from janus_batch import fleet, lifecycle
 from janus_batch.constants import (
     CAPTION_QUEUE,
     CONTROL_QUEUE,
@@ -52,7 +52,21 @@ def sweep(ctx: Context, now: datetime | None = None) -> dict[str, int]:
     if any(counts.values()):
         log.info("sweep: %s", counts)
     record_queue_depths(ctx)
+    record_run(ctx)
     return counts
+
+
+def record_run(ctx: Context) -> None:
+    """Record this successful run (Redis, for /readyz and job status; and the metric), so a
+    sweeper that stopped running is noticed."""
+    metrics.SWEEPER_LAST_RUN.set_to_current_time()
+    client = redis.Redis.from_url(ctx.settings.redis_url)
+    try:
+        fleet.record_sweep(client, ctx.settings.queue_prefix)
+    except redis.RedisError as exc:
+        log.warning("sweep: run not recorded: %s", exc)
+    finally:
+        client.close()
 
 
 def record_queue_depths(ctx: Context) -> dict[str, int]:

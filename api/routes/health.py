@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 import redis
@@ -58,21 +59,42 @@ def _storage(settings: Settings) -> None:
     get_storage(settings).ping()
 
 
+STALE_SWEEPS = 3
+"""Sweep intervals without a run before the sweeper is reported stale."""
+
+
 def _workers(settings: Settings) -> dict[str, object]:
-    """Live workers per queue (their announcements in Redis), and a warning for each queue no
-    live worker consumes: its jobs stay queued until one starts."""
+    """Live workers per queue (their announcements in Redis), the sweeper's last run, and
+    warnings: a queue no live worker consumes (its jobs stay queued until one starts), a
+    worker whose storage is down, a sweeper that has not run for STALE_SWEEPS intervals
+    (expired leases and lost messages are then never handed back)."""
     client = redis.Redis.from_url(
         settings.redis_url, socket_connect_timeout=TIMEOUT, socket_timeout=TIMEOUT
     )
     try:
-        workers = fleet.live_workers(client, settings.queue_prefix)
+        found = fleet.announcements(client, settings.queue_prefix)
+        last_sweep = fleet.last_sweep(client, settings.queue_prefix)
     except redis.RedisError as exc:
         return {"warnings": [f"live workers unknown: {exc}"]}
     finally:
         client.close()
+    workers = {name: list(body["queues"]) for name, body in found.items()}
     per_queue = {q: fleet.consumers(workers, q) for q in QUEUES}
     warnings = [f"no live worker consumes {q}" for q, n in per_queue.items() if not n]
-    return {"workers": per_queue, "warnings": warnings}
+    now = time.time()
+    for name, body in sorted(found.items()):
+        down = body.get("storage_down_since")
+        if isinstance(down, (int, float)):
+            warnings.append(f"worker {name}: storage unreachable for {now - down:.0f} s")
+    age = None if last_sweep is None else round(now - last_sweep, 1)
+    if age is None:
+        warnings.append("the sweeper has never run: start the control worker with beat")
+    elif age > STALE_SWEEPS * settings.sweep_interval:
+        warnings.append(
+            f"the sweeper last ran {age:.0f} s ago (every {settings.sweep_interval:.0f} s "
+            "expected): is the control worker with beat running?"
+        )
+    return {"workers": per_queue, "sweeper": {"last_run_seconds_ago": age}, "warnings": warnings}
 
 
 CHECKS: dict[str, Callable[[Settings], None]] = {

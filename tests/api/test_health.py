@@ -33,6 +33,7 @@ def test_readyz_and_jobs_say_when_no_live_worker_consumes_a_queue(client, settin
     r = redis.Redis.from_url(settings_env.redis_url)
     fleet.announce(r, settings_env.queue_prefix, "gpu0@h", ["janus.caption", "janus.generate"])
     fleet.announce(r, settings_env.queue_prefix, "control@h", ["janus.control"], ttl=1)
+    fleet.record_sweep(r, settings_env.queue_prefix)
     body = client.get("/readyz").json()
     assert body["workers"] == {"janus.caption": 1, "janus.generate": 1, "janus.control": 1}
     assert body["warnings"] == []
@@ -74,3 +75,31 @@ def test_openapi_docs(client):
     assert {"JobCreate", "JobPublic", "JobsPublic", "ErrorBody"} <= set(
         spec["components"]["schemas"]
     )
+
+
+def test_readyz_warns_of_a_stale_sweeper_and_a_worker_without_storage(client, settings_env):
+    """The sweeper records each run; readyz warns when none is recorded or the last is older
+    than three intervals, and when a worker's presence says its storage is down."""
+    import time
+
+    import redis
+
+    from janus_batch import fleet
+
+    r = redis.Redis.from_url(settings_env.redis_url)
+    prefix = settings_env.queue_prefix
+    body = client.get("/readyz").json()
+    assert body["sweeper"] == {"last_run_seconds_ago": None}
+    assert any("sweeper has never run" in w for w in body["warnings"])
+
+    r.set(f"{prefix}{fleet.SWEEP_KEY}", repr(time.time() - 600))  # interval: 60 s
+    body = client.get("/readyz").json()
+    assert body["sweeper"]["last_run_seconds_ago"] >= 600
+    assert any("the sweeper last ran 6" in w for w in body["warnings"])
+
+    fleet.record_sweep(r, prefix)
+    fleet.announce(r, prefix, "gpu0@h", ["janus.caption"], storage_down_since=time.time() - 42)
+    body = client.get("/readyz").json()
+    assert body["status"] == "ok" and body["sweeper"]["last_run_seconds_ago"] < 5
+    assert not any("sweeper" in w for w in body["warnings"])
+    assert any(w.startswith("worker gpu0@h: storage unreachable for 4") for w in body["warnings"])
