@@ -153,20 +153,35 @@ def _message_item_ids(raw: bytes | str) -> list[int]:
     """The item ids of a chunk message as kombu keeps it in Redis: a message dict (in a
     queue's list) or [message, exchange, routing key] (in the `unacked` hash); [] if not one."""
     try:
-        value = json.loads(raw)
-        message = value[0] if isinstance(value, list) else value
-        body = json.loads(base64.b64decode(message["body"]))
+        body = json.loads(base64.b64decode(_message(raw)["body"]))
         return [int(i) for i in body[0][1]]
     except (ValueError, KeyError, IndexError, TypeError):
         return []
 
 
+def _message(raw: bytes | str) -> dict[str, Any]:
+    value = json.loads(raw)
+    message: dict[str, Any] = value[0] if isinstance(value, list) else value
+    return message
+
+
+def _eta(raw: bytes | str) -> float | None:
+    """The unix time a message is scheduled for (a task's own retry, `countdown`), if any."""
+    try:
+        eta = _message(raw)["headers"].get("eta")
+        return datetime.fromisoformat(eta).timestamp() if eta else None
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return None
+
+
 def in_flight_item_ids(ctx: Context, kind: str) -> set[int] | None:
-    """Items named by a message waiting in `kind`'s queue, or reserved within the last
-    stale_pending_seconds by a worker that has not acknowledged it yet (kombu's `unacked`
-    hash and its delivery-time index): not lost. A reservation older than that whose items
-    are still pending belongs to a dead worker (a live one claims at once). None when the
-    queue is too long to read (then nothing of that kind is taken for lost)."""
+    """Items named by a message waiting in `kind`'s queue, or reserved by a worker that has
+    not acknowledged it yet (kombu's `unacked` hash and its delivery-time index) within the
+    last stale_pending_seconds, or scheduled (ETA) for after that (a task's own retry after
+    a database error waits in its worker as a reserved message): not lost. An older plain
+    reservation whose items are still pending belongs to a dead worker (a live one claims at
+    once). None when the queue is too long to read (then nothing of that kind is taken for
+    lost)."""
     prefix = ctx.settings.queue_prefix
     key = f"{prefix}{CHUNK_QUEUES[JobKind(kind)]}"
     since = time.time() - ctx.settings.stale_pending_seconds
@@ -177,10 +192,11 @@ def in_flight_item_ids(ctx: Context, kind: str) -> set[int] | None:
             return None
         for raw in client.lrange(key, 0, SCAN_LIMIT):
             found.update(_message_item_ids(raw))
-        tags = [str(t, "utf-8") if isinstance(t, bytes) else str(t) for t in
-                client.zrangebyscore(f"{prefix}unacked_index", since, "+inf")]  # fmt: skip
-        for entry in client.hmget(f"{prefix}unacked", tags) if tags else []:
-            if entry is not None:
+        reserved = client.zrange(f"{prefix}unacked_index", 0, -1, withscores=True)
+        tags = [str(t, "utf-8") if isinstance(t, bytes) else str(t) for t, _ in reserved]
+        entries = client.hmget(f"{prefix}unacked", tags) if tags else []
+        for (_, delivered), entry in zip(reserved, entries, strict=True):
+            if entry is not None and (delivered >= since or (_eta(entry) or 0) >= since):
                 found.update(_message_item_ids(entry))
     finally:
         client.close()

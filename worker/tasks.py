@@ -11,12 +11,14 @@ from celery import shared_task
 from sqlalchemy.exc import OperationalError
 
 from janus_batch import constants
+from janus_batch.storage import TransientStorageError
 from worker.caption import CaptionHandler
 from worker.chunk import run_chunk
 from worker.context import current_context
 from worker.expand import expand_source as expand_pipeline
 from worker.finalize import finalize_job as finalize_pipeline
 from worker.generate import GenerateHandler
+from worker.sources import TransientSourceError
 from worker.sweeper import sweep as sweep_pipeline
 
 # A transient database error (a deadlock, a dropped connection, a locked SQLite file) before
@@ -43,13 +45,24 @@ def generate_chunk(job_id: str, item_ids: list[int]) -> None:
     run_chunk(current_context(), GenerateHandler(), job_id, item_ids)
 
 
-@shared_task(name=constants.EXPAND_SOURCE_TASK, **RETRY_DB)
+# Expanding a source and writing a job's manifests talk to storage: storage down (or an S3
+# source throttling) retries them with backoff for up to ~25 minutes instead of failing the
+# job; past that the sweeper sends them again (stalled expansion, stuck finalizing).
+RETRY_STORAGE = {
+    **RETRY_DB,
+    "autoretry_for": (OperationalError, TransientStorageError, TransientSourceError),
+    "retry_backoff_max": 30,
+    "max_retries": 50,
+}
+
+
+@shared_task(name=constants.EXPAND_SOURCE_TASK, **RETRY_STORAGE)
 def expand_source(job_id: str) -> None:
     """Turn a job's S3 prefix or manifest into items, enqueued as they are inserted."""
     expand_pipeline(current_context(), job_id)
 
 
-@shared_task(name=constants.FINALIZE_JOB_TASK, **RETRY_DB)
+@shared_task(name=constants.FINALIZE_JOB_TASK, **RETRY_STORAGE)
 def finalize_job(job_id: str) -> None:
     """Write a job's results.jsonl / errors.jsonl and set its final status."""
     finalize_pipeline(current_context(), job_id)

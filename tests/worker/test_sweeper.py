@@ -3,6 +3,8 @@ left open."""
 
 from __future__ import annotations
 
+import json
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -22,7 +24,9 @@ from tests.worker.helpers import (
     get_job,
     peek_messages,
     pop_message,
+    queue_key,
     read_jsonl,
+    redis_client,
 )
 from worker.chunk import run_chunk
 from worker.generate import GenerateHandler
@@ -240,3 +244,28 @@ def test_a_lost_message_is_found_while_other_jobs_messages_wait(make_ctx: Any) -
         [lost_job, waiting_job]
     )
     assert sweep(ctx, now=later)["requeued_pending"] == 0
+
+
+def test_a_workers_own_retry_is_not_taken_for_a_lost_message(make_ctx: Any) -> None:
+    """A chunk task that retries itself (a database error) waits in its worker as a reserved
+    message with an ETA, reserved long ago: not lost. A plain reservation that old, whose
+    items are still pending, is a dead worker's: its items are re-sent."""
+    ctx = make_ctx(stale_pending_seconds="60")
+    create_job(ctx, JobKind.GENERATE, ["a", "b"])
+    prefix = ctx.settings.queue_prefix
+    r = redis_client(ctx)
+    raw = r.rpop(queue_key(ctx, "janus.generate"))
+    message = json.loads(raw)
+    reserved_long_ago = time.time() - 3600
+    later = utcnow() + timedelta(seconds=61)
+
+    def reserve(eta: str | None) -> None:
+        message["headers"]["eta"] = eta
+        r.hset(f"{prefix}unacked", "tag-1", json.dumps([message, "", "janus.generate"]))
+        r.zadd(f"{prefix}unacked_index", {"tag-1": reserved_long_ago})
+
+    reserve((utcnow() + timedelta(seconds=30)).isoformat())  # Celery's retry countdown
+    assert sweep(ctx, now=later)["requeued_pending"] == 0
+    reserve(None)
+    assert sweep(ctx, now=later)["requeued_pending"] == 2
+    r.delete(f"{prefix}unacked", f"{prefix}unacked_index")
