@@ -90,6 +90,14 @@ class JobOutput(BaseModel):
     errors_url: str | None
 
 
+class Waiting(BaseModel):
+    """Items of the job wait out a transient error (storage or an input host down): they are
+    tried again by themselves, never failed for it."""
+
+    since: datetime = Field(description="When the first of them met the error.")
+    reason: str = Field(description="The last such error.")
+
+
 class JobPublic(BaseModel):
     """A job as the API shows it."""
 
@@ -114,6 +122,15 @@ class JobPublic(BaseModel):
         default=None,
         description="Live workers consuming this job's queue (single-job responses only); 0: "
         "nothing will run it until a worker starts.",
+    )
+    waiting: Waiting | None = Field(
+        default=None,
+        description="Set while items wait out a transient error (no ETA meanwhile).",
+    )
+    notes: list[str] = Field(
+        default_factory=list,
+        description="What holds the job up, if anything the operator must fix (single-job "
+        "responses only): e.g. items on expired leases with no sweeper running.",
     )
 
 

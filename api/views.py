@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 import redis
 from fastapi import Request
 
-from api.schemas import Counts, FilePublic, ItemPublic, JobOutput, JobPublic
+from api.schemas import Counts, FilePublic, ItemPublic, JobOutput, JobPublic, Waiting
 from janus_batch import fleet
 from janus_batch.constants import ERRORS_NAME, RESULTS_NAME
 from janus_batch.jobs import as_utc
@@ -69,6 +70,10 @@ def _download_url(
 def job_public(job: Job, running: int, storage: Storage, request: Request) -> JobPublic:
     """The API view of a job."""
     rate, eta = rate_and_eta(job)
+    waiting = None
+    if job.waiting_since is not None and job.status not in JOB_FINAL:
+        waiting = Waiting(since=as_utc(job.waiting_since), reason=job.waiting_reason or "")
+        eta = None  # the rate says nothing while storage is down
     prefix = job.output_prefix
     return JobPublic(
         id=job.id,
@@ -93,7 +98,38 @@ def job_public(job: Job, running: int, storage: Storage, request: Request) -> Jo
         ),
         error=job.error,
         priority=job.priority or 0,
+        waiting=waiting,
     )
+
+
+def sweeper_note(expired_leases: int, last_sweep: float | None, interval: float) -> str | None:
+    """A note for a job whose items sit on expired leases while no sweeper runs to hand them
+    back (None if there are none, or the sweeper ran within three intervals)."""
+    if not expired_leases:
+        return None
+    if last_sweep is not None and time.time() - last_sweep <= 3 * interval:
+        return None
+    when = (
+        "has never run"
+        if last_sweep is None
+        else (f"last ran {time.time() - last_sweep:.0f} s ago")
+    )
+    return (
+        f"{expired_leases} items wait on expired leases (their worker stopped) and the sweeper "
+        f"{when}: start the control worker with beat to hand them back"
+    )
+
+
+def last_sweep() -> float | None:
+    """Unix time of the sweeper's last run (None if unknown or Redis does not answer)."""
+    settings = get_settings()
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        return fleet.last_sweep(client, settings.queue_prefix)
+    except redis.RedisError:
+        return None
+    finally:
+        client.close()
 
 
 def item_public(item: Item) -> ItemPublic:

@@ -283,6 +283,24 @@ def running_counts(database_url: str, job_ids: list[str]) -> dict[str, int]:
         return {job_id: n for job_id, n in rows}
 
 
+def expired_lease_count(database_url: str, job_id: str) -> int:
+    """Running items of the job whose lease ran out (their worker stopped; the sweeper hands
+    them back)."""
+    with session_scope(database_url) as session:
+        return (
+            session.scalar(
+                select(func.count())
+                .select_from(Item)
+                .where(
+                    Item.job_id == job_id,
+                    Item.status == ItemStatus.RUNNING,
+                    Item.lease_until < utcnow(),
+                )
+            )
+            or 0
+        )
+
+
 def encode_cursor(job: Job) -> str:
     """An opaque cursor for the position right after `job` in a newest-first listing."""
     raw = json.dumps([as_utc(job.created_at).isoformat(), job.id]).encode()

@@ -6,7 +6,7 @@ import logging
 import time
 from collections import defaultdict
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import redis
 from sqlalchemy import and_, or_, select
@@ -192,8 +192,11 @@ def in_flight_item_ids(ctx: Context, kind: str) -> set[int] | None:
             return None
         for raw in client.lrange(key, 0, SCAN_LIMIT):
             found.update(_message_item_ids(raw))
-        reserved = client.zrange(f"{prefix}unacked_index", 0, -1, withscores=True)
-        tags = [str(t, "utf-8") if isinstance(t, bytes) else str(t) for t, _ in reserved]
+        reserved = cast(
+            list[tuple[bytes, float]],
+            client.zrange(f"{prefix}unacked_index", 0, -1, withscores=True),
+        )
+        tags = [str(tag, "utf-8") for tag, _ in reserved]
         entries = client.hmget(f"{prefix}unacked", tags) if tags else []
         for (_, delivered), entry in zip(reserved, entries, strict=True):
             if entry is not None and (delivered >= since or (_eta(entry) or 0) >= since):

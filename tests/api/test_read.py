@@ -168,3 +168,68 @@ def test_final_job_streams_stored_results_and_files(client, settings_env, databa
     assert outside.status_code == 404  # resolved under the other job's prefix: not there
     escape = client.get(f"/v1/jobs/{job['id']}/files/images/..%2F..%2F{other['id']}/x.png")
     assert escape.status_code == 422 and escape.json()["error"]["field"] == "key"
+
+
+def test_a_job_waiting_on_storage_says_so_and_has_no_eta(client, database_url):
+    """Items deferred by a transient error (the worker's path: claim, then a pending outcome)
+    show on the job as `waiting` since the first of them, with no ETA; a success clears it."""
+    from janus_batch import lifecycle
+    from janus_batch.db import session_scope
+
+    job = caption_job(client, n=3)
+    reason = "waiting: cannot fetch s3://b/0.jpg: Could not connect to the endpoint URL"
+    with session_scope(database_url) as session:
+        ids = [i for (i,) in session.execute(_item_ids(job["id"]))]
+        claimed = lifecycle.claim(session, job["id"], ids, lease_seconds=60)
+        lifecycle.complete(
+            session,
+            [lifecycle.Outcome(c, ItemStatus.PENDING, error=reason, delay=5) for c in claimed[:2]]
+            + [lifecycle.Outcome(claimed[2], ItemStatus.FAILED, error="not an image")],
+        )
+    got = client.get(f"/v1/jobs/{job['id']}").json()
+    assert got["waiting"]["reason"] == reason and got["waiting"]["since"].endswith("Z")
+    assert got["eta_seconds"] is None and got["counts"]["pending"] == 2
+    items = client.get(f"/v1/jobs/{job['id']}/items", params={"status": "pending"}).json()
+    assert [i["error"] for i in items["data"]] == [reason, reason]
+
+    with session_scope(database_url) as session:
+        again = lifecycle.claim(session, job["id"], ids[:1], lease_seconds=60)
+        lifecycle.complete(
+            session, [lifecycle.Outcome(again[0], ItemStatus.SUCCEEDED, result={"caption": "x"})]
+        )
+    assert client.get(f"/v1/jobs/{job['id']}").json()["waiting"] is None
+
+
+def test_expired_leases_without_a_sweeper_are_noted(client, database_url, settings_env):
+    import redis
+
+    from janus_batch import fleet
+
+    job = caption_job(client, n=2)
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from janus_batch.db import session_scope
+    from janus_batch.models import Item, utcnow
+
+    set_item_status(database_url, job["id"], [0], "running")
+    with session_scope(database_url) as session:  # its worker died: the lease ran out
+        session.execute(
+            update(Item)
+            .where(Item.job_id == job["id"], Item.idx == 0)
+            .values(lease_until=utcnow() - timedelta(seconds=5))
+        )
+    notes = client.get(f"/v1/jobs/{job['id']}").json()["notes"]
+    assert len(notes) == 1 and "1 items wait on expired leases" in notes[0]
+    assert "sweeper has never run" in notes[0]
+    fleet.record_sweep(redis.Redis.from_url(settings_env.redis_url), settings_env.queue_prefix)
+    assert client.get(f"/v1/jobs/{job['id']}").json()["notes"] == []
+
+
+def _item_ids(job_id: str):
+    from sqlalchemy import select
+
+    from janus_batch.models import Item
+
+    return select(Item.id).where(Item.job_id == job_id).order_by(Item.idx)

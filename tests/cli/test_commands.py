@@ -169,3 +169,31 @@ def test_connection_refused_in_a_real_process(tmp_path: Path) -> None:
             "Pass --api-url or set JANUS_BATCH_API_URL."
         )
         assert "Traceback" not in proc.stderr
+
+
+def test_status_and_watch_say_what_holds_a_job_up() -> None:
+    """Items waiting out a storage outage, and the API's notes, are shown by `status` (and
+    printed once by `watch`); a final job shows none."""
+    from rich.console import Console
+
+    from janus_batch.client.cli.jobs import status_panel
+    from janus_batch.client.cli.watch import notices
+
+    job = {
+        "id": "job_1", "kind": "caption", "status": "running", "live_workers": 1,
+        "counts": {"total": 3, "pending": 2, "running": 0, "succeeded": 1, "failed": 0,
+                   "cancelled": 0},
+        "created_at": "2026-12-03T10:00:00+00:00", "started_at": "2026-12-03T10:00:01+00:00",
+        "waiting": {"since": "2026-12-03T10:00:05+00:00",
+                    "reason": "waiting: cannot fetch s3://b/0.jpg: Could not connect"},
+        "notes": ["2 items wait on expired leases (their worker stopped) and the sweeper has "
+                  "never run: start the control worker with beat to hand them back"],
+    }  # fmt: skip
+    console = Console(record=True, width=300)
+    console.print(status_panel(job, []))
+    shown = " ".join(console.export_text().split())
+    assert "items waiting since" in shown and "none failed for it" in shown
+    assert "cannot fetch s3://b/0.jpg: Could not connect" in shown
+    assert "the sweeper has never run" in shown
+    assert len(notices(job)) == 2
+    assert notices({**job, "status": "succeeded"}) == []

@@ -22,7 +22,7 @@ from janus_batch.client.cli.common import (
     out,
     with_exit_codes,
 )
-from janus_batch.client.cli.watch import NO_WORKER, duration, no_worker, wait_for
+from janus_batch.client.cli.watch import duration, notices, wait_for
 from janus_batch.client.http import FINAL_STATUSES
 
 JobId = Annotated[str, typer.Argument(help="A job id (job_...).", show_default=False)]
@@ -78,8 +78,8 @@ def status_panel(job: dict, errors: list[dict]) -> Panel:
         )
     rate = job.get("items_per_second")
     grid.add_row("rate", f"{rate:.2f} items/s" if rate else "-")
-    if no_worker(job):
-        grid.add_row("workers", f"[yellow]{NO_WORKER}[/]")
+    for i, notice in enumerate(notices(job)):
+        grid.add_row("note" if i == 0 else "", f"[yellow]{escape(notice)}[/]")
     if job["status"] not in FINAL_STATUSES:
         grid.add_row("ETA", duration(job.get("eta_seconds")))
     grid.add_row("model", escape(job.get("model") or "-"))

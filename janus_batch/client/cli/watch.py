@@ -8,6 +8,7 @@ CLI's exit status.
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from typing import Self
 
 from rich.console import Console
@@ -69,6 +70,22 @@ def no_worker(job: dict) -> bool:
     return job.get("live_workers") == 0 and job["status"] not in FINAL_STATUSES
 
 
+def notices(job: dict) -> list[str]:
+    """What holds an unfinished job up, as plain text: no live worker, items waiting out a
+    storage (or input host) outage, and the API's notes (e.g. no sweeper running)."""
+    if job["status"] in FINAL_STATUSES:
+        return []
+    found = [NO_WORKER] if no_worker(job) else []
+    waiting = job.get("waiting")
+    if waiting:
+        since = datetime.fromisoformat(waiting["since"]).astimezone().strftime("%H:%M:%S")
+        found.append(
+            f"items waiting since {since} (retried by themselves, none failed for it): "
+            f"{waiting['reason']}"
+        )
+    return found + list(job.get("notes") or [])
+
+
 def watch_jobs(
     client: Client,
     job_ids: list[str],
@@ -81,16 +98,18 @@ def watch_jobs(
     log file, CI), a line is printed each time a job's counts change instead."""
     deadline = None if timeout is None else time.monotonic() + timeout
     jobs: dict[str, dict] = {}
-    warned: set[str] = set()
+    warned: set[tuple[str, str]] = set()
     with _Display(console, job_ids) as display:
         while True:
             for job_id in job_ids:
                 if jobs.get(job_id, {}).get("status") not in FINAL_STATUSES:
                     jobs[job_id] = client.get_job(job_id)
                     display.show(jobs[job_id])
-                    if no_worker(jobs[job_id]) and job_id not in warned:
-                        warned.add(job_id)
-                        console.print(f"[yellow]{job_id}: {NO_WORKER}[/]", soft_wrap=True)
+                    for notice in notices(jobs[job_id]):
+                        if (job_id, notice) not in warned:
+                            warned.add((job_id, notice))
+                            text = escape(f"{job_id}: {notice}")
+                            console.print(f"[yellow]{text}[/]", soft_wrap=True)
             if all(job["status"] in FINAL_STATUSES for job in jobs.values()):
                 return [jobs[job_id] for job_id in job_ids]
             if deadline is not None and time.monotonic() > deadline:
