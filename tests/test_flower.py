@@ -5,14 +5,13 @@ inspect with its active task."""
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
 from janus_batch.migrate import upgrade
-from janus_batch.ops.stack import free_port, local_stack, spawn, wait_http
+from janus_batch.ops.stack import flower_command, free_port, local_stack, spawn, wait_http
 from tests.services import process_env
 
 
@@ -32,21 +31,7 @@ def test_flower_lists_workers_and_chunk_tasks_with_job_ids(
         "FLOWER_UNAUTHENTICATED_API": "true",
     }
     port = free_port()
-    flower = spawn(
-        "flower",
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "janus_batch.celeryapp",
-            "flower",
-            f"--port={port}",
-            "--address=127.0.0.1",
-        ],
-        env,
-        tmp_path / "logs",
-    )
+    flower = spawn("flower", flower_command(port), env, tmp_path / "logs")
     try:
         flower_url = f"http://127.0.0.1:{port}"
         wait_http(f"{flower_url}/healthcheck", flower)

@@ -1,29 +1,24 @@
-"""`janus-batch demo`: the README's main job.
+"""`janus-batch demo`: the README's main job, `janus-batch serve` for the length of two jobs.
 
 A caption job and a generate job go through the real path (HTTP API -> SQL -> Redis ->
-Celery worker -> Janus engine -> storage) on the embedded defaults: SQLite and a local
-results folder, the Redis at JANUS_BATCH_REDIS_URL or a bundled one where none answers.
+Celery worker -> Janus engine -> storage) on the embedded stack of `janus-batch serve`
+(`janus_batch.ops.serve.embedded_stack`): SQLite and a local results folder, the Redis at
+JANUS_BATCH_REDIS_URL or the bundled one; then the stack stops.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import threading
 from pathlib import Path
 
 import typer
 from PIL import Image, ImageDraw
-from rich.console import Console
-from rich.panel import Panel
 
+from janus_batch.client.cli.common import INTERRUPTED, fail
 from janus_batch.client.cli.watch import watch_jobs
 from janus_batch.client.http import Client
-from janus_batch.ops.embedded_redis import redis_answers, start_embedded
-from janus_batch.ops.model_source import locate_model
-from janus_batch.ops.stack import local_stack
-from janus_batch.settings import get_settings
-
-console = Console()
+from janus_batch.ops.serve import StackError, console, embedded_stack, stop_signals
 
 PROMPTS = [
     "a red fox sitting in fresh snow, golden hour",
@@ -53,90 +48,55 @@ def _sample_images(folder: Path) -> list[Path]:
     return paths
 
 
-def _choose_model(data_dir: Path, model: str) -> str:
-    ok, how = locate_model(model)
-    if ok:
-        console.print(f"model: {how}")
-        return model
-    tiny = data_dir / "tiny-janus"
-    console.print(
-        Panel(
-            f"[bold]The real checkpoint cannot be had here[/]: {how}.\n"
-            f"Running on a TINY RANDOM checkpoint instead ({tiny}): the pipeline is real, "
-            "the captions and images are noise.\nTo use Janus-Pro-1B: "
-            "`huggingface-cli download deepseek-community/Janus-Pro-1B --local-dir ./Janus-Pro-1B` "
-            "and set JANUS_BATCH_MODEL=./Janus-Pro-1B.",
-            title="WARNING: no Janus-Pro checkpoint",
-            border_style="red",
-        )
-    )
-    if not (tiny / "config.json").is_file():
-        from janus import make_tiny_checkpoint
-
-        make_tiny_checkpoint(tiny, image_size=384)
-    return str(tiny)
-
-
 def demo(
     timeout: float = typer.Option(1800, help="Give up after this many seconds."),
 ) -> None:
     """Run a caption job and a generate job end to end and print where the results are."""
-    settings = get_settings()
-    data_dir = settings.data_dir.resolve()
-    env = {"JANUS_BATCH_DATA_DIR": str(data_dir)}
-    handle = None
-    redis_url = settings.redis_url
-    if not redis_answers(redis_url):
-        redis_url, handle = start_embedded(data_dir / "redis")
-        console.print(
-            f"[yellow]no Redis at {settings.redis_url}: started the bundled one at {redis_url}[/]"
-        )
-    env["JANUS_BATCH_REDIS_URL"] = redis_url
-    env["JANUS_BATCH_MODEL"] = _choose_model(data_dir, settings.model)
-
-    from janus_batch.migrate import upgrade
-
-    os.environ.update(env)
-    get_settings.cache_clear()
-    settings = get_settings()
-    upgrade(settings.resolved_database_url())
-    console.print(f"database: {settings.resolved_database_url()}")
-    console.print(f"results:  {settings.resolved_storage_url()}")
+    hurry = threading.Event()
     try:
-        with local_stack(env, data_dir / "logs") as stack, Client(stack.api_url) as client:
+        with stop_signals(hurry), embedded_stack(hurry=hurry) as running:
+            stack, settings = running.stack, running.settings
             console.print(
-                f"API at {stack.api_url} (docs: {stack.api_url}/docs); logs in {data_dir / 'logs'}"
+                f"API at {stack.api_url} (docs: {stack.api_url}/docs, dashboard: "
+                f"{stack.api_url}/ui); logs in {running.log_dir}",
+                soft_wrap=True,
             )
-            ids = []
-            for path in _sample_images(data_dir / "demo-inputs"):
-                ids.append(client.upload_file(path, "image")["id"])
-            caption = client.create_job(
-                {
-                    "kind": "caption",
-                    "params": {
-                        "prompt": "Describe this image in one sentence.",
-                        "max_new_tokens": 24,
-                    },
-                    "items": [
-                        {"image": fid, "custom_id": f"sample-{i}"} for i, fid in enumerate(ids)
-                    ],
-                }
-            )
-            generate = client.create_job(
-                {
-                    "kind": "generate",
-                    "params": {"n": 2, "cfg_weight": 5.0, "temperature": 1.0},
-                    "items": [
-                        {"prompt": p, "seed": 1000 + i, "custom_id": f"prompt-{i}"}
-                        for i, p in enumerate(PROMPTS)
-                    ],
-                }
-            )
-            jobs = watch_jobs(client, [caption["id"], generate["id"]], console, timeout=timeout)
-            _report(client, jobs, settings.resolved_storage_url())
-    finally:
-        if handle is not None:
-            handle.shutdown()
+            with Client(stack.api_url) as client:
+                jobs = _submit(client, settings.data_dir / "demo-inputs")
+                done = watch_jobs(client, jobs, console, timeout=timeout)
+                _report(client, done, settings.resolved_storage_url())
+            console.print("stopping the stack (`janus-batch serve` keeps it up)")
+    except KeyboardInterrupt:
+        console.print(
+            "[yellow]interrupted[/]: the stack is stopped; jobs left resume on the next "
+            "`janus-batch serve` or demo"
+        )
+        raise typer.Exit(INTERRUPTED) from None
+    except (StackError, RuntimeError) as exc:
+        raise fail(str(exc), 1) from None
+
+
+def _submit(client: Client, inputs: Path) -> list[str]:
+    """Upload the sample pictures; submit the caption job and the generate job."""
+    ids = [client.upload_file(path, "image")["id"] for path in _sample_images(inputs)]
+    caption = client.create_job(
+        {
+            "kind": "caption",
+            "params": {"prompt": "Describe this image in one sentence.", "max_new_tokens": 24},
+            "items": [{"image": fid, "custom_id": f"sample-{i}"} for i, fid in enumerate(ids)],
+        }
+    )
+    generate = client.create_job(
+        {
+            "kind": "generate",
+            "params": {"n": 2, "cfg_weight": 5.0, "temperature": 1.0},
+            "items": [
+                {"prompt": p, "seed": 1000 + i, "custom_id": f"prompt-{i}"}
+                for i, p in enumerate(PROMPTS)
+            ],
+        }
+    )
+    return [caption["id"], generate["id"]]
 
 
 def _report(client: Client, jobs: list[dict], storage_url: str) -> None:

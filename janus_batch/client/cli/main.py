@@ -2,8 +2,8 @@
 
 Job commands (caption, generate, watch, status, list, cancel, results) are clients of the
 HTTP API: --api-url / JANUS_BATCH_API_URL and --api-key / JANUS_BATCH_API_KEY say which one.
-Operator commands (db, keys, model, demo) work on the local configuration directly: they live
-in `janus_batch.ops` and need the server extra, so a client-only install lists them with a
+Operator commands (db, keys, model, serve, demo) work on the local configuration directly: they
+live in `janus_batch.ops` and need the server extra, so a client-only install lists them with a
 note saying what to install instead of failing at start.
 """
 
@@ -45,6 +45,7 @@ OPERATOR_COMMANDS = (
     ("db", "admin", "db_app"),
     ("keys", "admin", "keys_app"),
     ("model", "model", "model_app"),
+    ("serve", "serve", "serve"),
     ("demo", "demo", "demo"),
 )
 
@@ -68,7 +69,8 @@ def _add_missing(group: typer.Typer, name: str, reason: str) -> None:
 
 
 def add_operator_commands(group: typer.Typer) -> None:
-    """Add db, keys, model and demo from `janus_batch.ops` when the server extra is there."""
+    """Add db, keys, model, serve and demo from `janus_batch.ops` when the server extra is
+    there."""
     for name, module, attr in OPERATOR_COMMANDS:
         try:
             command = getattr(importlib.import_module(f"janus_batch.ops.{module}"), attr)
