@@ -25,8 +25,16 @@ DISPLAY_CHARS = 10
 """Characters of the plaintext kept for display (`jb_` + 7), enough to tell keys apart."""
 
 
+NAME_CHARS = 255
+"""Longest key name (the column's size)."""
+
+
 class AmbiguousKey(LookupError):
     """A display prefix matches more than one key; use the key id."""
+
+
+class KeyNameError(ValueError):
+    """A key name that is empty, not one printable line, too long, or an active key's."""
 
 
 def hash_key(plaintext: str) -> str:
@@ -35,7 +43,16 @@ def hash_key(plaintext: str) -> str:
 
 
 def create_key(database_url: str, name: str) -> tuple[ApiKey, str]:
-    """Create a key named `name`; returns the row and the plaintext (never stored)."""
+    """Create a key named `name` (surrounding spaces dropped); returns the row and the
+    plaintext (never stored). KeyNameError if the name is empty, too long, or an active key
+    has it already (names tell keys apart; a revoked key's name may be used again)."""
+    name = name.strip()
+    if not name:
+        raise KeyNameError("a key needs a name (who or what uses it, e.g. alice or ci)")
+    if not name.isprintable():
+        raise KeyNameError(f"a key name is one line of printable characters, not {name!r}")
+    if len(name) > NAME_CHARS:
+        raise KeyNameError(f"a key name has at most {NAME_CHARS} characters, not {len(name)}")
     plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
     row = ApiKey(
         id=new_id("key"),
@@ -45,6 +62,14 @@ def create_key(database_url: str, name: str) -> tuple[ApiKey, str]:
         created_at=utcnow(),
     )
     with session_scope(database_url) as session:
+        taken = session.scalar(
+            select(ApiKey.id).where(ApiKey.name == name, ApiKey.revoked_at.is_(None)).limit(1)
+        )
+        if taken is not None:
+            raise KeyNameError(
+                f"an active key is already named {name!r} ({taken}): pick another name, or "
+                "revoke that key first"
+            )
         session.add(row)
     log.info("created API key %s (%s) named %r", row.id, row.prefix, name)
     return row, plaintext

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from janus_batch.client.cli.common import err, fail
 from janus_batch.settings import get_settings
+
+if TYPE_CHECKING:
+    from janus_batch.models import ApiKey
 
 console = Console()
 db_app = typer.Typer(help="The job database (SQLite or PostgreSQL).", no_args_is_help=True)
@@ -33,38 +40,100 @@ def _safe(url: str) -> str:
 
 @keys_app.command("create")
 def keys_create(name: str = typer.Argument(..., help="A label, e.g. the user's name.")) -> None:
-    """Create a key; its secret is printed once and stored only as a hash."""
-    from janus_batch.keys import create_key
+    """Create a key. Its secret alone goes to stdout (`KEY=$(janus-batch keys create ci)`), the
+    rest to stderr; it is shown once and stored only as a hash."""
+    from janus_batch.keys import KeyNameError, create_key
 
-    row, secret = create_key(get_settings().resolved_database_url(), name)
-    console.print(f"created key [bold]{row.id}[/] ({name})")
-    console.print("secret (shown once, store it now):")
+    try:
+        row, secret = create_key(get_settings().resolved_database_url(), name)
+    except KeyNameError as exc:
+        raise fail(str(exc), 1) from None
+    err.print(
+        f"created key [bold]{row.id}[/] ({escape(row.name)}); its secret, shown once: store it now",
+        soft_wrap=True,
+    )
     print(secret)
 
 
-@keys_app.command("list")
-def keys_list() -> None:
-    """List keys (never their secrets)."""
-    from janus_batch.keys import list_keys
+KEY_COLUMNS = ("id", "name", "prefix", "created", "revoked")
 
-    table = Table("id", "name", "prefix", "created", "revoked")
-    for key in list_keys(get_settings().resolved_database_url()):
-        table.add_row(
+
+def _key_rows(keys: list[ApiKey]) -> list[tuple[str, ...]]:
+    return [
+        (
             key.id,
             key.name,
             key.prefix,
             f"{key.created_at:%Y-%m-%d %H:%M}",
             f"{key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "",
         )
-    console.print(table)
+        for key in keys
+    ]
+
+
+def keys_table(keys: list[ApiKey]) -> Table:
+    """The terminal view: ids and prefixes keep their full width on any terminal (never cut
+    or wrapped); the other columns fold."""
+    rows = _key_rows(keys)
+    table = Table()
+    for i, header in enumerate(KEY_COLUMNS):
+        if header in ("id", "prefix"):
+            width = max([len(header), *(len(row[i]) for row in rows)])
+            table.add_column(header, no_wrap=True, min_width=width)
+        else:
+            table.add_column(header, overflow="fold")
+    for row in rows:
+        table.add_row(*(escape(value) for value in row))
+    return table
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List keys (never their secrets): a table on a terminal, tab-separated lines with a
+    header when piped (`janus-batch keys list | cut -f1`)."""
+    from janus_batch.keys import list_keys
+
+    keys = list_keys(get_settings().resolved_database_url())
+    if console.is_terminal:
+        console.print(keys_table(keys))
+        return
+    for row in [KEY_COLUMNS, *_key_rows(keys)]:
+        print("\t".join(row))
+
+
+REVOKE_TAKES = (
+    "revoke takes a key's full id (key_...) or its display prefix (jb_ and 7 characters), "
+    "as `janus-batch keys list` shows them"
+)
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: str = typer.Argument(..., help="The key's id or prefix.")) -> None:
+def keys_revoke(
+    key_id: str = typer.Argument(
+        ..., help="The key's full id (key_...) or its display prefix (jb_ and 7 characters)."
+    ),
+) -> None:
     """Revoke a key: requests with it get 401 from now on."""
-    from janus_batch.keys import revoke_key
+    from janus_batch.keys import AmbiguousKey, list_keys, revoke_key
 
-    if not revoke_key(get_settings().resolved_database_url(), key_id):
-        console.print(f"[red]no active key {key_id}[/]")
-        raise typer.Exit(1)
-    console.print(f"revoked {key_id}")
+    url = get_settings().resolved_database_url()
+    before = list_keys(url)
+    try:
+        row = revoke_key(url, key_id)
+    except AmbiguousKey as exc:
+        raise fail(f"{exc}. {REVOKE_TAKES}", 1) from None
+    if row is None:
+        raise fail(f"no key {key_id!r}{_started(before, key_id)}: {REVOKE_TAKES}", 1)
+    if any(k.id == row.id and k.revoked_at for k in before):
+        err.print(f"{row.id} ({escape(row.name)}) was already revoked on {row.revoked_at:%Y-%m-%d}")
+        return
+    err.print(f"revoked {row.id} ({escape(row.name)}, {row.prefix})")
+
+
+def _started(keys: list[ApiKey], start: str, shown: int = 3) -> str:
+    """` ('key_3f' is only the start of key_3f..., ...)` when ids or prefixes start so."""
+    ids = [k.id for k in keys if start and (k.id.startswith(start) or k.prefix.startswith(start))]
+    if not ids:
+        return ""
+    more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
+    return f" ({start!r} is only the start of {', '.join(ids[:shown])}{more})"

@@ -61,8 +61,8 @@ def test_keys_mode(keys_api: dict, tmp_path: Path) -> None:
 
     created = invoke(keys_api, "keys", "create", "alice")
     assert created.exit_code == 0, created.stderr
-    secret = created.stdout.strip().splitlines()[-1]
-    key_id = created.stdout.split("created key ", 1)[1].split()[0]
+    secret = created.stdout.strip()  # the secret alone: KEY=$(janus-batch keys create alice)
+    key_id = created.stderr.split("created key ", 1)[1].split()[0]
 
     ok = invoke({**keys_api, "JANUS_BATCH_API_KEY": secret}, "list")
     assert ok.exit_code == 0, ok.stderr
