@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -34,6 +36,9 @@ JOB_FAILED = 3
 ERROR = 4
 TIMED_OUT = 5
 INTERRUPTED = 130
+BROKEN_PIPE = 141
+"""The reader of stdout went away (`janus-batch list --json | head -1`): 128 + SIGPIPE, as a
+Unix tool killed by it, and no message."""
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 every item succeeded; 1 some items failed; 2 the job was cancelled; "
@@ -42,7 +47,17 @@ EXIT_CODES_HELP = (
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 
-out = Console(highlight=False)
+
+class _Stdout(Console):
+    """stdout's console: a closed pipe raises BrokenPipeError like print() does (rich would
+    exit 1), so `handle_errors` ends every command the same way."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
+out = _Stdout(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 ApiUrl = Annotated[
@@ -75,12 +90,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def handle_errors(func: F) -> F:
     """Run a command, turning ApiError / UsageError / OSError into one red line and exit 4,
-    and Ctrl-C into exit 130 (the job keeps running on the server)."""
+    Ctrl-C into exit 130 (the job keeps running on the server), and a closed stdout into a
+    quiet exit 141."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
+        except BrokenPipeError:
+            raise quiet_broken_pipe() from None
         except (ApiError, UsageError) as exc:
             raise fail(str(exc)) from None
         except OSError as exc:
@@ -91,6 +109,19 @@ def handle_errors(func: F) -> F:
             raise typer.Exit(INTERRUPTED) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def quiet_broken_pipe() -> typer.Exit:
+    """stdout's reader is gone: point stdout at /dev/null, so the interpreter's last flush
+    does not fail again, and return the exit to raise."""
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):  # not a file (captured in-process): nothing to redirect
+        return typer.Exit(BROKEN_PIPE)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+    return typer.Exit(BROKEN_PIPE)
 
 
 def with_exit_codes(func: F) -> F:
