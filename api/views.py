@@ -159,15 +159,32 @@ def file_public(row: File) -> FilePublic:
     )
 
 
-def live_consumers(queue: str) -> int | None:
-    """Live workers consuming `queue` (their announcements in Redis); None if Redis does
-    not answer."""
+def live_consumers(queue: str) -> tuple[int | None, Waiting | None]:
+    """Live workers consuming `queue` (their announcements in Redis; None if Redis does not
+    answer), and, if one of them says its storage is down, since when: the job's items wait
+    for it (the worker claims nothing meanwhile)."""
     client = redis.Redis.from_url(
         get_settings().redis_url, socket_connect_timeout=2, socket_timeout=2
     )
     try:
-        return fleet.consumers(fleet.live_workers(client, get_settings().queue_prefix), queue)
+        found = fleet.announcements(client, get_settings().queue_prefix)
     except redis.RedisError:
-        return None
+        return None, None
     finally:
         client.close()
+    mine = {name: body for name, body in found.items() if queue in body["queues"]}
+    down = sorted(
+        (body["storage_down_since"], name)
+        for name, body in mine.items()
+        if isinstance(body.get("storage_down_since"), (int, float))
+    )
+    waiting = None
+    if down:
+        since, name = down[0]
+        waiting = Waiting(
+            since=datetime.fromtimestamp(since, UTC),
+            reason=f"storage unreachable from worker {name}"
+            + (f" and {len(down) - 1} more" if len(down) > 1 else "")
+            + f" (of {len(mine)}): work resumes by itself when it answers",
+        )
+    return len(mine), waiting

@@ -29,6 +29,10 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
+CONNECT_TIMEOUT = 10
+"""Seconds to open a PostgreSQL connection (or wait for a pooled one) before giving up."""
+
+
 def is_sqlite(url: str) -> bool:
     """Whether the URL points at SQLite."""
     return make_url(url).get_backend_name() == "sqlite"
@@ -42,8 +46,16 @@ def _create(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    # a GPU worker runs up to ~16 chunk threads, their lease heartbeats and the recorder
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=30)
+    # a GPU worker runs up to ~16 chunk threads, their lease heartbeats and the recorder;
+    # a database that does not answer fails a request within CONNECT_TIMEOUT (API: a 503)
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=30,
+        pool_timeout=CONNECT_TIMEOUT,
+        connect_args={"connect_timeout": CONNECT_TIMEOUT},
+    )
 
 
 def get_engine(url: str) -> Engine:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
@@ -47,17 +48,23 @@ class Presence:
             log.warning("presence not withdrawn: %s", exc)
 
     def _loop(self) -> None:
+        """Announce every TTL / 3, and within a second of the storage state changing."""
+        announced: tuple[float, datetime | None] | None = None
         while True:
-            try:
-                down = self._storage_down_since()
-                fleet.announce(
-                    self._client,
-                    self.prefix,
-                    self.hostname,
-                    self.queues,
-                    storage_down_since=down.timestamp() if down else None,
-                )
-            except redis.RedisError as exc:  # Redis away: the key expires, the API says so
-                log.warning("presence not announced: %s", exc)
-            if self._stop.wait(fleet.TTL / 3):
+            down = self._storage_down_since()
+            now = time.monotonic()
+            if announced is None or down != announced[1] or now - announced[0] >= fleet.TTL / 3:
+                try:
+                    fleet.announce(
+                        self._client,
+                        self.prefix,
+                        self.hostname,
+                        self.queues,
+                        storage_down_since=down.timestamp() if down else None,
+                    )
+                    announced = (now, down)
+                except redis.RedisError as exc:  # Redis away: the key expires, the API says so
+                    log.warning("presence not announced: %s", exc)
+                    announced = (now, down)
+            if self._stop.wait(1.0):
                 return

@@ -34,7 +34,9 @@ def _view(job: Job, db: str, storage: StorageDep, request: Request) -> JobPublic
     running = jobs.running_counts(db, [job.id]).get(job.id, 0)
     view = job_public(job, running, storage, request)
     if job.status not in JOB_FINAL:
-        view.live_workers = live_consumers(CHUNK_QUEUES[JobKind(job.kind)])
+        view.live_workers, storage_down = live_consumers(CHUNK_QUEUES[JobKind(job.kind)])
+        if view.waiting is None and storage_down is not None:
+            view.waiting, view.eta_seconds = storage_down, None
         expired = jobs.expired_lease_count(db, job.id) if running else 0
         note = sweeper_note(
             expired, last_sweep() if expired else None, get_settings().sweep_interval

@@ -233,3 +233,25 @@ def _item_ids(job_id: str):
     from janus_batch.models import Item
 
     return select(Item.id).where(Item.job_id == job_id).order_by(Item.idx)
+
+
+def test_a_job_whose_worker_has_storage_down_says_it_waits(client, settings_env):
+    """The worker claims nothing while its storage is down (so no item is deferred yet): the
+    job still says what it waits for, from the worker's presence."""
+    import time
+
+    import redis
+
+    from janus_batch import fleet
+
+    job = caption_job(client, n=2)
+    r = redis.Redis.from_url(settings_env.redis_url)
+    fleet.announce(r, settings_env.queue_prefix, "gpu0@h", ["janus.caption"])
+    assert client.get(f"/v1/jobs/{job['id']}").json()["waiting"] is None
+    down = time.time() - 30
+    fleet.announce(
+        r, settings_env.queue_prefix, "gpu0@h", ["janus.caption"], storage_down_since=down
+    )
+    got = client.get(f"/v1/jobs/{job['id']}").json()
+    assert got["live_workers"] == 1 and got["eta_seconds"] is None
+    assert got["waiting"]["reason"].startswith("storage unreachable from worker gpu0@h (of 1)")
