@@ -3,7 +3,7 @@
 A transient storage error (connection refused, timeout, 5xx, SlowDown) that outlasted the
 quick retries `trip`s the breaker: it logs once, shows in metrics and in the worker's
 presence, and while it is open chunk threads wait before claiming new work
-(`wait_until_usable`). After a cool-down (1 s, doubling up to `max_cool`) one waiting thread
+(`wait_until_usable`). After a cool-down (1 s, doubling up to `max_cool`, 5 s) one waiting thread
 runs the probe of the last trip (a `ping` of the storage, a single fetch of the input that
 failed); an answer that is not a transient error closes the breaker and every thread goes on.
 
@@ -35,7 +35,7 @@ class StorageBreaker:
         *,
         is_transient: Callable[[BaseException], bool],
         min_cool: float = 1.0,
-        max_cool: float = 10.0,
+        max_cool: float = 5.0,
     ) -> None:
         self._is_transient = is_transient
         self._min_cool = min_cool
