@@ -39,15 +39,18 @@ def make_s3_client(
     max_attempts: int = 3,
     connect_timeout: float = 10.0,
     read_timeout: float = 60.0,
+    retry_mode: str = "standard",
 ) -> Any:
     """A thread-safe boto3 S3 client; credentials come from boto3's normal chain.
 
     A custom endpoint (MinIO, Ceph, a compose service name) gets path-style addressing, since
     `bucket.host` names rarely resolve there. Checksums only when the operation requires them,
-    which S3-compatible servers handle best.
+    which S3-compatible servers handle best. `retry_mode="adaptive"` adds botocore's
+    client-side rate limiting when the server throttles (SlowDown): the storage backend's
+    writers slow down together instead of failing.
     """
     config = Config(
-        retries={"mode": "standard", "max_attempts": max_attempts},
+        retries={"mode": retry_mode, "max_attempts": max_attempts},
         max_pool_connections=max_pool_connections,
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,

@@ -90,7 +90,7 @@ class S3Storage(Storage):
         self.endpoint_url = endpoint_url
         self._base = f"{self.prefix}/" if self.prefix else ""
         self._client = client or make_s3_client(
-            endpoint_url, region, max_pool_connections=max_pool_connections
+            endpoint_url, region, max_pool_connections=max_pool_connections, retry_mode="adaptive"
         )
         self._transfer = TransferConfig(max_concurrency=max(1, min(10, max_pool_connections)))
 

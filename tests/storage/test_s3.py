@@ -176,3 +176,15 @@ def test_translate_upload_failed_error() -> None:
     wrapped = S3UploadFailedError(f"Failed to upload: {inner}")
     wrapped.__context__ = inner  # as boto3 raises it: inside `except ClientError`, no `from`
     assert isinstance(translate_error(wrapped, "upload", "s3://b/k"), TransientStorageError)
+
+
+def test_storage_client_rate_limits_itself_when_throttled(s3_env) -> None:
+    """The storage backend's client uses botocore's adaptive retry mode (client-side rate
+    limiting after SlowDown / throttling answers)."""
+    from janus_batch.storage import S3Storage
+
+    storage = S3Storage(s3_env.storage_url, endpoint_url=s3_env.endpoint_url)
+    try:
+        assert storage._client.meta.config.retries["mode"] == "adaptive"
+    finally:
+        storage.close()
