@@ -2,7 +2,10 @@
 
 Shared by the API (inline items) and the worker's expand task (manifest lines), so a
 manifest line and an inline item are held to the same rules and produce the same rows.
-Every error names the field it is about, e.g. `items[3].n: must be <= 16`.
+Every error names the field it is about, e.g. `items[3].n: must be <= 16`. An http(s)
+reference is held to the egress policy as far as it can be told without DNS (the scheme, a
+literal address, a loopback name): `items[0].image: 'http://...' is refused by the egress
+policy: only https URLs are fetched`; the worker checks the rest when it connects.
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from janus_batch.egress import EgressPolicy, EgressRefused
 from janus_batch.formats import ImageFormat
 from janus_batch.items import NewItem
-from janus_batch.settings import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS_LIMIT
+from janus_batch.settings import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS_LIMIT, get_settings
 from janus_batch.states import JobKind
 
 DEFAULT_QUESTION = "Describe this image."
@@ -160,8 +164,11 @@ def parse_params(
     return params
 
 
-def check_image_ref(ref: str, field: str, what: str = "image reference") -> str:
-    """Accept s3://bucket/key, http(s)://host/path or an uploaded file id; return it."""
+def check_image_ref(
+    ref: str, field: str, what: str = "image reference", *, egress: EgressPolicy | None = None
+) -> str:
+    """Accept s3://bucket/key, http(s)://host/path or an uploaded file id; return it. An
+    http(s) URL must pass `egress.check_url` (default: the policy of the process's settings)."""
     if ref.startswith(FILE_ID_PREFIX):
         return ref
     try:
@@ -177,6 +184,11 @@ def check_image_ref(ref: str, field: str, what: str = "image reference") -> str:
         )
     if not parsed.netloc or (parsed.scheme == "s3" and not parsed.path.strip("/")):
         raise InvalidInput(field, f"incomplete URI '{ref}'")
+    if parsed.scheme != "s3":
+        try:
+            (egress or EgressPolicy.from_settings(get_settings())).check_url(ref)
+        except EgressRefused as exc:  # told from the URL alone: no DNS, nothing internal
+            raise InvalidInput(field, f"'{ref}' is {exc}: {exc.reason}") from None
     return ref
 
 
@@ -283,13 +295,15 @@ def caption_item(
     max_prompt_chars: int,
     resolve_file: Callable[[str, str], str] | None = None,
     storage_url: str | None = None,
+    egress: EgressPolicy | None = None,
 ) -> NewItem:
     """Validate one caption item into a row input `{image, uri, prompt, seed}`; a missing
     seed is drawn, so a sampled caption (temperature > 0) can be made again.
 
     `resolve_file(file_id, field)` turns an uploaded file id into a fetchable URI
     (`storage:<key>`), raising InvalidInput when the id is unknown to the caller. With
-    `storage_url` (the service's storage) an `s3://` image inside it is refused.
+    `storage_url` (the service's storage) an `s3://` image inside it is refused. An http(s)
+    image is checked by `egress` (default: the settings' policy).
     """
     if isinstance(raw, str):
         raw = {"image": raw}
@@ -299,7 +313,7 @@ def caption_item(
         item = CaptionItemIn.model_validate(raw)
     except ValidationError as err:
         raise _first_error(err, where) from None
-    image = check_image_ref(item.image, f"{where}.image")
+    image = check_image_ref(item.image, f"{where}.image", egress=egress)
     check_outside_storage(image, f"{where}.image", storage_url)
     uri = image
     if image.startswith(FILE_ID_PREFIX):

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "deepseek-community/Janus-Pro-1B"
@@ -123,6 +123,17 @@ class Settings(BaseSettings):
         description="Redis transport visibility timeout; must exceed the longest chunk.",
     )
     fetch_concurrency: int = Field(default=8, ge=1, description="Parallel input downloads.")
+    egress_allow_http: bool = Field(
+        default=False,
+        description="Fetch plain http:// inputs and manifests too (default: https:// only).",
+    )
+    egress_allow: str = Field(
+        default="",
+        description="Hosts, host:port, addresses or CIDR networks (comma-separated) that "
+        "user-named URLs may reach although not public, e.g. an on-prem MinIO: "
+        "minio.internal:9000,10.20.0.0/16. Every other loopback, private, link-local, CGNAT, "
+        "multicast or reserved address is refused (README, Security).",
+    )
     upload_concurrency: int = Field(
         default=8,
         ge=1,
@@ -164,6 +175,14 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(
         default=None, description="Worker: serve Prometheus metrics on this port."
     )
+
+    @field_validator("egress_allow")
+    @classmethod
+    def _valid_egress_allow(cls, value: str) -> str:
+        from janus_batch.egress import parse_allow
+
+        parse_allow(value)  # a malformed entry is a startup error, not a silent no-op
+        return value
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to a SQLite file inside data_dir."""

@@ -17,6 +17,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from janus_batch.egress import EgressPolicy
 from janus_batch.lifecycle import Claimed, Outcome
 from janus_batch.models import Job
 from janus_batch.states import ItemStatus, JobKind
@@ -68,6 +69,7 @@ class CaptionHandler(Handler):
                 endpoint_url=settings.s3_endpoint_url,
                 region=settings.s3_region,
                 max_retries=settings.max_retries,
+                egress=EgressPolicy.from_settings(settings),
             )
         size = int(getattr(ctx.pipeline().engine(), "image_size", 384))
         params: dict[str, Any] = {**DEFAULTS, **(job.params or {})}
@@ -113,6 +115,7 @@ class CaptionHandler(Handler):
                     endpoint_url=settings.s3_endpoint_url,
                     region=settings.s3_region,
                     max_retries=0,
+                    egress=EgressPolicy.from_settings(settings),
                 ),
             )
         return deferred(ctx, self.kind, item, str(error), storage=error.storage)

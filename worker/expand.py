@@ -30,6 +30,7 @@ from sqlalchemy import func, select
 from janus_batch import lifecycle
 from janus_batch.constants import FINALIZE_JOB_TASK
 from janus_batch.db import session_scope
+from janus_batch.egress import EgressPolicy
 from janus_batch.files import file_resolver, referenced_file_ids
 from janus_batch.inputs import (
     InvalidInput,
@@ -233,6 +234,7 @@ def _manifest_item(
                 max_prompt_chars=settings.max_prompt_chars,
                 resolve_file=resolve_file,
                 storage_url=settings.resolved_storage_url(),
+                egress=EgressPolicy.from_settings(settings),
             )
         return generate_item(
             value,

@@ -6,6 +6,12 @@ storage, e.g. an uploaded file under `inputs/`).
 
     data = fetch_uri("s3://photos/cat.jpg", storage=storage, endpoint_url=..., max_retries=3)
     results = fetch_many(uris, concurrency=8, storage=storage)  # bytes or FetchError, in order
+
+`http(s)` URLs go through the egress policy (`janus_batch.egress`, `egress=`; by default
+https only and public addresses only), redirects included: a refusal is a permanent
+FetchError saying only "refused by the egress policy", whatever is at the address. The
+`s3://` endpoint is the operator's (JANUS_BATCH_S3_ENDPOINT_URL): a user names only the bucket
+and key, never where they are.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Any, BinaryIO, TypeVar
 import httpx
 from botocore.exceptions import BotoCoreError, ClientError
 
+from janus_batch.egress import EgressPolicy, EgressRefused, make_client, open_url
 from janus_batch.s3client import make_s3_client
 from janus_batch.storage import (
     Storage,
@@ -111,9 +118,11 @@ def fetch_uri(
     timeout: float = 30.0,
     max_bytes: int = MAX_BYTES,
     base_delay: float = 0.5,
+    egress: EgressPolicy | None = None,
 ) -> bytes:
-    """The bytes at `uri`, retrying transient errors `max_retries` times; FetchError otherwise."""
-    fetch = _fetcher(uri, storage, endpoint_url, region, timeout, max_bytes)
+    """The bytes at `uri`, retrying transient errors `max_retries` times; FetchError otherwise.
+    `egress` is the policy of http(s) URLs (default: EgressPolicy(), the strictest)."""
+    fetch = _fetcher(uri, storage, endpoint_url, region, timeout, max_bytes, egress)
     attempts = max_retries + 1
     try:
         return retry_transient(fetch, attempts, base_delay)
@@ -151,6 +160,7 @@ def _fetcher(
     region: str | None,
     timeout: float,
     max_bytes: int,
+    egress: EgressPolicy | None,
 ) -> Callable[[], bytes]:
     """The one-attempt fetch function for `uri`'s scheme; permanent FetchError if unsupported."""
     scheme = uri.partition(":")[0].lower() if isinstance(uri, str) else ""
@@ -161,7 +171,7 @@ def _fetcher(
     if scheme == "s3":
         return lambda: _fetch_s3(uri, endpoint_url, region, timeout, max_bytes)
     if scheme in ("http", "https"):
-        return lambda: _fetch_http(uri, timeout, max_bytes)
+        return lambda: _fetch_http(uri, timeout, max_bytes, egress or EgressPolicy())
     if scheme == "file" or (isinstance(uri, str) and os.path.isabs(uri)):
         return lambda: _fetch_file(uri, max_bytes)
     raise FetchError(
@@ -215,14 +225,10 @@ def _fetch_s3(
         raise _from_storage_error(translate_error(exc, "fetch", uri), uri) from exc
 
 
-@lru_cache(maxsize=1)
-def _http_client() -> httpx.Client:
-    """One pooled HTTP client per process, shared by the fetch threads."""
-    return httpx.Client(
-        follow_redirects=True,
-        limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
-        headers={"User-Agent": "janus-batch"},
-    )
+@lru_cache(maxsize=8)
+def _http_client(egress: EgressPolicy) -> httpx.Client:
+    """One pooled HTTP client per process and policy, shared by the fetch threads."""
+    return make_client(egress, max_connections=64)
 
 
 def _forget_clients() -> None:
@@ -234,9 +240,9 @@ def _forget_clients() -> None:
 os.register_at_fork(after_in_child=_forget_clients)
 
 
-def _fetch_http(uri: str, timeout: float, max_bytes: int) -> bytes:
+def _fetch_http(uri: str, timeout: float, max_bytes: int, egress: EgressPolicy) -> bytes:
     try:
-        with _http_client().stream("GET", uri, timeout=timeout) as response:
+        with open_url(_http_client(egress), egress, uri, timeout=timeout) as response:
             status = response.status_code
             if status >= 400:
                 transient = status >= 500 or status in (408, 429)
@@ -251,6 +257,9 @@ def _fetch_http(uri: str, timeout: float, max_bytes: int) -> bytes:
                 data += chunk
                 _check_size(len(data), max_bytes, uri)
             return bytes(data)
+    except EgressRefused as exc:  # the same words whatever was (or was not) listening there
+        logger.info("egress refused %s: %s", _show(uri), exc.reason)
+        raise FetchError(f"cannot fetch {_show(uri)}: {exc}", permanent=True) from None
     except httpx.UnsupportedProtocol as exc:
         raise FetchError(f"cannot fetch {_show(uri)}: {exc}", permanent=True) from exc
     except httpx.TransportError as exc:  # refused, reset, timeouts, broken responses

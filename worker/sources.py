@@ -3,13 +3,16 @@
     for uri in list_images(settings, "s3://photos/2024/", start_after=None): ...
     for line in read_lines(settings, storage, "storage:inputs/file_1/manifest.jsonl"): ...
 
-Both are generators that read a page (1000 keys) or a chunk (1 MiB) at a time. Errors are
+Both are generators that read a page (1000 keys) or a chunk (1 MiB) at a time. An http(s)
+manifest is read under the egress policy (`janus_batch.egress`): a refusal says only
+"refused by the egress policy". Errors are
 `SourceError` (permanent: missing bucket, 404, access denied) or `TransientSourceError` /
 `TransientStorageError` (after `settings.max_retries` retries with backoff).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
 from typing import Any
@@ -17,6 +20,7 @@ from typing import Any
 import httpx
 from botocore.exceptions import BotoCoreError, ClientError
 
+from janus_batch.egress import EgressPolicy, EgressRefused, make_client, open_url
 from janus_batch.formats import IMAGE_EXTENSIONS
 from janus_batch.inputs import STORAGE_REF_HINT, points_into_storage
 from janus_batch.s3client import make_s3_client
@@ -24,6 +28,8 @@ from janus_batch.settings import Settings
 from janus_batch.storage import Storage, parse_s3_uri
 from janus_batch.storage.s3 import translate_error
 from worker.fetch import retry_transient
+
+log = logging.getLogger(__name__)
 
 READ_CHUNK = 1024 * 1024
 LIST_PAGE = 1000
@@ -122,7 +128,7 @@ def read_lines(settings: Settings, storage: Storage, uri: str) -> Iterator[bytes
             raise SourceError(f"source.manifest '{uri}' {STORAGE_REF_HINT}")
         yield from _s3_lines(settings, uri)
     elif scheme in ("http", "https"):
-        yield from _http_lines(uri)
+        yield from _http_lines(uri, EgressPolicy.from_settings(settings))
     else:
         raise SourceError(f"unsupported manifest URI {uri!r}: use s3://, https:// or a file id")
 
@@ -149,9 +155,12 @@ def _s3_lines(settings: Settings, uri: str) -> Iterator[bytes]:
             raise translate_error(exc, "read", uri) from exc
 
 
-def _http_lines(uri: str) -> Iterator[bytes]:
+def _http_lines(uri: str, egress: EgressPolicy) -> Iterator[bytes]:
     try:
-        with httpx.stream("GET", uri, timeout=30.0, follow_redirects=True) as response:
+        with (
+            make_client(egress, max_connections=1) as client,
+            open_url(client, egress, uri, timeout=30.0) as response,
+        ):
             status = response.status_code
             if status >= 400:
                 error = (
@@ -159,6 +168,9 @@ def _http_lines(uri: str) -> Iterator[bytes]:
                 )
                 raise error(f"cannot read {uri}: HTTP {status} {response.reason_phrase}")
             yield from split_lines(response.iter_bytes(READ_CHUNK))
+    except EgressRefused as exc:  # the same words whatever was (or was not) listening there
+        log.info("egress refused manifest %s: %s", uri, exc.reason)
+        raise SourceError(f"cannot read {uri}: {exc}") from None
     except httpx.TransportError as exc:
         raise TransientSourceError(f"cannot read {uri}: {type(exc).__name__}: {exc}") from exc
     except httpx.HTTPError as exc:

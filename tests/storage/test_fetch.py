@@ -1,4 +1,7 @@
-"""Fetching inputs by URI: s3://, storage:<key>, http(s) against a local server, files."""
+"""Fetching inputs by URI: s3://, storage:<key>, http(s) against a local server, files.
+
+The local HTTP server is on loopback, which the egress policy refuses by default: these tests
+allow-list its port (tests/security/test_egress.py shows the refusals)."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from typing import ClassVar
 
 import pytest
 
+from janus_batch.egress import EgressPolicy, parse_allow
 from janus_batch.storage import LocalStorage, Storage, TransientStorageError
 from tests.fixtures.s3 import S3Env, free_port, set_test_credentials
 from worker.fetch import FetchError, fetch_many, fetch_uri, parse_s3_uri, retry_transient
@@ -70,6 +74,12 @@ def http_base() -> Iterator[str]:
     server.server_close()
 
 
+@pytest.fixture(scope="module")
+def egress(http_base: str) -> EgressPolicy:
+    """A policy allowing plain http to the test server's loopback port (and no other)."""
+    return EgressPolicy(allow_http=True, allow=parse_allow(http_base.removeprefix("http://")))
+
+
 @pytest.fixture
 def local(tmp_path: Path) -> LocalStorage:
     return LocalStorage(tmp_path / "store")
@@ -119,40 +129,45 @@ def test_storage_key_without_storage() -> None:
     assert info.value.permanent
 
 
-def test_http(http_base: str) -> None:
-    assert fetch_uri(f"{http_base}/ok") == b"image bytes"
+def test_http(http_base: str, egress: EgressPolicy) -> None:
+    assert fetch_uri(f"{http_base}/ok", egress=egress) == b"image bytes"
 
 
 @pytest.mark.parametrize("status", [400, 403, 404, 410])
-def test_http_client_errors_are_permanent(http_base: str, status: int) -> None:
+def test_http_client_errors_are_permanent(
+    http_base: str, egress: EgressPolicy, status: int
+) -> None:
     url = f"{http_base}/status/{status}"
     with pytest.raises(FetchError, match=f"HTTP {status}") as info:
-        fetch_uri(url, base_delay=0.01)
+        fetch_uri(url, base_delay=0.01, egress=egress)
     assert info.value.permanent
     assert url in str(info.value)
     assert _Handler.hits[f"/status/{status}"] == 1  # not retried
 
 
-def test_http_503_twice_then_ok(http_base: str) -> None:
-    assert fetch_uri(f"{http_base}/flaky/a", max_retries=3, base_delay=0.01) == b"finally"
+def test_http_503_twice_then_ok(http_base: str, egress: EgressPolicy) -> None:
+    data = fetch_uri(f"{http_base}/flaky/a", max_retries=3, base_delay=0.01, egress=egress)
+    assert data == b"finally"
     assert _Handler.hits["/flaky/a"] == 3
 
 
-def test_http_retries_run_out(http_base: str) -> None:
+def test_http_retries_run_out(http_base: str, egress: EgressPolicy) -> None:
     with pytest.raises(FetchError, match=r"HTTP 503.*gave up after 2 attempts") as info:
-        fetch_uri(f"{http_base}/flaky/b", max_retries=1, base_delay=0.01)
+        fetch_uri(f"{http_base}/flaky/b", max_retries=1, base_delay=0.01, egress=egress)
     assert not info.value.permanent
     with pytest.raises(FetchError, match="HTTP 429") as info:
-        fetch_uri(f"{http_base}/status/429", max_retries=0)
+        fetch_uri(f"{http_base}/status/429", max_retries=0, egress=egress)
     assert not info.value.permanent
 
 
-def test_http_timeout_and_refused_are_transient(http_base: str) -> None:
+def test_http_timeout_and_refused_are_transient(http_base: str, egress: EgressPolicy) -> None:
     with pytest.raises(FetchError, match="ReadTimeout") as info:
-        fetch_uri(f"{http_base}/slow", timeout=0.2, max_retries=0)
+        fetch_uri(f"{http_base}/slow", timeout=0.2, max_retries=0, egress=egress)
     assert not info.value.permanent
+    closed = f"127.0.0.1:{free_port()}"  # an allowed host that is down: worth retrying
+    allowed = EgressPolicy(allow_http=True, allow=parse_allow(closed))
     with pytest.raises(FetchError, match="ConnectError") as info:
-        fetch_uri(f"http://127.0.0.1:{free_port()}/x", max_retries=1, base_delay=0.01)
+        fetch_uri(f"http://{closed}/x", max_retries=1, base_delay=0.01, egress=allowed)
     assert not info.value.permanent
 
 
@@ -177,7 +192,7 @@ def test_unsupported_uris_are_permanent(uri: str) -> None:
 
 
 def test_oversized_inputs_are_rejected(
-    http_base: str, tmp_path: Path, local: LocalStorage, s3_env: S3Env
+    http_base: str, egress: EgressPolicy, tmp_path: Path, local: LocalStorage, s3_env: S3Env
 ) -> None:
     big = tmp_path / "big.bin"
     big.write_bytes(b"z" * 2048)
@@ -192,7 +207,13 @@ def test_oversized_inputs_are_rejected(
     ]
     for uri in uris:
         with pytest.raises(FetchError, match="larger than the 1,024-byte limit") as info:
-            fetch_uri(uri, storage=local, endpoint_url=s3_env.endpoint_url, max_bytes=1024)
+            fetch_uri(
+                uri,
+                storage=local,
+                endpoint_url=s3_env.endpoint_url,
+                max_bytes=1024,
+                egress=egress,
+            )
         assert info.value.permanent
         assert uri in str(info.value)
     assert fetch_uri(str(big), max_bytes=2048) == b"z" * 2048  # the limit itself is fine
@@ -202,7 +223,7 @@ def test_oversized_inputs_are_rejected(
 
 
 def test_fetch_many_keeps_order_and_isolates_errors(
-    http_base: str, tmp_path: Path, local: LocalStorage
+    http_base: str, egress: EgressPolicy, tmp_path: Path, local: LocalStorage
 ) -> None:
     (tmp_path / "a.png").write_bytes(b"file a")
     local.put_bytes("inputs/b.png", b"stored b")
@@ -214,7 +235,7 @@ def test_fetch_many_keeps_order_and_isolates_errors(
         "nonsense",
         f"{http_base}/flaky/many",
     ] * 3
-    results = fetch_many(uris, concurrency=4, storage=local, base_delay=0.01)
+    results = fetch_many(uris, concurrency=4, storage=local, base_delay=0.01, egress=egress)
     assert len(results) == len(uris)
     for i in range(0, len(uris), 6):
         ok, missing, file_a, stored_b, nonsense, flaky = results[i : i + 6]
