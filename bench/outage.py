@@ -205,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     outages: list[dict[str, Any]] = []
     kills: list[tuple[int, int]] = []
     dep = None
+    ok = False
     try:
         uris = s3.upload_images(Photos(), args.items)
         s3.endpoint = f"http://127.0.0.1:{proxy.port}"  # the deployment goes through the proxy
@@ -222,12 +223,16 @@ def main(argv: list[str] | None = None) -> int:
         for trial in range(args.kills):
             kills.append(api_killed(dep, trial))
             log(f"API kill {trial}: half jobs {kills[-1][0]}, jobs for the key {kills[-1][1]}")
+        ok = True
     finally:
         if dep is not None:
             dep.close()
         proxy.cut()
         s3.close()
-        shutil.rmtree(work, ignore_errors=True)
+        if ok:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            log(f"logs kept in {work}")
     print(
         "\n| fault | failed items | lost outputs | first result after the comeback | "
         "sweep interval | ratio | jobs final after the comeback | target |"

@@ -134,6 +134,20 @@ class Settings(BaseSettings):
         "minio.internal:9000,10.20.0.0/16. Every other loopback, private, link-local, CGNAT, "
         "multicast or reserved address is refused (README, Security).",
     )
+    max_image_pixels: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1,
+        description="Largest input image in pixels (4096x4096; ~64 MiB decoded), read from its "
+        "header before decoding; a JPEG counts at the reduced scale it is decoded at. A larger "
+        "image fails its item. Also bounds the pixels a process decodes at once (README, "
+        "Security).",
+    )
+    max_manifest_line_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        description="Longest manifest line; a longer one becomes a failed item and is not "
+        "held in memory.",
+    )
     upload_concurrency: int = Field(
         default=8,
         ge=1,

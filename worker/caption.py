@@ -12,12 +12,12 @@ caption. Result of an item: `{"caption": text}`.
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
 from janus_batch.egress import EgressPolicy
+from janus_batch.images import open_bounded
 from janus_batch.lifecycle import Claimed, Outcome
 from janus_batch.models import Job
 from janus_batch.states import ItemStatus, JobKind
@@ -30,16 +30,14 @@ from worker.scheduler import Ticket
 DEFAULTS = {"temperature": 0.0, "top_p": 1.0}
 
 
-def open_image(data: bytes, uri: str, size: int | None = None) -> Image.Image:
-    """Decode `data`; ValueError with a readable message if it is not a usable image. A JPEG
-    is decoded at the smallest DCT scale still at least `size` on each side (`draft`: up
-    to 8x less work and memory; the model resizes to `size` anyway)."""
+def open_image(data: bytes, uri: str, size: int | None, *, max_pixels: int) -> Image.Image:
+    """Decode `data`; ValueError with a readable message if it is not a usable image or has
+    more than `max_pixels` pixels (checked from its header, before decoding). A JPEG is
+    decoded at the smallest DCT scale still at least `size` on each side (`draft`), any
+    image twice `size` or more is reduced at once (the model resizes to `size` anyway):
+    `janus_batch.images.open_bounded`."""
     try:
-        image = Image.open(io.BytesIO(data))
-        if size and image.format == "JPEG":
-            image.draft("RGB", (size, size))
-        image.load()
-        return image
+        return open_bounded(data, max_pixels=max_pixels, size=size)
     except UnidentifiedImageError:
         raise ValueError(f"cannot read image {uri}: cannot identify image file") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
@@ -84,7 +82,12 @@ class CaptionHandler(Handler):
             if _from_storage(uri):
                 breaker.success()
             try:
-                image = open_image(data, item.input.get("image") or uri, size)
+                image = open_image(
+                    data,
+                    item.input.get("image") or uri,
+                    size,
+                    max_pixels=settings.max_image_pixels,
+                )
                 request = CaptionRequest(
                     image=image,
                     question=item.input["prompt"],

@@ -8,7 +8,8 @@ the listing ends and memory stays flat whatever the size.
 
 A caption manifest line may name an uploaded image by file id (`{"image": "file_..."}`, as
 the CLI does for folders over the inline limit): ids are resolved to `storage:<key>` among
-the job owner's files, one query per page of lines. A malformed line, or an unknown or
+the job owner's files, one query per page of lines. A malformed line, a line over
+JANUS_BATCH_MAX_MANIFEST_LINE_BYTES (never held whole), or an unknown or
 foreign file id, becomes a failed item (`manifest line 7: invalid JSON (...)`), not a failed
 job. A line naming an `s3://` object inside the service's own storage fails alone too (it
 would read other users' data; uploads are named by file id). A source inside that storage,
@@ -163,7 +164,7 @@ def _manifest_items(
     ctx: Context,
     job: Job,
     params: Any,
-    lines: Iterator[bytes],
+    lines: Iterator[bytes | sources.LongLine],
     *,
     skip: int,
     guard: Callable[[], None],
@@ -171,9 +172,9 @@ def _manifest_items(
     """One item per non-blank line (a bad line gives a failed item), skipping the first `skip`;
     lines are parsed a page at a time so the page's file ids take one query."""
     seen = 0
-    page: list[tuple[int, bytes]] = []
+    page: list[tuple[int, bytes | sources.LongLine]] = []
     for lineno, raw in enumerate(lines, start=1):
-        if not raw.strip():
+        if isinstance(raw, bytes) and not raw.strip():
             continue
         seen += 1
         if seen <= skip:
@@ -189,22 +190,27 @@ def _manifest_items(
 
 
 class _BadLine:
-    """A manifest line that is not JSON, with the reason."""
+    """A manifest line that is not JSON (or too long to read), with the reason."""
 
     def __init__(self, message: str) -> None:
         self.message = message
 
 
-def _parse_line(raw: bytes) -> Any:
+def _parse_line(raw: bytes | sources.LongLine, max_bytes: int) -> Any:
+    if isinstance(raw, sources.LongLine):  # never parsed: only its start was kept
+        return _BadLine(
+            f"is {raw.length:,} bytes long; the limit is {max_bytes:,} "
+            "(JANUS_BATCH_MAX_MANIFEST_LINE_BYTES)"
+        )
     value, error = parse_json_line(raw)
     return _BadLine(error) if error is not None else value
 
 
 def _manifest_page(
-    ctx: Context, job: Job, params: Any, page: list[tuple[int, bytes]]
+    ctx: Context, job: Job, params: Any, page: list[tuple[int, bytes | sources.LongLine]]
 ) -> Iterator[NewItem]:
     """The items of a page of manifest lines, file ids resolved among the owner's files."""
-    values = [_parse_line(raw) for _, raw in page]
+    values = [_parse_line(raw, ctx.settings.max_manifest_line_bytes) for _, raw in page]
     resolve_file = None
     if job.kind == JobKind.CAPTION:
         ids = referenced_file_ids([v for v in values if not isinstance(v, _BadLine)], "image")
@@ -217,7 +223,7 @@ def _manifest_item(
     kind: str,
     params: Any,
     lineno: int,
-    raw: bytes,
+    raw: bytes | sources.LongLine,
     value: Any,
     settings: Any,
     resolve_file: Callable[[str, str], str] | None,
@@ -244,7 +250,8 @@ def _manifest_item(
             max_n=settings.max_n,
         )
     except InvalidInput as exc:
-        text = raw.decode("utf-8", errors="replace")
+        head = raw.head if isinstance(raw, sources.LongLine) else raw
+        text = head.decode("utf-8", errors="replace")
         return NewItem(input={"line": lineno, "raw": text.strip()[:RAW_CHARS]}, error=str(exc))
 
 

@@ -3,9 +3,10 @@
     for uri in list_images(settings, "s3://photos/2024/", start_after=None): ...
     for line in read_lines(settings, storage, "storage:inputs/file_1/manifest.jsonl"): ...
 
-Both are generators that read a page (1000 keys) or a chunk (1 MiB) at a time. An http(s)
-manifest is read under the egress policy (`janus_batch.egress`): a refusal says only
-"refused by the egress policy". Errors are
+Both are generators that read a page (1000 keys) or a chunk (1 MiB) at a time. A manifest
+line longer than `settings.max_manifest_line_bytes` is not held: it comes as a `LongLine`
+(its start and length), the rest of it is skipped. An http(s) manifest is read under the
+egress policy (`janus_batch.egress`): a refusal says only "refused by the egress policy". Errors are
 `SourceError` (permanent: missing bucket, 404, access denied) or `TransientSourceError` /
 `TransientStorageError` (after `settings.max_retries` retries with backoff).
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -97,19 +99,57 @@ def list_images(
             request["ContinuationToken"] = response["NextContinuationToken"]
 
 
-def split_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+HEAD_BYTES = 2048
+"""How much of an over-long line is kept (to show the user which line it was)."""
+
+
+@dataclass(frozen=True)
+class LongLine:
+    """A line over the length limit: its first HEAD_BYTES bytes and its full length."""
+
+    head: bytes
+    length: int
+
+
+def _line(line: bytes, max_line: int | None) -> bytes | LongLine:
+    line = line.rstrip(b"\r")
+    if max_line is None or len(line) <= max_line:
+        return line
+    return LongLine(line[:HEAD_BYTES], len(line))
+
+
+def split_lines(chunks: Iterable[bytes], max_line: int | None = None) -> Iterator[bytes | LongLine]:
     """Lines (without the newline) of a byte stream given in chunks; a last line without a
-    newline counts too."""
+    newline counts too. A line longer than `max_line` bytes is a LongLine, and no more of it
+    than `max_line` plus one chunk is ever held."""
     rest = b""
+    head: bytes | None = None  # inside an over-long line: its first HEAD_BYTES bytes,
+    length = 0  # its length so far (a final \r included)
+    cr = False  # whether what was read of it so far ends with \r
     for chunk in chunks:
         if not chunk:
             continue
+        if head is not None:
+            end = chunk.find(b"\n")
+            piece = chunk if end < 0 else chunk[:end]
+            head += piece[: HEAD_BYTES - len(head)]
+            length += len(piece)
+            if piece:
+                cr = piece.endswith(b"\r")
+            if end < 0:
+                continue
+            yield LongLine(head[: length - cr], length - cr)
+            head, chunk = None, chunk[end + 1 :]
         rest += chunk
         *lines, rest = rest.split(b"\n")
         for line in lines:
-            yield line.rstrip(b"\r")
-    if rest:
-        yield rest.rstrip(b"\r")
+            yield _line(line, max_line)
+        if max_line is not None and len(rest) > max_line:
+            head, length, cr, rest = rest[:HEAD_BYTES], len(rest), rest.endswith(b"\r"), b""
+    if head is not None:
+        yield LongLine(head[: length - cr], length - cr)
+    elif rest:
+        yield _line(rest, max_line)
 
 
 def _read_chunks(stream: Any) -> Iterator[bytes]:
@@ -117,23 +157,25 @@ def _read_chunks(stream: Any) -> Iterator[bytes]:
         yield chunk
 
 
-def read_lines(settings: Settings, storage: Storage, uri: str) -> Iterator[bytes]:
-    """The lines of the manifest at `uri`: `storage:<key>`, `s3://bucket/key` or http(s)."""
+def read_lines(settings: Settings, storage: Storage, uri: str) -> Iterator[bytes | LongLine]:
+    """The lines of the manifest at `uri`: `storage:<key>`, `s3://bucket/key` or http(s);
+    a line over `settings.max_manifest_line_bytes` is a LongLine."""
     scheme = uri.partition(":")[0].lower()
+    max_line = settings.max_manifest_line_bytes
     if scheme == "storage":
         with closing(storage.open_read(uri[len("storage:") :])) as stream:
-            yield from split_lines(_read_chunks(stream))
+            yield from split_lines(_read_chunks(stream), max_line)
     elif scheme == "s3":
         if points_into_storage(uri, settings.resolved_storage_url()):
             raise SourceError(f"source.manifest '{uri}' {STORAGE_REF_HINT}")
-        yield from _s3_lines(settings, uri)
+        yield from _s3_lines(settings, uri, max_line)
     elif scheme in ("http", "https"):
-        yield from _http_lines(uri, EgressPolicy.from_settings(settings))
+        yield from _http_lines(uri, EgressPolicy.from_settings(settings), max_line)
     else:
         raise SourceError(f"unsupported manifest URI {uri!r}: use s3://, https:// or a file id")
 
 
-def _s3_lines(settings: Settings, uri: str) -> Iterator[bytes]:
+def _s3_lines(settings: Settings, uri: str, max_line: int) -> Iterator[bytes | LongLine]:
     try:
         bucket, key = parse_s3_uri(uri)
     except ValueError as exc:
@@ -150,12 +192,12 @@ def _s3_lines(settings: Settings, uri: str) -> Iterator[bytes]:
         body = retry_transient(open_body, attempts=settings.max_retries + 1)
         try:
             with closing(body):
-                yield from split_lines(_read_chunks(body))
+                yield from split_lines(_read_chunks(body), max_line)
         except (ClientError, BotoCoreError) as exc:
             raise translate_error(exc, "read", uri) from exc
 
 
-def _http_lines(uri: str, egress: EgressPolicy) -> Iterator[bytes]:
+def _http_lines(uri: str, egress: EgressPolicy, max_line: int) -> Iterator[bytes | LongLine]:
     try:
         with (
             make_client(egress, max_connections=1) as client,
@@ -167,7 +209,7 @@ def _http_lines(uri: str, egress: EgressPolicy) -> Iterator[bytes]:
                     TransientSourceError if status >= 500 or status in (408, 429) else SourceError
                 )
                 raise error(f"cannot read {uri}: HTTP {status} {response.reason_phrase}")
-            yield from split_lines(response.iter_bytes(READ_CHUNK))
+            yield from split_lines(response.iter_bytes(READ_CHUNK), max_line)
     except EgressRefused as exc:  # the same words whatever was (or was not) listening there
         log.info("egress refused manifest %s: %s", uri, exc.reason)
         raise SourceError(f"cannot read {uri}: {exc}") from None

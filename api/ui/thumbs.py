@@ -4,7 +4,11 @@
   relative to it); nothing outside the prefix can be named.
 - `/ui/inputs/{job_id}/{idx}`: the input image of a caption item when it is in the service's
   own storage (an upload, `storage:<key>`). The API never fetches a user's URL or `s3://`
-  reference (that is the workers' job, under their egress rules): those have no thumbnail.
+  reference (that is the workers' job, under the egress policy): those have no thumbnail.
+
+Images are opened by the workers' guard (`janus_batch.images.open_bounded`): one over
+JANUS_BATCH_MAX_IMAGE_PIXELS is never decoded (422 naming the limit), a JPEG decodes at a
+reduced scale and a large image is reduced before it is resized.
 
 Sizes are clamped to 32..512 and snapped down to a few steps, so the cache
 (`<job prefix>/thumbs/<size>/<key>.jpg`) holds at most a few variants of each image.
@@ -19,10 +23,11 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from api.deps import DatabaseUrl, Owner, StorageDep
+from api.deps import DatabaseUrl, Owner, SettingsDep, StorageDep
 from api.downloads import job_output_key
 from api.errors import HttpError
 from janus_batch import jobs
+from janus_batch.images import ImageTooLarge, open_bounded
 from janus_batch.models import Job
 from janus_batch.states import JobKind
 from janus_batch.storage import NotFoundError, Storage, StorageError
@@ -42,7 +47,7 @@ Size = Annotated[int, Query(description="Longest side in pixels (32..512).")]
 
 
 class NotAnImage(ValueError):
-    """The bytes could not be decoded as an image."""
+    """The bytes could not be decoded as an image, or it has too many pixels to decode."""
 
 
 def snap_size(size: int) -> int:
@@ -51,11 +56,11 @@ def snap_size(size: int) -> int:
     return max(s for s in SIZES if s <= size)
 
 
-def make_thumbnail(data: bytes, size: int) -> bytes:
-    """A JPEG whose longest side is at most `size`, from any image Pillow can read."""
+def make_thumbnail(data: bytes, size: int, max_pixels: int) -> bytes:
+    """A JPEG whose longest side is at most `size`, from any image Pillow can read of at
+    most `max_pixels` pixels (checked before decoding; NotAnImage otherwise)."""
     try:
-        with Image.open(BytesIO(data)) as source:
-            source.draft("RGB", (size, size))  # JPEG: decode at a reduced scale
+        with open_bounded(data, max_pixels=max_pixels, size=size) as source:
             img = ImageOps.exif_transpose(source)
             img.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
             if img.mode in ("RGBA", "LA", "PA", "P"):
@@ -66,8 +71,10 @@ def make_thumbnail(data: bytes, size: int) -> bytes:
             out = BytesIO()
             img.convert("RGB").save(out, "JPEG", quality=JPEG_QUALITY, optimize=True)
             return out.getvalue()
+    except ImageTooLarge as exc:
+        raise NotAnImage(f"is too large to preview: {exc}") from exc
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as exc:
-        raise NotAnImage(str(exc)) from exc
+        raise NotAnImage(f"is not an image Pillow can read ({exc})") from exc
 
 
 def _jpeg(data: bytes, cache: str) -> Response:
@@ -92,11 +99,11 @@ def _store(storage: Storage, key: str, data: bytes) -> None:
         log.warning("thumbnail not cached at %s: %s", key, exc)
 
 
-def _thumbnail_or_422(data: bytes, size: int, what: str) -> bytes:
+def _thumbnail_or_422(data: bytes, size: int, max_pixels: int, what: str, field: str) -> bytes:
     try:
-        return make_thumbnail(data, size)
-    except NotAnImage:
-        raise HttpError(422, f"{what} is not an image Pillow can read", "key") from None
+        return make_thumbnail(data, size, max_pixels)
+    except NotAnImage as exc:
+        raise HttpError(422, f"{what} {exc}", field) from None
 
 
 def output_key(job: Job, key: str) -> str:
@@ -110,7 +117,13 @@ def output_key(job: Job, key: str) -> str:
 
 @router.get("/thumbs/{job_id}/{key:path}", name="ui_thumb")
 def output_thumbnail(
-    job_id: JobId, key: str, db: DatabaseUrl, owner: Owner, storage: StorageDep, size: Size = 256
+    job_id: JobId,
+    key: str,
+    db: DatabaseUrl,
+    owner: Owner,
+    storage: StorageDep,
+    settings: SettingsDep,
+    size: Size = 256,
 ) -> Response:
     """A thumbnail of one of the job's output images."""
     job = jobs.get_job(db, owner, job_id)
@@ -125,7 +138,8 @@ def output_thumbnail(
         raise HttpError(404, f"job {job_id} has no file {relative!r}", "key")
     if length > MAX_SOURCE_BYTES:
         raise HttpError(413, f"{relative} is too large to preview ({length:,} bytes)", "key")
-    thumb = _thumbnail_or_422(storage.get_bytes(full), size, relative)
+    data = storage.get_bytes(full)
+    thumb = _thumbnail_or_422(data, size, settings.max_image_pixels, relative, "key")
     _store(storage, cache_key, thumb)
     return _jpeg(thumb, "miss")
 
@@ -137,6 +151,7 @@ def input_thumbnail(
     db: DatabaseUrl,
     owner: Owner,
     storage: StorageDep,
+    settings: SettingsDep,
     size: Size = 128,
 ) -> Response:
     """A thumbnail of a caption item's input image."""
@@ -159,6 +174,6 @@ def input_thumbnail(
         raise HttpError(502, f"input {idx} could not be read: {exc}", "idx") from None
     if len(data) > MAX_SOURCE_BYTES:
         raise HttpError(422, f"input {idx} is too large to preview", "idx")
-    thumb = _thumbnail_or_422(data, size, f"input {idx}")
+    thumb = _thumbnail_or_422(data, size, settings.max_image_pixels, f"input {idx}", "idx")
     _store(storage, cache_key, thumb)
     return _jpeg(thumb, "miss")

@@ -10,8 +10,11 @@ from PIL import Image
 
 from api.ui.thumbs import NotAnImage, make_thumbnail, snap_size
 from janus_batch.states import ItemStatus
+from tests.security.images import header_only_png
 from tests.ui.art import paint, png
 from tests.ui.helpers import ItemSpec, generated_job, insert_job
+
+LIMIT = 16 * 1024 * 1024
 
 
 def decode(data: bytes) -> Image.Image:
@@ -117,7 +120,7 @@ def test_input_thumbnail_never_reads_a_users_s3_reference(client, set_env, s3_en
 
 def test_make_thumbnail_handles_modes_and_orientation():
     rgba = Image.new("RGBA", (300, 100), (255, 0, 0, 0))
-    thumb = decode(make_thumbnail(png(rgba), 64))
+    thumb = decode(make_thumbnail(png(rgba), 64, LIMIT))
     assert thumb.mode == "RGB" and thumb.size == (64, 21)
     assert thumb.getpixel((10, 10))[1] > 200  # transparent -> white, not black
     rotated = Image.new("RGB", (200, 100), "blue")
@@ -125,7 +128,46 @@ def test_make_thumbnail_handles_modes_and_orientation():
     exif[0x0112] = 6  # rotate 90 degrees on display
     out = BytesIO()
     rotated.save(out, "JPEG", exif=exif)
-    assert decode(make_thumbnail(out.getvalue(), 100)).size == (50, 100)
+    assert decode(make_thumbnail(out.getvalue(), 100, LIMIT)).size == (50, 100)
     with pytest.raises(NotAnImage):
-        make_thumbnail(b"not an image", 64)
+        make_thumbnail(b"not an image", 64, LIMIT)
     assert [snap_size(s) for s in (1, 32, 100, 256, 300, 9999)] == [32, 32, 96, 256, 256, 512]
+
+
+def test_images_over_the_pixel_limit_are_never_decoded(client, database_url, storage_root):
+    """A 9000x9000 upload (81 Mpx, a few bytes) or output: 422 naming the limit, from the
+    header alone (decoding it would fail as truncated), and nothing cached."""
+    key = "inputs/local/0123/huge.png"
+    (storage_root / key).parent.mkdir(parents=True)
+    (storage_root / key).write_bytes(header_only_png(9000, 9000))
+    job = insert_job(
+        database_url, "caption", [ItemSpec({"image": "file_x", "uri": f"storage:{key}"})]
+    )
+    response = client.get(f"/ui/inputs/{job.id}/0", params={"size": 128})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"] == {
+        "message": "input 0 is too large to preview: image is 9000x9000 = 81,000,000 pixels, "
+        "over the 16,777,216-pixel limit (JANUS_BATCH_MAX_IMAGE_PIXELS)",
+        "field": "idx",
+    }
+    assert not (storage_root / job.prefix / "thumbs").exists()
+
+    gen = generated_job(database_url, storage_root, [("dunes", "d")], n=1)
+    (storage_root / gen.prefix / "images/00000000_0.png").write_bytes(header_only_png(9000, 9000))
+    output = client.get(f"/ui/thumbs/{gen.id}/images/00000000_0.png")
+    assert output.status_code == 422 and output.json()["error"]["field"] == "key"
+    assert "over the 16,777,216-pixel limit" in output.json()["error"]["message"]
+
+
+def test_the_thumbnail_limit_is_the_setting(client, set_env, database_url, storage_root):
+    job = generated_job(database_url, storage_root, [("balloon", "a balloon")], n=1)
+    (storage_root / job.prefix / "images/00000000_0.png").write_bytes(
+        png(paint("balloon", 5, size=300))
+    )
+    url = f"/ui/thumbs/{job.id}/images/00000000_0.png"
+    set_env(max_image_pixels="80000")  # 300x300 = 90,000 pixels
+    refused = client.get(url, params={"size": 64})
+    assert refused.status_code == 422
+    assert "300x300 = 90,000 pixels, over the 80,000-pixel limit" in refused.text
+    set_env(max_image_pixels="90000")
+    assert client.get(url, params={"size": 64}).status_code == 200
