@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api import metrics
 from api.errors import error_response, install_error_handlers
+from api.hardening import SameOrigin, SecurityHeaders
 from api.routes import files, health, jobs
 from api.ui import routes as ui
 from janus_batch.settings import get_settings
@@ -79,6 +80,8 @@ def create_app() -> FastAPI:
     app = FastAPI(title="janus-batch", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     install_error_handlers(app)
     app.add_middleware(UploadLimit)
+    app.add_middleware(SameOrigin)  # a cross-site POST is refused before anything else
+    app.add_middleware(SecurityHeaders)  # on every answer, 403s and 413s included
     metrics.install(app)  # outermost: times every request, 413s included
     for router in ROUTERS:
         app.include_router(router)

@@ -91,4 +91,5 @@ def get_file_content(
         field="file_id",
         media_type=row.content_type,
         filename=row.filename,
+        written_here=False,  # the uploader's bytes, never decoded here: a download
     )

@@ -59,8 +59,10 @@ def elapsed(job: JobPublic) -> str:
     return duration((end - job.started_at).total_seconds())
 
 
-def segments(job: JobPublic) -> list[tuple[str, float, int]]:
-    """(state, percent of total, count) for each non-empty bar segment."""
+def segments(job: JobPublic) -> list[tuple[str, int, int]]:
+    """(state, width in whole percent, count) for each non-empty bar segment: the width is a
+    CSS class (`w0`..`w100`, the dashboard's CSP allows no inline style), at least 1 so a
+    single failure among thousands still shows."""
     total = job.counts.total
     if total <= 0:
         return []
@@ -68,7 +70,7 @@ def segments(job: JobPublic) -> list[tuple[str, float, int]]:
     for name in SEGMENTS:
         n = getattr(job.counts, name)
         if n > 0:
-            out.append((name, round(100.0 * n / total, 3), n))
+            out.append((name, min(100, max(1, round(100 * n / total))), n))
     return out
 
 

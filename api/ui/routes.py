@@ -25,7 +25,7 @@ from janus_batch.storage import Storage
 
 HERE = FilePath(__file__).parent
 STATIC = {p.name: p for p in (HERE / "static").iterdir() if p.is_file()}
-ASSET_VERSION = "1"
+ASSET_VERSION = "2"
 
 templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.filters.update(FILTERS)

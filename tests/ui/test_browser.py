@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from api.ui.routes import ASSET_VERSION
 from janus_batch.migrate import upgrade
 from janus_batch.ops.stack import api_command, free_port, spawn, wait_http
 from janus_batch.states import ItemStatus, JobStatus
@@ -31,7 +32,9 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-ALL_IMAGES_LOADED = "Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"
+ALL_IMAGES_LOADED = "() => Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"
+"""A function, not an expression: Playwright polls an expression with eval, which the
+dashboard's Content-Security-Policy (no 'unsafe-eval') refuses."""
 
 
 @dataclass
@@ -85,11 +88,16 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
-    """A desktop-sized tab that records script errors (the test fails on any)."""
+    """A desktop-sized tab that records script errors and anything the page's
+    Content-Security-Policy blocked (the test fails on any)."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     tab = context.new_page()
     errors: list[str] = []
     tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    tab.on(
+        "console",
+        lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None,
+    )
     yield tab
     context.close()
     assert errors == [], errors
@@ -103,7 +111,9 @@ def shots_dir(tmp_path: Path) -> Path:
 
 def test_gallery_renders_every_thumbnail(server: Server, page: Page, tmp_path: Path):
     job = generated_job(server.db, server.storage, n=2, failed=1)
-    page.goto(f"{server.url}/ui/jobs/{job.id}")
+    response = page.goto(f"{server.url}/ui/jobs/{job.id}")
+    assert response is not None
+    assert "script-src 'self'" in response.headers["content-security-policy"]
     expect(page.locator("h1")).to_contain_text(job.id)
     tiles = page.locator(".gallery img")
     expect(tiles).to_have_count(2 * len(SCENES))
@@ -196,7 +206,8 @@ def test_caption_table_shows_inputs_and_a_placeholder(server: Server, page: Page
         "({w: i.naturalWidth, broken: i.dataset.broken || null, src: i.currentSrc}))"
     )
     assert [i["broken"] for i in images] == [None, None, None, "1"], images
-    assert all(i["w"] > 0 for i in images) and images[3]["src"].endswith("missing.svg?v=1")
+    assert all(i["w"] > 0 for i in images)
+    assert images[3]["src"].endswith(f"missing.svg?v={ASSET_VERSION}")
     for caption in captions.values():
         expect(page.get_by_text(caption)).to_be_visible()
     expect(page.locator("#errors")).to_contain_text("NoSuchKey")

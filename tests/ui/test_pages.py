@@ -46,7 +46,7 @@ def test_job_list_shows_progress_counts_and_filters(client, database_url):
     assert "2 / 2 (100%)" in body
     assert "running" in body and "succeeded" in body
     assert "/s" in body or "/min" in body  # a rate is shown for the started jobs
-    assert 'class="seg seg-succeeded" style="width: 50.0%"' in page.text
+    assert 'class="seg seg-succeeded w50"' in page.text
     assert 'data-poll="/ui/partials/jobs"' in page.text
 
     only_running = text(client.get("/ui", params={"status": "running"}).text)

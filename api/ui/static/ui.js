@@ -1,7 +1,8 @@
 // janus-batch dashboard: live refresh of server-rendered partials, and the cancel button.
 // An element with data-poll="URL" has its content replaced by GET URL every 2 s (while the
 // tab is visible). A polled job summary that turns final stops polling and reloads the page
-// once, so the gallery and error tables show the finished job.
+// once, so the gallery and error tables show the finished job. A thumbnail that fails to load
+// is replaced by its placeholder.
 (function () {
   "use strict";
   var POLL_MS = 2000;
@@ -58,6 +59,24 @@
         if (message) message.textContent = String(e);
       });
   }
+
+  // An image that cannot be loaded shows the placeholder its data-fallback names (a script,
+  // not an onerror attribute: the page's Content-Security-Policy runs no inline code).
+  function fallback(img) {
+    var src = img.getAttribute("data-fallback");
+    if (!src || img.dataset.broken) return;
+    img.dataset.broken = "1";
+    img.src = src;
+  }
+
+  document.addEventListener("error", function (event) {
+    if (event.target instanceof HTMLImageElement) fallback(event.target);
+  }, true);  // error events do not bubble: catch them on the way down
+
+  // images that failed before this (deferred) script ran
+  Array.prototype.forEach.call(document.querySelectorAll("img[data-fallback]"), function (img) {
+    if (img.complete && img.naturalWidth === 0) fallback(img);
+  });
 
   document.addEventListener("click", function (event) {
     var button = event.target.closest("button[data-cancel]");
