@@ -218,7 +218,11 @@ def test_manifest_resume_skips_lines_already_added(ctx: Any, s3_env: Any) -> Non
     assert rows[3].input["line"] == 5
 
 
-def test_generate_manifest_over_s3_and_https(ctx: Any, s3_env: Any) -> None:
+def test_generate_manifest_over_s3_and_https(make_ctx: Any, s3_env: Any) -> None:
+    # the presigned URL points at the test's S3 server on loopback, which the egress policy
+    # refuses unless allow-listed (tests/security/test_egress.py)
+    endpoint = s3_env.endpoint_url.removeprefix("http://")
+    ctx = make_ctx(egress_allow_http="true", egress_allow=endpoint)
     client = s3_env.client()
     lines = [{"prompt": "a fox", "seed": 5, "n": 2}, {"prompt": "a boat", "cfg_weight": 1.0},
              {"prompt": ""}]  # fmt: skip
