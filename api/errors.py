@@ -1,8 +1,10 @@
 """Every error the API answers, as `{"error": {"message": ..., "field": ...}}`.
 
 Service errors become HTTP codes here and only here: a bad input is 422 (413 when over a
-size limit), an unknown job 404, a state conflict 409, an unreachable dependency 503, and
-anything else is a bug: logged with its traceback and answered 500.
+size limit, 400 when the body cannot be read at all), an unknown job 404, a state conflict
+409, an unreachable dependency 503, and anything else is a bug: logged with its traceback and
+answered 500. `api.openapi` makes the OpenAPI document list the errors every route can
+answer, in this shape.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pydantic import BaseModel
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.exc import OperationalError as DatabaseError
 from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.responses import Response
 from starlette.types import ExceptionHandler
 
@@ -129,9 +132,33 @@ async def _on_http_error(_: Request, exc: HttpError) -> JSONResponse:
     return error_response(exc.status, exc.message, exc.field, exc.headers)
 
 
+BODY_UNREADABLE = "There was an error parsing the body"
+"""FastAPI's detail for a body it could not decode (its cause is chained)."""
+
+
+def body_problem(exc: HTTPException) -> str | None:
+    """Why the request body could not be read at all, or None when `exc` is about something
+    else. FastAPI chains the cause to its 400; Starlette raises its own for bad multipart."""
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, UnicodeDecodeError):
+        return f"is not valid UTF-8 (byte {cause.start})"
+    if isinstance(cause, RecursionError):
+        return "is nested too deeply"
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        return "holds a number too long to read (over 4,300 digits)"
+    if isinstance(cause, MultiPartException):
+        return f"is not valid multipart form data ({cause.message})"
+    if exc.status_code == 400 and exc.detail == BODY_UNREADABLE:
+        return "cannot be read"
+    return None
+
+
 async def _on_http(_: Request, exc: HTTPException) -> JSONResponse:
+    headers = getattr(exc, "headers", None)
+    if (problem := body_problem(exc)) is not None:
+        return error_response(exc.status_code, f"body: {problem}", "body", headers)
     message = exc.detail if isinstance(exc.detail, str) else "request failed"
-    return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
+    return error_response(exc.status_code, message, headers=headers)
 
 
 async def _on_not_found(_: Request, exc: JobNotFound | NotFoundError) -> JSONResponse:

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api import metrics
+from api import metrics, openapi
 from api.errors import error_response, install_error_handlers
 from api.hardening import SameOrigin, SecurityHeaders
 from api.routes import files, health, jobs
@@ -85,6 +85,7 @@ def create_app() -> FastAPI:
     metrics.install(app)  # outermost: times every request, 413s included
     for router in ROUTERS:
         app.include_router(router)
+    openapi.install(app)
     return app
 
 

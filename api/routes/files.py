@@ -9,7 +9,7 @@ from fastapi import Response as FastAPIResponse
 
 from api.deps import DatabaseUrl, Owner, SettingsDep, StorageDep
 from api.downloads import object_response
-from api.errors import HttpError, error_responses
+from api.errors import HttpError, Responses, error_responses
 from api.metrics import MetricsDep
 from api.schemas import FilePublic, FilesPublic
 from api.views import file_public
@@ -18,9 +18,18 @@ from janus_batch import files
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
 ERRORS = error_responses(401, 404, 413, 422, 503)
+DUPLICATE: Responses = {
+    200: {"model": FilePublic, "description": "These bytes were uploaded before: that file."}
+}
 
 
-@router.post("", status_code=201, response_model=FilePublic, responses=ERRORS)
+@router.post(
+    "",
+    status_code=201,
+    response_model=FilePublic,
+    responses={**DUPLICATE, **ERRORS},
+    response_description="The new file.",
+)
 def upload_file(
     file: UploadFile,
     purpose: Annotated[Literal["image", "manifest"], Form()],
