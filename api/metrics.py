@@ -1,4 +1,6 @@
-"""Prometheus metrics of the API, served at `GET /metrics` (no auth: keep it internal).
+"""Prometheus metrics of the API, served at `GET /metrics`: open unless `metrics_token` is set
+(then only to `Authorization: Bearer <token>`), so keep it internal or set the token. No family
+has a per-tenant label (key, owner, job): an open /metrics shows totals, never who submitted.
 
 Each app gets its own `CollectorRegistry` (made by `install(app)` in `create_app`), so two apps
 in one process (tests) never share or collide. Families:
@@ -14,13 +16,14 @@ run one process per port and scrape each.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -36,6 +39,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.errors import HttpError
 from janus_batch.db import session_scope
 from janus_batch.models import Job
 from janus_batch.settings import get_settings
@@ -183,9 +187,26 @@ def get_metrics(request: Request) -> ApiMetrics | None:
 MetricsDep = Annotated[ApiMetrics | None, Depends(get_metrics)]
 
 
-@router.get("/metrics", include_in_schema=False)
+def check_scraper(authorization: Annotated[str | None, Header()] = None) -> None:
+    """With `metrics_token` set, only `Authorization: Bearer <token>` may read /metrics."""
+    token = get_settings().metrics_token
+    if not token:
+        return
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    ):
+        raise HttpError(
+            401,
+            "/metrics needs 'Authorization: Bearer <JANUS_BATCH_METRICS_TOKEN>'",
+            "Authorization",
+            {"WWW-Authenticate": "Bearer"},
+        )
+
+
+@router.get("/metrics", include_in_schema=False, dependencies=[Depends(check_scraper)])
 def metrics_endpoint(metrics: MetricsDep) -> Response:
-    """Prometheus text exposition of this app's registry (unauthenticated: keep it internal)."""
+    """Prometheus text exposition of this app's registry (open unless a token is set)."""
     if metrics is None:
         return Response("metrics are not installed\n", status_code=404, media_type="text/plain")
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

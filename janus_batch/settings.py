@@ -189,6 +189,11 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(
         default=None, description="Worker: serve Prometheus metrics on this port."
     )
+    metrics_token: str | None = Field(
+        default=None,
+        description="API: when set, GET /metrics needs `Authorization: Bearer <token>` (else "
+        "401); unset, /metrics is open: keep it on an internal network (README, Security).",
+    )
 
     @field_validator("egress_allow")
     @classmethod
