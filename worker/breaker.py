@@ -3,13 +3,14 @@
 A transient storage error (connection refused, timeout, 5xx, SlowDown) that outlasted the
 quick retries `trip`s the breaker: it logs once, shows in metrics and in the worker's
 presence, and while it is open chunk threads wait before claiming new work
-(`wait_until_usable`). After a cool-down (1 s, doubling up to `max_cool`, 5 s) one waiting thread
-runs the probe of the last trip (a `ping` of the storage, a single fetch of the input that
-failed); an answer that is not a transient error closes the breaker and every thread goes on.
+(`wait_until_usable`). While it is open a prober thread runs the probe of the last trip
+after each cool-down (1 s, doubling up to `max_cool`, 5 s): a `ping` or a tiny write to
+storage, a single fetch of the input that failed. An answer that is not a transient error
+closes the breaker and wakes every waiting thread; the prober then ends.
 
-    breaker.trip("cannot write s3://b/x: Could not connect", probe=storage.ping)
-    breaker.wait_until_usable()      # returns at once when closed
-    breaker.success()                 # an operation worked: closed
+    breaker.trip("cannot write s3://b/x: Could not connect", probe=write_probe)
+    breaker.wait_until_usable(deadline)   # returns at once when closed
+    breaker.success()                      # an operation worked: closed
 """
 
 from __future__ import annotations
@@ -42,11 +43,11 @@ class StorageBreaker:
         self._max_cool = max_cool
         self._cond = threading.Condition()
         self._down_since: datetime | None = None
+        self._opened = 0.0
         self._reason = ""
         self._probe: Probe | None = None
-        self._cool = min_cool
-        self._next_probe = 0.0
-        self._probing = False
+        self.trips = 0
+        """How many times the breaker opened (for tests and logs)."""
 
     @property
     def down_since(self) -> datetime | None:
@@ -54,22 +55,30 @@ class StorageBreaker:
         return self._down_since
 
     @property
+    def opened(self) -> float | None:
+        """The monotonic time the breaker opened (None while closed)."""
+        return self._opened if self._down_since is not None else None
+
+    @property
     def reason(self) -> str:
         """The error that opened the breaker ("" while closed)."""
         return self._reason
 
     def trip(self, reason: str, probe: Probe | None = None) -> None:
-        """A transient storage error outlasted the quick retries: open (or keep open)."""
+        """A transient storage error outlasted the quick retries: open (or keep open). The
+        latest probe given is the one the prober runs."""
         with self._cond:
-            if self._probe is None or probe is not None:
+            if probe is not None:
                 self._probe = probe
             self._reason = reason
-            if self._down_since is None:
-                self._down_since = datetime.now(UTC)
-                self._cool = self._min_cool
-                self._next_probe = time.monotonic() + self._cool
-                metrics.STORAGE_UP.set(0)
-                log.warning("storage unreachable, new work paused until it answers: %s", reason)
+            if self._down_since is not None:
+                return
+            self._down_since = datetime.now(UTC)
+            self._opened = time.monotonic()
+            self.trips += 1
+        metrics.STORAGE_UP.set(0)
+        log.warning("storage unreachable, new work paused until it answers: %s", reason)
+        threading.Thread(target=self._prober, name="janus-storage-probe", daemon=True).start()
 
     def success(self) -> None:
         """A storage operation worked: close."""
@@ -78,47 +87,42 @@ class StorageBreaker:
         with self._cond:
             if self._down_since is None:
                 return
-            seconds = (datetime.now(UTC) - self._down_since).total_seconds()
+            seconds = time.monotonic() - self._opened
             self._down_since = None
             self._reason = ""
             self._probe = None
-            metrics.STORAGE_UP.set(1)
-            log.warning("storage answers again after %.0f s: work resumes", seconds)
             self._cond.notify_all()
+        metrics.STORAGE_UP.set(1)
+        log.warning("storage answers again after %.0f s: work resumes", seconds)
 
     def wait_until_usable(self, deadline: float | None = None) -> bool:
-        """Block while open, probing after each cool-down; True once closed, False if the
-        monotonic `deadline` passed first."""
+        """Block while open; True once closed, False if the monotonic `deadline` passed
+        first."""
+        with self._cond:
+            while self._down_since is not None:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(left if left is not None else 1.0)
+            return True
+
+    def _prober(self) -> None:
+        """While open: probe after each cool-down; any answer but a transient error closes."""
+        cool = self._min_cool
         while True:
+            time.sleep(cool)
             with self._cond:
                 if self._down_since is None:
-                    return True
-                now = time.monotonic()
-                if deadline is not None and now >= deadline:
-                    return False
-                if self._probing or now < self._next_probe:
-                    wait = self._next_probe - now if not self._probing else self._min_cool
-                    if deadline is not None:
-                        wait = min(wait, deadline - now)
-                    self._cond.wait(max(0.05, wait))
-                    continue
-                self._probing = True
+                    return
                 probe = self._probe
-            self._run_probe(probe)
-
-    def _run_probe(self, probe: Probe | None) -> None:
-        try:
-            if probe is not None:
-                probe()
-        except Exception as exc:
-            if self._is_transient(exc):
-                with self._cond:
-                    self._probing = False
-                    self._cool = min(self._max_cool, self._cool * 2)
-                    self._next_probe = time.monotonic() + self._cool
-                    self._reason = str(exc)
-                    self._cond.notify_all()
-                return
-        with self._cond:
-            self._probing = False
-        self.success()
+            try:
+                if probe is not None:
+                    probe()
+            except BaseException as exc:  # never lose the prober: it alone closes the breaker
+                if isinstance(exc, Exception) and not self._is_transient(exc):
+                    self.success()  # storage answered (403, 404...): it is reachable
+                    return
+                cool = min(self._max_cool, cool * 2)
+                continue
+            self.success()
+            return

@@ -54,7 +54,8 @@ WAIT_STEP = 1.0
 @dataclass(frozen=True)
 class Work:
     """A claimed item made ready for the engine: `request` is a CaptionRequest or a
-    GenerateRequest."""
+    GenerateRequest, or a tuple of them (an image asked several prompts): their units form
+    one ticket, its outputs in the tuple's order."""
 
     item: Claimed
     request: Any
@@ -81,9 +82,10 @@ def failed(item: Claimed, error: str) -> Outcome:
     return Outcome(item, ItemStatus.FAILED, error=error)
 
 
-STORAGE_RETRY_DELAY = 1.0
-"""Seconds a deferred item waits when storage was down: the breaker already holds new work
-back while it is, so the item may go as soon as storage answers."""
+STORAGE_RETRY_DELAY = 0.0
+"""Seconds a deferred item waits when storage was down: none, the breaker already holds new
+work back while it is (the item is dispatched again at once, and claimed when storage
+answers)."""
 
 
 def deferred(ctx: Context, kind: str, item: Claimed, error: str, *, storage: bool) -> Outcome:
@@ -108,7 +110,8 @@ def run_chunk(ctx: Context, handler: Handler, job_id: str, item_ids: Sequence[in
     started = time.monotonic()
     pipeline = ctx.pipeline()
     pipeline.engine()  # a worker whose model did not load raises here, before claiming
-    pipeline.breaker.wait_until_usable()  # storage down: claim nothing until it answers
+    if not _storage_usable(ctx, job_id, item_ids):
+        return Counter()
     job, claimed = _start(ctx, handler.kind, job_id, item_ids)
     total: Counter[str] = Counter()
     if job is not None and claimed:
@@ -121,6 +124,20 @@ def run_chunk(ctx: Context, handler: Handler, job_id: str, item_ids: Sequence[in
     if job is not None:
         _after(ctx, job)
     return total
+
+
+def _storage_usable(ctx: Context, job_id: str, item_ids: Sequence[int]) -> bool:
+    """Storage down: claim nothing until it answers. After half of stale_pending_seconds the
+    chunk gives its items back undispatched and returns (its message is acknowledged), so a
+    long outage neither looks like a lost message nor holds a message past the broker's
+    visibility timeout; the job's next dispatch sends them again."""
+    limit = ctx.settings.stale_pending_seconds / 2
+    if ctx.pipeline().breaker.wait_until_usable(time.monotonic() + limit):
+        return True
+    with session_scope(ctx.database_url) as session:
+        n = lifecycle.release_dispatch(session, list(item_ids))
+    log.warning("job=%s storage still down after %.0f s: %d items handed back", job_id, limit, n)
+    return False
 
 
 def _start(
@@ -199,8 +216,9 @@ def _submit(
 ) -> None:
     """Turn one item's request into units and send them to the engine as a ticket."""
     engine = pipeline.engine()
+    requests = work.request if isinstance(work.request, tuple) else (work.request,)
     try:
-        units = engine.prepare(work.request)
+        units = [unit for request in requests for unit in engine.prepare(request)]
     except Exception as exc:  # JanusRequestError / JanusImageError: this item alone
         record([failed(work.item, _describe(exc))])
         return

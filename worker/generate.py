@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
-from janus_batch.lifecycle import Claimed, Outcome
+from janus_batch.lifecycle import CANCEL_ERROR, Claimed, Outcome
 from janus_batch.models import Job
 from janus_batch.states import ItemStatus, JobKind
 from worker import metrics
+from worker.breaker import StorageBreaker
 from worker.chunk import Handler, Work, deferred, failed
 from worker.context import Context
 from worker.encode import EncodeSpec, encode_image, image_format
@@ -63,9 +65,11 @@ class GenerateHandler(Handler):
         entries = []
         for unit, image in zip(ticket.units, ticket.outputs, strict=True):
             try:
-                entry = _store(ctx, job, model, fmt, work, unit.k, unit.seed, image)
+                entry = _store(ctx, job, model, fmt, work, unit.k, unit.seed, image, ticket.keep)
             except StorageDown as exc:
                 return deferred(ctx, self.kind, work.item, str(exc), storage=True)
+            except Unwanted:  # cancelled (or its lease lost) while storage was down
+                return Outcome(work.item, ItemStatus.CANCELLED, error=CANCEL_ERROR)
             if isinstance(entry, str):
                 return failed(work.item, entry)
             entries.append(entry)
@@ -82,6 +86,7 @@ def _store(
     index: int,
     seed: int,
     image: Any,
+    wanted: Callable[[], bool],
 ) -> dict[str, Any] | str:
     """Encode and upload one image; its result entry, or an error message."""
     request = w.request
@@ -103,8 +108,8 @@ def _store(
             data = encode_image(
                 image, fmt, metadata, png_compress_level=ctx.settings.png_compress_level
             )
-            _upload(ctx, key, data, fmt.content_type)
-    except StorageDown:
+            _upload(ctx, key, data, fmt.content_type, wanted)
+    except (StorageDown, Unwanted):
         raise
     except Exception as exc:  # one image fails its item, not the batch
         log.warning("job=%s idx=%d cannot store %s: %s", job.id, w.item.idx, key, exc)
@@ -116,25 +121,56 @@ class StorageDown(Exception):
     """Storage stayed down longer than `storage_patience`: the item is deferred."""
 
 
-def _upload(ctx: Context, key: str, data: bytes, content_type: str) -> None:
+class Unwanted(Exception):
+    """The item's job is being cancelled (or its lease was taken back) while it waited."""
+
+
+PROBE_KEY = "_janus/probe"
+"""A tiny object the breaker writes to tell that storage takes writes again (a read could
+answer while writes still fail: SlowDown on PUT only, a cluster without write quorum)."""
+WAIT_STEP = 1.0
+
+
+def _upload(
+    ctx: Context, key: str, data: bytes, content_type: str, wanted: Callable[[], bool]
+) -> None:
     """Store `data` at `key`. A transient error that outlasts the quick retries opens the
-    breaker and the encoded image waits in memory (this outtake thread) until storage answers,
-    up to `storage_patience` seconds, then StorageDown; a permanent error raises."""
+    breaker (probed by a write) and the encoded image waits in memory, in this outtake
+    thread, until storage answers; once storage has been down `storage_patience` seconds
+    (counted from the outage's start, not this upload's), StorageDown. Unwanted if the item
+    is no longer wanted meanwhile; a permanent error raises."""
     breaker = ctx.pipeline().breaker
     settings = ctx.settings
-    deadline = time.monotonic() + settings.storage_patience
+    storage = ctx.storage
     while True:
         try:
             retry_transient(
-                lambda: ctx.storage.put_bytes(key, data, content_type),
+                lambda: storage.put_bytes(key, data, content_type),
                 attempts=settings.max_retries + 1,
             )
         except Exception as exc:
             if not is_transient(exc):
                 raise
-            breaker.trip(str(exc), probe=ctx.storage.ping)
-            if not breaker.wait_until_usable(deadline):
-                raise StorageDown(f"cannot store {key}: {exc}") from exc
+            breaker.trip(str(exc), probe=lambda: storage.put_bytes(PROBE_KEY, b"", "text/plain"))
+            _wait_for_storage(breaker, settings.storage_patience, wanted, f"cannot store {key}")
             continue
         breaker.success()
         return
+
+
+def _wait_for_storage(
+    breaker: StorageBreaker, patience: float, wanted: Callable[[], bool], what: str
+) -> None:
+    """Wait until the breaker closes; StorageDown once it has been open `patience` seconds,
+    Unwanted as soon as the item is not wanted any more."""
+    while True:
+        opened = breaker.opened
+        if opened is None:
+            return
+        deadline = opened + patience
+        if time.monotonic() >= deadline:
+            raise StorageDown(f"{what}: storage unreachable for over {patience:.0f} s")
+        if not wanted():
+            raise Unwanted(what)
+        if breaker.wait_until_usable(min(deadline, time.monotonic() + WAIT_STEP)):
+            return

@@ -58,7 +58,10 @@ def _describe(exc: BaseException) -> str:
 
 class JobWatch:
     """Which jobs with work in flight are being cancelled: re-read from SQL at most once per
-    pass (the engine loop marks it stale after each), so a cancel stops the next pass."""
+    pass (the engine loop marks it stale after each), so a cancel stops the next pass, and
+    at least every REFRESH_SECONDS while no pass runs (outputs waiting for storage)."""
+
+    REFRESH_SECONDS = 1.0
 
     def __init__(self, database_url: str) -> None:
         self.database_url = database_url
@@ -66,6 +69,7 @@ class JobWatch:
         self._active: Counter[str] = Counter()
         self._stopping: set[str] = set()
         self._stale = True
+        self._read_at = 0.0
 
     def enter(self, job_id: str) -> None:
         with self._lock:
@@ -84,7 +88,8 @@ class JobWatch:
 
     def stopping(self, job_id: str) -> bool:
         with self._lock:
-            if self._stale and self._active:
+            old = time.monotonic() - self._read_at > self.REFRESH_SECONDS
+            if (self._stale or old) and self._active:
                 self._refresh()
             return job_id in self._stopping
 
@@ -97,9 +102,11 @@ class JobWatch:
         except SQLAlchemyError as exc:  # keep the last answer; the next pass asks again
             log.warning("job status not re-read: %s", exc)
             self._stale = False
+            self._read_at = time.monotonic()
             return
         self._stopping = {row[0] for row in rows}
         self._stale = False
+        self._read_at = time.monotonic()
 
 
 @dataclass
@@ -182,7 +189,7 @@ class Recorder:
         for batch in batches:
             for outcome in batch.outcomes:
                 status = moved.get(outcome.item.id)
-                if status is not None:
+                if status is not None and status != ItemStatus.PENDING:  # deferred: not done
                     metrics.ITEMS_PROCESSED.labels(batch.kind, status).inc()
             batch.tracker.settle((o.item.id for o in batch.outcomes), moved)
 

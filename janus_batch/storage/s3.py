@@ -66,7 +66,9 @@ def translate_error(exc: BaseException, action: str, uri: str) -> StorageError:
     if isinstance(exc, SSLError):  # certificate or TLS setup problems do not heal by retrying
         return StorageError(f"{where}: {exc}")
     if isinstance(exc, (ConnectionError, HTTPClientError, IncompleteReadError)):
-        return TransientStorageError(f"{where}: {exc}")
+        # botocore's text names the endpoint's address: internal, kept for the logs only
+        logger.info("%s: %s", where, exc)
+        return TransientStorageError(f"{where}: storage unreachable ({type(exc).__name__})")
     return StorageError(f"{where}: {exc}")
 
 

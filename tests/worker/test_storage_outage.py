@@ -14,8 +14,10 @@ import pytest
 from janus_batch.db import session_scope
 from janus_batch.models import Item
 from janus_batch.states import ItemStatus, JobKind, JobStatus
+from janus_batch.storage import TransientStorageError
 from tests.fixtures.proxy import TcpProxy
 from tests.worker.helpers import (
+    cancel_like_the_api,
     create_job,
     dispatch,
     drain,
@@ -25,8 +27,12 @@ from tests.worker.helpers import (
     pop_message,
 )
 from worker import metrics
-from worker.sweeper import sweep
+from worker.breaker import StorageBreaker
+from worker.chunk import run_chunk
+from worker.context import Context
+from worker.generate import GenerateHandler
 
+FINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 OUTAGE = 4.0
 """Longer than the quick retries of this test's settings (one retry after ~0.5 s)."""
 
@@ -47,13 +53,13 @@ def _outage_during(proxy: TcpProxy, seconds: float) -> threading.Thread:
 
 
 def _finish(ctx: Any, job_id: str, timeout: float = 60.0) -> None:
-    """Run messages and sweeps until the job is final (deferred items wait a second)."""
+    """Run messages until the job is final: no sweeper needed (deferred items are sent again
+    by the chunk that deferred them; claims wait for the breaker)."""
     deadline = time.monotonic() + timeout
-    while get_job(ctx, job_id).status not in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+    while get_job(ctx, job_id).status not in FINAL:
         assert time.monotonic() < deadline, get_items(ctx, job_id)
         drain(ctx)
-        time.sleep(0.3)
-        sweep(ctx)
+        time.sleep(0.1)
 
 
 def test_caption_inputs_unreachable_defer_items_then_all_succeed(
@@ -104,6 +110,7 @@ def test_generated_images_wait_in_memory_for_storage(
     counts = dispatch(ctx, "janus.generate_chunk", chunk)  # uploads wait, then go through
     restored.join()
     assert counts == {"succeeded": 2}
+    assert ctx.pipeline().breaker.trips == 1  # it did wait for storage, and did not flap
     rows = get_items(ctx, job_id)
     assert all(r.attempts == 1 and r.retries == 0 for r in rows)  # rendered once
     client = s3_env.client()
@@ -128,10 +135,97 @@ def test_storage_down_past_patience_defers_generated_items(
     assert dispatch(ctx, "janus.generate_chunk", chunk) == {"pending": 2}
     with session_scope(ctx.database_url) as session:
         rows = session.query(Item).filter(Item.job_id == job_id).all()
-        assert all(r.status == ItemStatus.PENDING and r.enqueued_at is None for r in rows)
-        assert all(r.not_before is not None and r.retries == 1 for r in rows)
-    _finish(ctx, job_id)
+        assert all(r.status == ItemStatus.PENDING and r.retries == 1 for r in rows)
+        assert all("storage unreachable for over 1 s" in r.error for r in rows)
+        assert all(r.enqueued_at is not None for r in rows)  # sent again by their chunk
+    _finish(ctx, job_id)  # no sweeper: the tail of the job finishes by itself
     restored.join()
     job = get_job(ctx, job_id)
     assert (job.status, job.succeeded, job.failed) == (JobStatus.SUCCEEDED, 2, 0)
     assert all(r.attempts == 2 and r.retries == 1 for r in get_items(ctx, job_id))
+
+
+def test_cancel_while_storage_is_down_ends_the_waiting_items(
+    make_ctx: Any, s3_env: Any, proxy: TcpProxy
+) -> None:
+    """Rendered images waiting for storage are dropped as soon as their job is cancelled:
+    the items end cancelled, the job with them, without waiting for storage."""
+    ctx = make_ctx(storage_url=s3_env.storage_url, s3_endpoint_url=f"http://127.0.0.1:{proxy.port}")
+    job_id = create_job(ctx, JobKind.GENERATE, ["a fox", "a boat"])
+    _, chunk = pop_message(ctx, "janus.generate")
+    proxy.cut()
+    try:
+        cancel = threading.Timer(3.0, cancel_like_the_api, (ctx, job_id))
+        cancel.start()
+        assert dispatch(ctx, "janus.generate_chunk", chunk) == {"cancelled": 2}
+        cancel.join()
+        assert ctx.pipeline().breaker.down_since is not None  # storage is still down
+        assert get_job(ctx, job_id).status == JobStatus.FINALIZING
+    finally:
+        proxy.restore()
+    drain(ctx)  # the manifests, once storage answers (Celery retries finalize meanwhile)
+    job = get_job(ctx, job_id)
+    assert (job.status, job.cancelled, job.failed) == (JobStatus.CANCELLED, 2, 0)
+
+
+class WritesDown:
+    """A storage whose reads answer while its writes fail transiently (SlowDown on PUT, a
+    cluster without write quorum) until `up` is set."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.up = threading.Event()
+
+    def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None:
+        if not self.up.is_set():
+            raise TransientStorageError(f"cannot write {key}: SlowDown (HTTP 503)")
+        self.inner.put_bytes(key, data, content_type)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_write_only_outage_is_probed_by_a_write(ctx: Any) -> None:
+    """The breaker of an upload probes with a write: reads answering does not close it (no
+    flapping, no re-rendering); the images go once writes work again."""
+    storage = WritesDown(ctx.storage)
+    flaky = Context(ctx.settings, storage, ctx.app, engine=ctx.engine, pipelines=ctx.pipelines)  # type: ignore[arg-type]
+    job_id = create_job(ctx, JobKind.GENERATE, ["a fox"])
+    _, chunk = pop_message(ctx, "janus.generate")
+    threading.Timer(3.0, storage.up.set).start()
+    assert run_chunk(flaky, GenerateHandler(), *chunk) == {"succeeded": 1}
+    assert ctx.pipeline().breaker.trips == 1
+    [row] = get_items(ctx, job_id)
+    assert row.attempts == 1 and ctx.storage.exists(row.result["images"][0]["key"])
+
+
+def test_patience_counts_from_the_start_of_the_outage() -> None:
+    """An output that reaches an outtake thread late in an outage is not given a fresh
+    patience: once storage has been down `storage_patience`, it is deferred at once."""
+    from worker.fetch import is_transient
+    from worker.generate import StorageDown, _wait_for_storage
+
+    breaker = StorageBreaker(is_transient=is_transient, min_cool=60)
+    breaker.trip("cannot write: storage unreachable")
+    with pytest.raises(StorageDown):
+        _wait_for_storage(breaker, 0.0, lambda: True, "cannot store x")
+    assert breaker.opened is not None and breaker.opened <= time.monotonic()
+    breaker.success()
+    _wait_for_storage(breaker, 0.0, lambda: True, "cannot store x")  # closed: returns
+
+
+def test_a_chunk_gives_its_items_back_when_storage_stays_down(make_ctx: Any) -> None:
+    """A chunk does not hold its message through a long outage: after half of
+    stale_pending_seconds it hands its items back undispatched and returns."""
+    ctx = make_ctx(stale_pending_seconds="2")
+    job_id = create_job(ctx, JobKind.GENERATE, ["a fox", "a boat"])
+    _, chunk = pop_message(ctx, "janus.generate")
+
+    def still_down() -> None:
+        raise TransientStorageError("storage unreachable")
+
+    ctx.pipeline().breaker.trip("storage unreachable", probe=still_down)
+    assert run_chunk(ctx, GenerateHandler(), *chunk) == {}
+    rows = get_items(ctx, job_id)
+    assert all(r.status == ItemStatus.PENDING and r.enqueued_at is None for r in rows)
+    assert all(r.attempts == 0 for r in rows)  # never claimed
