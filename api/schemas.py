@@ -69,6 +69,19 @@ class JobCreate(BaseModel):
     source: SourceIn | None = None
 
 
+class JobRetry(BaseModel):
+    """Which failed items to retry: all of them, or those whose error is of these classes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    errors: list[str] | None = Field(
+        default=None,
+        description="Error classes to retry: fetch, image, model, output, worker, lost (the "
+        "item's worker was lost MAX_ATTEMPTS times), other. Default: every failed item that ran.",
+        examples=[["fetch", "lost"]],
+    )
+
+
 class Counts(BaseModel):
     """Items by state; pending = total - the others."""
 
@@ -118,6 +131,8 @@ class JobPublic(BaseModel):
     output: JobOutput
     error: str | None
     priority: int = 0
+    retries: int = Field(default=0, description="Times its failed items were retried.")
+    retried_at: datetime | None = None
     live_workers: int | None = Field(
         default=None,
         description="Live workers consuming this job's queue (single-job responses only); 0: "
@@ -151,6 +166,11 @@ class ItemPublic(BaseModel):
     input: dict[str, Any]
     result: dict[str, Any] | None
     error: str | None
+    error_class: str | None = Field(
+        default=None,
+        description="A failed item's error class (fetch, image, model, output, worker, lost, "
+        "other; input: it failed before it ran and is never retried), for POST .../retry.",
+    )
     attempts: int
     started_at: datetime | None
     finished_at: datetime | None

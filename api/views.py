@@ -8,47 +8,15 @@ from datetime import UTC, datetime
 import redis
 from fastapi import Request
 
-from api.schemas import Counts, FilePublic, ItemPublic, JobOutput, JobPublic, Waiting
+from api.schemas import FilePublic, ItemPublic, JobPublic, Waiting
 from janus_batch import fleet
 from janus_batch.constants import ERRORS_NAME, RESULTS_NAME
-from janus_batch.jobs import as_utc
-from janus_batch.models import File, Item, Job
+from janus_batch.failures import describe
+from janus_batch.jobview import job_object
+from janus_batch.models import File, Item, Job, as_utc
 from janus_batch.settings import get_settings
 from janus_batch.states import JOB_FINAL
 from janus_batch.storage import Storage
-
-
-def counts(job: Job, running: int) -> Counts:
-    """Items by state: final counters from the job row, running from a COUNT, the rest
-    pending."""
-    done = job.succeeded + job.failed + job.cancelled
-    return Counts(
-        total=job.total,
-        pending=max(0, job.total - done - running),
-        running=running,
-        succeeded=job.succeeded,
-        failed=job.failed,
-        cancelled=job.cancelled,
-    )
-
-
-def rate_and_eta(job: Job, now: datetime | None = None) -> tuple[float | None, float | None]:
-    """Items processed (succeeded + failed) per second since the job started, and the
-    seconds left at that rate. The ETA is None while unknown (not started, nothing processed
-    yet, or a source still being expanded so the total is not known); 0 once final."""
-    rate = None
-    if job.started_at is not None:
-        end = as_utc(job.finished_at) if job.finished_at else (now or datetime.now(UTC))
-        elapsed = (end - as_utc(job.started_at)).total_seconds()
-        processed = job.succeeded + job.failed
-        if elapsed > 0 and processed > 0:
-            rate = processed / elapsed
-    if job.status in JOB_FINAL:
-        return rate, 0.0
-    if rate and job.expanded:
-        remaining = job.total - job.succeeded - job.failed - job.cancelled
-        return rate, max(0, remaining) / rate
-    return rate, None
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -68,38 +36,21 @@ def _download_url(
 
 
 def job_public(job: Job, running: int, storage: Storage, request: Request) -> JobPublic:
-    """The API view of a job."""
-    rate, eta = rate_and_eta(job)
-    waiting = None
-    if job.waiting_since is not None and job.status not in JOB_FINAL:
-        waiting = Waiting(since=as_utc(job.waiting_since), reason=job.waiting_reason or "")
-        eta = None  # the rate says nothing while storage is down
-    prefix = job.output_prefix
-    return JobPublic(
-        id=job.id,
-        kind=job.kind,
-        status=job.status,
-        model=job.model,
-        params=job.params or {},
-        source=job.source,
-        counts=counts(job, running),
-        expanded=job.expanded,
-        created_at=as_utc(job.created_at),
-        started_at=_utc(job.started_at),
-        finished_at=_utc(job.finished_at),
-        items_per_second=rate,
-        eta_seconds=eta,
-        output=JobOutput(
-            prefix=storage.uri(prefix),
-            results=storage.uri(f"{prefix}/{RESULTS_NAME}"),
-            errors=storage.uri(f"{prefix}/{ERRORS_NAME}"),
+    """The API view of a job: the job object (`janus_batch.jobview`, the one a webhook
+    posts) with download URLs through this API and what holds it up."""
+    view = JobPublic.model_validate(
+        job_object(
+            job,
+            running,
+            storage,
             results_url=_download_url(job, storage, request, RESULTS_NAME, errors=False),
             errors_url=_download_url(job, storage, request, ERRORS_NAME, errors=True),
-        ),
-        error=job.error,
-        priority=job.priority or 0,
-        waiting=waiting,
+        )
     )
+    if job.waiting_since is not None and job.status not in JOB_FINAL:
+        view.waiting = Waiting(since=as_utc(job.waiting_since), reason=job.waiting_reason or "")
+        view.eta_seconds = None  # the rate says nothing while storage is down
+    return view
 
 
 def sweeper_note(expired_leases: int, last_sweep: float | None, interval: float) -> str | None:
@@ -141,6 +92,7 @@ def item_public(item: Item) -> ItemPublic:
         input=item.input,
         result=item.result,
         error=item.error,
+        error_class=describe(item.error, item.attempts) if item.status == "failed" else None,
         attempts=item.attempts,
         started_at=_utc(item.started_at),
         finished_at=_utc(item.finished_at),

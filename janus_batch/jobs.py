@@ -1,4 +1,4 @@
-"""The job service: create, read, list and cancel jobs.
+"""The job service: create, read, list, cancel and retry jobs.
 
 Transports (the HTTP API, tests) call these with an owner; a job is only ever seen by its
 owner. Errors are InvalidInput / TooLarge (bad request), JobNotFound, JobConflict and
@@ -13,14 +13,15 @@ import json
 import logging
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from celery import Celery
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
-from janus_batch import lifecycle
+from janus_batch import failures, lifecycle
 from janus_batch.constants import EXPAND_SOURCE_TASK, FINALIZE_JOB_TASK
 from janus_batch.db import session_scope
 from janus_batch.files import file_resolver, referenced_file_ids
@@ -33,10 +34,10 @@ from janus_batch.inputs import (
     parse_params,
 )
 from janus_batch.items import NewItem, dispatch, insert_all, window_for
-from janus_batch.models import Item, Job, new_id, utcnow
+from janus_batch.models import Item, Job, as_utc, new_id, utcnow
 from janus_batch.queue import send_control
 from janus_batch.settings import Settings
-from janus_batch.states import JOB_FINAL, ItemStatus, JobKind, JobStatus
+from janus_batch.states import JOB_FINAL, JOB_RETRYABLE, ItemStatus, JobKind, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -388,6 +389,83 @@ def cancel_job(database_url: str, app: Celery, owner: str, job_id: str) -> Job:
     return get_job(database_url, owner, job_id)
 
 
-def as_utc(value: datetime) -> datetime:
-    """SQLite hands datetimes back naive; they are UTC."""
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+def retry_job(
+    settings: Settings,
+    app: Celery,
+    owner: str,
+    job_id: str,
+    errors: list[str] | None = None,
+) -> tuple[Job, int]:
+    """Retry the failed items of a finished job in place; returns (job, items retried).
+
+    The failed items that ran (of the error classes `errors`, or all: `janus_batch.failures`)
+    go back to pending with their full attempts, the job back to running (its `failed` count
+    down by as many) in one transaction, and their chunks are dispatched like new items; the
+    job ends as any job does, its manifests written again. Items that failed before they
+    ever ran (a bad input) are not retried. JobConflict for a job that is not succeeded or
+    failed (one still going must end first; a cancelled one is over), or that has no such
+    item; InvalidInput naming `errors` for an unknown class or an empty list.
+    """
+    classes = _error_classes(errors)
+    database_url = settings.resolved_database_url()
+    job = get_job(database_url, owner, job_id)
+    if job.status not in JOB_RETRYABLE:
+        raise JobConflict(
+            f"job {job_id} is {job.status}; only a succeeded or failed job can be retried"
+            + ("" if job.status in JOB_FINAL else " (wait for it to end)")
+        )
+    with session_scope(database_url) as session:
+        n = lifecycle.retry_failed(session, job_id, failures.matching(classes))
+        if not n:
+            raise JobConflict(_nothing_to_retry(session, job_id, classes))
+        if not lifecycle.restart(session, job_id):  # a concurrent retry won: undo ours
+            current = session.scalar(select(Job.status).where(Job.id == job_id))
+            raise JobConflict(f"job {job_id} is {current} now; it cannot be retried")
+    log.info("job=%s retrying %d failed items (%s)", job_id, n, ",".join(classes or ["all"]))
+    try:
+        dispatch(
+            database_url,
+            app,
+            job_id,
+            job.kind,
+            chunk_size=settings.chunk_size,
+            window=window_for(settings, job.kind),
+        )
+    except Exception as exc:
+        log.warning("job=%s retried items not dispatched yet (the sweeper will): %s", job_id, exc)
+    return get_job(database_url, owner, job_id), n
+
+
+def _error_classes(errors: list[str] | None) -> list[failures.ErrorClass] | None:
+    if errors is None:
+        return None
+    if not isinstance(errors, list) or not all(isinstance(e, str) for e in errors):
+        raise InvalidInput("errors", "must be a list of error classes")
+    if not errors:
+        raise InvalidInput("errors", "name at least one error class, or leave it out for all")
+    try:
+        return failures.parse_classes(errors)
+    except ValueError as exc:
+        raise InvalidInput("errors", str(exc)) from None
+
+
+def _nothing_to_retry(
+    session: Session, job_id: str, classes: list[failures.ErrorClass] | None
+) -> str:
+    """Why a retry found no item: none failed, or only bad inputs, or none of `classes`."""
+    never_ran = (
+        session.scalar(
+            select(func.count())
+            .select_from(Item)
+            .where(Item.job_id == job_id, Item.status == ItemStatus.FAILED, Item.attempts == 0)
+        )
+        or 0
+    )
+    what = "no failed items" if classes is None else f"no failed {'/'.join(classes)} items"
+    note = (
+        f" ({never_ran} failed before they ran: their inputs are invalid, a retry would fail "
+        "them again)"
+        if never_ran
+        else ""
+    )
+    return f"job {job_id} has {what} to retry{note}"

@@ -31,6 +31,7 @@ from sqlalchemy import (
     String,
     Text,
     and_,
+    case,
     column,
     func,
     insert,
@@ -42,7 +43,13 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from janus_batch.models import Item, Job, utcnow
-from janus_batch.states import ItemStatus, JobStatus, item_sources, job_sources
+from janus_batch.states import (
+    JOB_RETRYABLE,
+    ItemStatus,
+    JobStatus,
+    item_sources,
+    job_sources,
+)
 
 MAX_ATTEMPTS = 3
 """Claims of one item before the sweeper gives up on it (poison-pill protection); claims
@@ -50,10 +57,19 @@ that ended in a deferral (`Item.retries`) do not count."""
 WAITING = "waiting"
 """Prefix of a deferred item's error: what it waits out, not why it failed."""
 CANCEL_ERROR = "job cancelled"
+POISON_PREFIX = "worker lost "
 POISON_ERROR = (
-    f"worker lost {MAX_ATTEMPTS} times while processing this item "
+    f"{POISON_PREFIX}{MAX_ATTEMPTS} times while processing this item "
     "(the process was killed or crashed)"
 )
+ALL_FAILED_ERROR = "all {n} items failed (see errors.jsonl)"
+"""The error a job gets at its end when no item succeeded (`all_failed_error`): a verdict
+on its items that a retry clears, unlike an error of its own (its source could not be read)."""
+
+
+def all_failed_error(n: int) -> str:
+    """The error of a job whose `n` items all failed."""
+    return ALL_FAILED_ERROR.format(n=n)
 
 
 @dataclass(frozen=True)
@@ -154,10 +170,11 @@ def start_running(session: Session, job_ids: Iterable[str]) -> list[str]:
     if not ids:
         return []
     now = utcnow()
+    source = _job_from(JobStatus.RUNNING, {JobStatus.QUEUED})
     return list(
         session.scalars(
             update(Job)
-            .where(Job.id.in_(ids), Job.status.in_(_job_from(JobStatus.RUNNING)))
+            .where(Job.id.in_(ids), Job.status.in_(source))
             .values(status=JobStatus.RUNNING, started_at=now, updated_at=now)
             .returning(Job.id)
             .execution_options(synchronize_session=False)
@@ -242,6 +259,36 @@ def request_cancel(session: Session, job_id: str) -> tuple[bool, int]:
     return bool(moved) or status == JobStatus.CANCELLING, n
 
 
+def restart(session: Session, job_id: str) -> bool:
+    """succeeded | failed -> running, once a retry sent failed items back (`retry_failed`,
+    same transaction): finished_at cleared, started_at now with the items processed so far
+    in `processed_before` (the rate counts the new run alone), an all-failed verdict cleared
+    (an error of the job's own, such as an unreadable source, is kept), retry_count + 1.
+    False if the job was not in one of those states (the caller rolls back)."""
+    now = utcnow()
+    moved = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.status.in_(_job_from(JobStatus.RUNNING, JOB_RETRYABLE)),
+        )
+        .values(
+            status=JobStatus.RUNNING,
+            error=case((Job.error.like(ALL_FAILED_ERROR.format(n="%")), None), else_=Job.error),
+            started_at=now,
+            finished_at=None,
+            processed_before=Job.succeeded + Job.failed,
+            retry_count=Job.retry_count + 1,
+            retried_at=now,
+            waiting_since=None,
+            waiting_reason=None,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return _rowcount(moved) == 1
+
+
 def end_expansion(session: Session, job_id: str, error: str | None = None) -> None:
     """Every item of the job is inserted (its source read, or failed with `error`)."""
     values: dict[str, Any] = {"expanded": True, "updated_at": utcnow()}
@@ -324,7 +371,7 @@ def dispatchable(now: datetime) -> ColumnElement[bool]:
 
 def _poison_left() -> ColumnElement[bool]:
     """The item still has attempts left: claims that ended in a deferral do not count."""
-    return Item.attempts - Item.retries < MAX_ATTEMPTS
+    return Item.attempts - Item.retries - Item.attempt_base < MAX_ATTEMPTS
 
 
 def take_dispatch(
@@ -592,6 +639,50 @@ def cancel_pending(session: Session, job_id: str, item_ids: Sequence[int] | None
     return n
 
 
+def retry_failed(
+    session: Session, job_id: str, condition: ColumnElement[bool] | None = None
+) -> int:
+    """failed -> pending for the job's items that ran at least once (and match `condition`),
+    undispatched, with their full MAX_ATTEMPTS again (`attempt_base` = attempts, `retries` 0;
+    `attempts` itself only grows, so an old attempt's late outcome still matches nothing), in
+    one statement; the job's `failed` counter goes down by the rows that moved. Returns how
+    many moved. The job itself moves with `restart`."""
+    where = [
+        Item.job_id == job_id,
+        Item.status.in_(_item_from({ItemStatus.FAILED}, ItemStatus.PENDING)),
+        Item.attempts > 0,  # failed before it ever ran (a bad input): would fail again
+    ]
+    if condition is not None:
+        where.append(condition)
+    n = _rowcount(
+        session.execute(
+            update(Item)
+            .where(*where)
+            .values(
+                status=ItemStatus.PENDING,
+                attempt_base=Item.attempts,
+                retries=0,
+                error=None,
+                result=None,
+                lease_until=None,
+                enqueued_at=None,
+                not_before=None,
+                started_at=None,
+                finished_at=None,
+            )
+            .execution_options(synchronize_session=False)
+        )
+    )
+    if n:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(failed=Job.failed - n, updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+    return n
+
+
 def requeue_expired(session: Session, now: datetime, limit: int) -> list[Expired]:
     """running past its lease -> cancelled (the job is stopping), failed (the item used its
     MAX_ATTEMPTS: a poison pill) or pending (handed out again). One statement per verdict;
@@ -627,7 +718,9 @@ def requeue_expired(session: Session, now: datetime, limit: int) -> list[Expired
                 condition,
             )
             .values(status=target, lease_until=None, **extra)
-            .returning(Item.id, Item.job_id, Item.idx, Item.attempts - Item.retries)
+            .returning(
+                Item.id, Item.job_id, Item.idx, Item.attempts - Item.retries - Item.attempt_base
+            )
             .execution_options(synchronize_session=False)
         ).all()
         moved += [Expired(r[0], r[1], r[2], r[3], target) for r in rows]

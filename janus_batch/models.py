@@ -34,6 +34,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(value: datetime) -> datetime:
+    """SQLite hands datetimes back naive; they are UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 def new_id(prefix: str) -> str:
     """A short random id such as `job_3f9c...` (prefix + 24 hex chars)."""
     return f"{prefix}_{secrets.token_hex(12)}"
@@ -56,6 +61,7 @@ class Job(Base):
         UniqueConstraint("owner", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
         Index("ix_jobs_owner_created", "owner", "created_at"),
         Index("ix_jobs_status", "status"),
+        Index("ix_jobs_owner_label", "owner", "label"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -74,6 +80,23 @@ class Job(Base):
     waiting_since: Mapped[datetime | None] = mapped_column(nullable=True)
     """Set while items wait out a transient error (storage down); cleared by a success."""
     waiting_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    label: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    """The user's short name for the job (filterable)."""
+    meta: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
+    """The user's own string keys and values (`metadata` in the API)."""
+    retry_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Retries of the job's failed items; also numbers its terminal statuses (webhooks)."""
+    retried_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    processed_before: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Items processed before the last retry, left out of the rate since started_at."""
+    webhook_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    webhook_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    """pending | retrying | delivered | failed: the delivery of the last terminal status."""
+    webhook_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    webhook_last_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    webhook_response: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """HTTP status of the last attempt (None if no answer came)."""
+    webhook_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     total: Mapped[int] = mapped_column(Integer, default=0)
     succeeded: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
@@ -110,6 +133,8 @@ class Item(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     """Attempts that ended in a transient error (deferred): not counted as poison."""
+    attempt_base: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Attempts made before the item was last retried (failed -> pending): not poison either."""
     not_before: Mapped[datetime | None] = mapped_column(nullable=True)
     """A deferred item is not dispatched again before this time."""
     lease_until: Mapped[datetime | None] = mapped_column(nullable=True)
@@ -131,6 +156,8 @@ class ApiKey(Base):
     prefix: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    webhook_secret: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """Signs the webhooks of this key's jobs; made on first use."""
 
 
 class File(Base):

@@ -36,6 +36,7 @@ class JobKind(StrEnum):
 
 
 JOB_FINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+"""Where a job ends (a retry may send a succeeded or failed one back to running)."""
 
 _ITEM_TRANSITIONS: dict[ItemStatus, frozenset[ItemStatus]] = {
     ItemStatus.PENDING: frozenset({ItemStatus.RUNNING, ItemStatus.CANCELLED, ItemStatus.FAILED}),
@@ -44,7 +45,8 @@ _ITEM_TRANSITIONS: dict[ItemStatus, frozenset[ItemStatus]] = {
         {ItemStatus.SUCCEEDED, ItemStatus.FAILED, ItemStatus.PENDING, ItemStatus.CANCELLED}
     ),
     ItemStatus.SUCCEEDED: frozenset(),
-    ItemStatus.FAILED: frozenset(),
+    # failed -> pending is a retry of the job's failed items (POST /v1/jobs/{id}/retry).
+    ItemStatus.FAILED: frozenset({ItemStatus.PENDING}),
     ItemStatus.CANCELLED: frozenset(),
 }
 
@@ -55,8 +57,9 @@ _JOB_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.RUNNING: frozenset({JobStatus.FINALIZING, JobStatus.CANCELLING, JobStatus.FAILED}),
     JobStatus.CANCELLING: frozenset({JobStatus.FINALIZING, JobStatus.CANCELLED}),
     JobStatus.FINALIZING: frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}),
-    JobStatus.SUCCEEDED: frozenset(),
-    JobStatus.FAILED: frozenset(),
+    # succeeded | failed -> running: a retry sent the job's failed items back to work.
+    JobStatus.SUCCEEDED: frozenset({JobStatus.RUNNING}),
+    JobStatus.FAILED: frozenset({JobStatus.RUNNING}),
     JobStatus.CANCELLED: frozenset(),
 }
 
@@ -69,3 +72,7 @@ def job_sources(new: JobStatus) -> frozenset[JobStatus]:
 def item_sources(new: ItemStatus) -> frozenset[ItemStatus]:
     """Every state from which an item may move to `new` (for conditional UPDATEs)."""
     return frozenset(old for old, targets in _ITEM_TRANSITIONS.items() if new in targets)
+
+
+JOB_RETRYABLE = job_sources(JobStatus.RUNNING) & JOB_FINAL
+"""The final states from which a job's failed items may be retried (succeeded, failed)."""

@@ -1,4 +1,5 @@
-"""Finalizing a job: write its manifests, then set its final status. Safe to run twice.
+"""Finalizing a job: write its manifests, then set its final status. Safe to run twice; a
+retried job is finalized again at its new end, its manifests rewritten from the rows.
 
 `results.jsonl` has one self-contained line per succeeded item (custom_id, idx, input, the
 caption or images, model, params, status); `errors.jsonl` one line per failed or cancelled
@@ -57,7 +58,7 @@ def final_status(job: Job) -> tuple[JobStatus, str | None]:
     if job.succeeded == 0:
         if job.total == 0:
             return JobStatus.CANCELLED, None
-        return JobStatus.FAILED, f"all {job.failed} items failed (see {ERRORS_NAME})"
+        return JobStatus.FAILED, lifecycle.all_failed_error(job.failed)
     return JobStatus.SUCCEEDED, None
 
 

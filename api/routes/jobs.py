@@ -1,4 +1,5 @@
-"""/v1/jobs: submit, read, list, cancel jobs; their items, results manifests and output files."""
+"""/v1/jobs: submit, read, list, cancel and retry jobs; their items, results manifests and
+output files."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from api.deps import CeleryDep, DatabaseUrl, Owner, SettingsDep, StorageDep
 from api.downloads import iter_body, job_output_key, object_response
 from api.errors import HttpError, Responses, error_responses
 from api.metrics import MetricsDep
-from api.schemas import ItemsPublic, JobCreate, JobPublic, JobsPublic
+from api.schemas import ItemsPublic, JobCreate, JobPublic, JobRetry, JobsPublic
 from api.views import item_public, job_public, last_sweep, live_consumers, sweeper_note
 from janus_batch import jobs
 from janus_batch.constants import ERRORS_NAME, RESULTS_NAME
@@ -132,6 +133,24 @@ def cancel_job(
     """Cancel pending items (finished ones are kept); running chunks drain, then the job
     is finalized. 409 if the job is already final."""
     return _view(jobs.cancel_job(db, app, owner, job_id), db, storage, request)
+
+
+@router.post("/{job_id}/retry", response_model=JobPublic, responses=ERRORS)
+def retry_job(
+    job_id: JobId,
+    request: Request,
+    settings: SettingsDep,
+    owner: Owner,
+    app: CeleryDep,
+    storage: StorageDep,
+    body: JobRetry | None = None,
+) -> JobPublic:
+    """Retry a succeeded or failed job's failed items in place (all, or those of the error
+    classes in `errors`): they go back to pending with full attempts, the job back to
+    running, and its manifests are written again when it ends. 409 if the job is still
+    going or cancelled, or has no such item."""
+    job, _ = jobs.retry_job(settings, app, owner, job_id, body.errors if body else None)
+    return _view(job, settings.resolved_database_url(), storage, request)
 
 
 @router.get("/{job_id}/items", response_model=ItemsPublic, responses=ERRORS)

@@ -197,6 +197,11 @@ class Client:
     def cancel_job(self, job_id: str) -> dict:
         return self._request("POST", f"/v1/jobs/{job_id}/cancel").json()
 
+    def retry_job(self, job_id: str, errors: list[str] | None = None) -> dict:
+        """Retry the job's failed items (of these error classes, or all); the job."""
+        body = {"errors": errors} if errors is not None else None
+        return self._request("POST", f"/v1/jobs/{job_id}/retry", json=body).json()
+
     def items(self, job_id: str, **params: Any) -> dict:
         query = {k: v for k, v in params.items() if v is not None}
         return self._request("GET", f"/v1/jobs/{job_id}/items", params=query).json()

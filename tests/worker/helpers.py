@@ -7,18 +7,19 @@ from __future__ import annotations
 import base64
 import io
 import json
+from datetime import timedelta
 from typing import Any
 
 import redis
 from PIL import Image
 from sqlalchemy import select, update
 
-from janus_batch import constants
+from janus_batch import constants, lifecycle
 from janus_batch.db import session_scope
 from janus_batch.inputs import caption_item, generate_item, parse_params
 from janus_batch.items import add_items
 from janus_batch.jobs import cancel_job
-from janus_batch.models import Item, Job, new_id
+from janus_batch.models import Item, Job, new_id, utcnow
 from janus_batch.states import JobKind, JobStatus
 from worker.caption import CaptionHandler
 from worker.chunk import run_chunk
@@ -87,6 +88,17 @@ def create_job(
         with session_scope(ctx.database_url) as session:
             session.execute(update(Job).where(Job.id == job_id).values(expanded=True))
     return job_id
+
+
+def die_holding(ctx: Context, job_id: str, item_ids: list[int]) -> None:
+    """A worker claims the items, then is killed: the lease runs out, the message is gone."""
+    with session_scope(ctx.database_url) as session:
+        assert lifecycle.claim(session, job_id, item_ids, lease_seconds=30)
+        session.execute(
+            update(Item)
+            .where(Item.id.in_(item_ids))
+            .values(lease_until=utcnow() - timedelta(seconds=1))
+        )
 
 
 def get_job(ctx: Context, job_id: str) -> Job:

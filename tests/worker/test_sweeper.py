@@ -19,6 +19,7 @@ from janus_batch.states import ItemStatus, JobKind, JobStatus
 from tests.worker.helpers import (
     clear_queues,
     create_job,
+    die_holding,
     drain,
     get_items,
     get_job,
@@ -31,17 +32,6 @@ from tests.worker.helpers import (
 from worker.chunk import run_chunk
 from worker.generate import GenerateHandler
 from worker.sweeper import sweep
-
-
-def die_holding(ctx: Any, job_id: str, item_ids: list[int]) -> None:
-    """A worker claims the items, then is killed: the lease runs out, the message is gone."""
-    with session_scope(ctx.database_url) as session:
-        assert lifecycle.claim(session, job_id, item_ids, lease_seconds=30)
-        session.execute(
-            update(Item)
-            .where(Item.id.in_(item_ids))
-            .values(lease_until=utcnow() - timedelta(seconds=1))
-        )
 
 
 def test_expired_lease_is_requeued_and_completed_once(ctx: Any) -> None:

@@ -1,4 +1,4 @@
-"""`janus-batch status | list | cancel | watch`: reading and steering jobs."""
+"""`janus-batch status | list | cancel | retry | watch`: reading and steering jobs."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from janus_batch.client.cli.common import (
     out,
     with_exit_codes,
 )
+from janus_batch.client.cli.submit import Interval, Timeout, Wait
 from janus_batch.client.cli.watch import duration, notices, wait_for
 from janus_batch.client.http import FINAL_STATUSES
 
@@ -86,6 +87,8 @@ def status_panel(job: dict, errors: list[dict]) -> Panel:
     grid.add_row("params", escape(_params(job.get("params") or {})))
     if job.get("source"):
         grid.add_row("source", escape(_params(job["source"])))
+    if job.get("retries"):
+        grid.add_row("retried", f"{job['retries']} times, last {when(job.get('retried_at'))}")
     output = job.get("output") or {}
     grid.add_row("output", escape(output.get("prefix", "-")))
     grid.add_row("results", escape(output.get("results", "-")))
@@ -94,7 +97,8 @@ def status_panel(job: dict, errors: list[dict]) -> Panel:
     for i, item in enumerate(errors):
         label = "errors" if i == 0 else ""
         name = item.get("custom_id") or f"#{item['idx']}"
-        grid.add_row(label, f"[red]{escape(str(name))}[/]: {escape(item.get('error') or '')}")
+        cls = f" [dim]({item['error_class']})[/]" if item.get("error_class") else ""
+        grid.add_row(label, f"[red]{escape(str(name))}[/]{cls}: {escape(item.get('error') or '')}")
     if counts["failed"] > len(errors):
         more = counts["failed"] - len(errors)
         grid.add_row("", f"... {more} more (janus-batch results {job['id']} --out DIR --errors)")
@@ -181,6 +185,43 @@ def cancel(job_id: JobId, api_url: ApiUrl = DEFAULT_API_URL, api_key: ApiKey = N
         f"and {counts['failed']} failed kept",
         soft_wrap=True,
     )
+
+
+@with_exit_codes
+@handle_errors
+def retry(
+    job_id: JobId,
+    only: Annotated[
+        str | None,
+        typer.Option(
+            "--only",
+            help="Only items whose error is of these classes (comma-separated): fetch, image, "
+            "model, output, worker, lost, other. `status` shows each error's class.",
+            show_default=False,
+        ),
+    ] = None,
+    wait: Wait = False,
+    interval: Interval = 1.0,
+    timeout: Timeout = None,
+    api_url: ApiUrl = DEFAULT_API_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Retry a finished job's failed items in place: they run again with full attempts, the
+    job's counts and manifests are updated when it ends again. Items that failed before they
+    ran (invalid inputs) are not retried."""
+    classes = [c.strip() for c in only.split(",") if c.strip()] if only is not None else None
+    with make_client(api_url, api_key) as client:
+        job = client.retry_job(job_id, classes)
+        counts = job["counts"]
+        again = counts["pending"] + counts["running"]
+        which = f" of class {', '.join(classes)}" if classes else ""
+        err.print(
+            f"{job['id']} {colored(job['status'])}: retrying {again} failed items{which}; "
+            f"{counts['succeeded']} succeeded and {counts['failed']} failed kept",
+            soft_wrap=True,
+        )
+        if wait:
+            raise typer.Exit(wait_for(client, job_id, interval=interval, timeout=timeout))
 
 
 @with_exit_codes
