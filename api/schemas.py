@@ -67,6 +67,16 @@ class JobCreate(BaseModel):
         "custom_id?}.",
     )
     source: SourceIn | None = None
+    label: str | None = Field(
+        default=None,
+        description="A short name of yours for the job (one line, at most 128 characters): "
+        "shown in lists, the dashboard and Flower; filter with GET /v1/jobs?label=.",
+    )
+    metadata: dict[str, Any] | None = Field(
+        default=None,
+        description="Your own string keys and values, kept and returned as given (at most 16 "
+        "keys of 64 characters, values of 512).",
+    )
 
 
 class JobRetry(BaseModel):
@@ -118,6 +128,8 @@ class JobPublic(BaseModel):
     object: str = "job"
     kind: str
     status: str
+    label: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
     model: str
     params: dict[str, Any]
     source: dict[str, Any] | None

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from janus_batch import fleet, lifecycle
 from janus_batch.db import session_scope
-from janus_batch.models import Item
+from janus_batch.models import Item, Job
 from janus_batch.queue import CHUNK_QUEUES, chunked, send_chunk
 from janus_batch.settings import Settings
 from janus_batch.states import JobKind
@@ -108,12 +108,13 @@ def dispatch(
 ) -> int:
     """Send the job's next chunks, so that `window` of them are open (in the broker or
     running): the fair-share rule. Called when items are added and when a chunk ends.
-    Returns how many items were sent."""
+    Flower names each after the job's label. Returns how many items were sent."""
     with session_scope(database_url) as session:
         chunks = lifecycle.take_dispatch(session, job_id, chunk_size=chunk_size, window=window)
+        label = session.scalar(select(Job.label).where(Job.id == job_id)) if chunks else None
     for n, chunk in enumerate(chunks):
         try:
-            send_chunk(app, kind, job_id, chunk)
+            send_chunk(app, kind, job_id, chunk, label)
         except Exception:  # the broker is away: what was not sent is undispatched again
             unsent = [item_id for rest in chunks[n:] for item_id in rest]
             with session_scope(database_url) as session:

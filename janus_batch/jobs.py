@@ -68,11 +68,14 @@ def create_job(
     source: dict[str, Any] | None = None,
     idempotency_key: str | None = None,
     priority: int = 0,
+    label: str | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> tuple[Job, bool]:
     """Validate everything, write the job, enqueue its work; returns (job, created).
 
     Every rule about a job is applied here, whatever the transport: parameters, items or a
-    source (never both), limits, and no `s3://` reference into the service's own storage.
+    source (never both), limits, no `s3://` reference into the service's own storage, the
+    label and metadata (`check_label`, `check_metadata`).
     The job and all its inline items are committed in one transaction (a crash leaves the
     whole job or nothing), then their first chunks are dispatched; a source is stored on the
     job and expanded by the `expand_source` task. With an idempotency key already used by
@@ -84,8 +87,11 @@ def create_job(
         _check_idempotency_key(idempotency_key)
     if isinstance(priority, bool) or not isinstance(priority, int) or not -100 <= priority <= 100:
         raise InvalidInput("priority", "must be an integer between -100 and 100")
+    label = check_label(label)
+    metadata = check_metadata(metadata)
     request = _validate(settings, owner, kind, params, items, source)
-    fingerprint = request_fingerprint(kind, params, items, source, priority)
+    user = {"label": label, "metadata": metadata}
+    fingerprint = request_fingerprint(kind, params, items, source, priority, **user)
     if idempotency_key is not None and (
         existing := _find_idempotent(database_url, owner, idempotency_key, fingerprint)
     ):
@@ -104,6 +110,8 @@ def create_job(
                 idempotency_key=idempotency_key,
                 request_hash=fingerprint,
                 priority=priority,
+                label=label,
+                meta=metadata,
                 output_prefix=f"jobs/{job_id}",
                 created_at=utcnow(),
             )
@@ -137,9 +145,13 @@ def request_fingerprint(
     items: list[Any] | None,
     source: dict[str, Any] | None,
     priority: int,
+    **extra: Any,
 ) -> str:
-    """SHA-256 of the request as sent (canonical JSON): what an Idempotency-Key is bound to."""
+    """SHA-256 of the request as sent (canonical JSON): what an Idempotency-Key is bound to.
+    `extra` fields (label, metadata) count only when set, so the fingerprint of
+    a request without them is what it always was."""
     body = {"kind": kind, "params": params, "items": items, "source": source, "priority": priority}
+    body.update({name: value for name, value in extra.items() if value is not None})
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -228,6 +240,55 @@ def _enqueue_work(
     except Exception as exc:
         _abandon(database_url, job_id, f"could not enqueue the job: {exc}")
         raise QueueUnavailable(f"could not enqueue job {job_id}: {exc}") from exc
+
+
+MAX_LABEL = 128
+MAX_METADATA_KEYS = 16
+MAX_METADATA_KEY = 64
+MAX_METADATA_VALUE = 512
+
+
+def check_label(label: Any) -> str | None:
+    """A job's label: one line of at most MAX_LABEL printable characters (surrounding spaces
+    dropped), or None; InvalidInput naming `label` otherwise."""
+    if label is None:
+        return None
+    if not isinstance(label, str):
+        raise InvalidInput("label", "must be a string")
+    label = label.strip()
+    if not label:
+        raise InvalidInput("label", "must not be empty (leave it out for none)")
+    if len(label) > MAX_LABEL:
+        raise InvalidInput("label", f"is longer than {MAX_LABEL} characters")
+    if not label.isprintable():
+        raise InvalidInput("label", "must be one line of printable characters")
+    return label
+
+
+def check_metadata(metadata: Any) -> dict[str, str] | None:
+    """A job's metadata: at most MAX_METADATA_KEYS string keys (1-64 characters) with string
+    values (at most 512), or None; InvalidInput naming the field (`metadata.<key>`)."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict):
+        raise InvalidInput("metadata", "must be an object of string keys and values")
+    if len(metadata) > MAX_METADATA_KEYS:
+        raise InvalidInput(
+            "metadata", f"has {len(metadata)} keys; at most {MAX_METADATA_KEYS} are kept"
+        )
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not 1 <= len(key) <= MAX_METADATA_KEY:
+            raise InvalidInput(
+                "metadata", f"keys are strings of 1 to {MAX_METADATA_KEY} characters"
+            )
+        check_text(key, "metadata")
+        field = f"metadata.{key}"
+        if not isinstance(value, str):
+            raise InvalidInput(field, "must be a string")
+        if len(value) > MAX_METADATA_VALUE:
+            raise InvalidInput(field, f"is longer than {MAX_METADATA_VALUE} characters")
+        check_text(value, field)
+    return dict(metadata)
 
 
 def _check_idempotency_key(key: str) -> None:
@@ -328,9 +389,13 @@ def list_jobs(
     after: str | None = None,
     status: str | None = None,
     kind: str | None = None,
+    label: str | None = None,
 ) -> tuple[list[Job], bool]:
-    """The owner's jobs, newest first, after a cursor; returns (page, has_more)."""
+    """The owner's jobs (of a status, kind, label), newest first, after a cursor; returns
+    (page, has_more)."""
     query = select(Job).where(Job.owner == owner)
+    if label is not None:
+        query = query.where(Job.label == label.strip())
     if status is not None:
         query = query.where(Job.status == status)
     if kind is not None:

@@ -67,6 +67,8 @@ def job_object(
         "object": "job",
         "kind": job.kind,
         "status": job.status,
+        "label": job.label,
+        "metadata": job.meta or {},
         "model": job.model,
         "params": job.params or {},
         "source": job.source,

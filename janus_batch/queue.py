@@ -88,10 +88,25 @@ def chunked(values: Iterable[T], size: int) -> Iterator[list[T]]:
         yield chunk
 
 
-def send_chunk(app: Celery, kind: str, job_id: str, item_ids: Sequence[int]) -> None:
-    """Enqueue one chunk message: the job id and the ids of its items (never payloads)."""
+def chunk_task_name(kind: str, label: str | None = None) -> str:
+    """The name a chunk task shows in Flower and the worker's log: its task name, followed by
+    the job's label if it has one (`janus.caption_chunk nightly-crawl`)."""
+    task = CHUNK_TASKS[JobKind(kind)]
+    return f"{task} {label}" if label else task
+
+
+def send_chunk(
+    app: Celery, kind: str, job_id: str, item_ids: Sequence[int], label: str | None = None
+) -> None:
+    """Enqueue one chunk message: the job id and the ids of its items (never payloads),
+    shown under `chunk_task_name` (Celery's `shadow` name)."""
     kind = JobKind(kind)
-    app.send_task(CHUNK_TASKS[kind], args=[job_id, list(item_ids)], queue=CHUNK_QUEUES[kind])
+    app.send_task(
+        CHUNK_TASKS[kind],
+        args=[job_id, list(item_ids)],
+        queue=CHUNK_QUEUES[kind],
+        shadow=chunk_task_name(kind, label) if label else None,
+    )
 
 
 def send_control(app: Celery, task: str, *args: object) -> None:

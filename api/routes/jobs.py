@@ -81,6 +81,8 @@ def create_job(
         items=body.items,
         source=source,
         idempotency_key=idempotency_key,
+        label=body.label,
+        metadata=body.metadata,
     )
     if not created:
         response.status_code = 200
@@ -102,9 +104,14 @@ def list_jobs(
     ] = None,
     status: JobStatus | None = None,
     kind: JobKind | None = None,
+    label: Annotated[
+        str | None, Query(max_length=128, description="Only jobs with this label.")
+    ] = None,
 ) -> JobsPublic:
     """Your jobs, newest first."""
-    page, has_more = jobs.list_jobs(db, owner, limit=limit, after=after, status=status, kind=kind)
+    page, has_more = jobs.list_jobs(
+        db, owner, limit=limit, after=after, status=status, kind=kind, label=label
+    )
     running = jobs.running_counts(db, [job.id for job in page])
     return JobsPublic(
         data=[job_public(job, running.get(job.id, 0), storage, request) for job in page],

@@ -61,6 +61,8 @@ def status_panel(job: dict, errors: list[dict]) -> Panel:
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column(overflow="fold")
     grid.add_row("status", colored(job["status"]))
+    if job.get("label"):
+        grid.add_row("label", escape(job["label"]))
     grid.add_row(
         "items",
         f"{counts['total']} total: [green]{counts['succeeded']} succeeded[/], "
@@ -87,6 +89,8 @@ def status_panel(job: dict, errors: list[dict]) -> Panel:
     grid.add_row("params", escape(_params(job.get("params") or {})))
     if job.get("source"):
         grid.add_row("source", escape(_params(job["source"])))
+    if job.get("metadata"):
+        grid.add_row("metadata", escape(_params(job["metadata"])))
     if job.get("retries"):
         grid.add_row("retried", f"{job['retries']} times, last {when(job.get('retried_at'))}")
     output = job.get("output") or {}
@@ -135,6 +139,7 @@ def list_jobs(
         ),
     ] = None,
     kind: Annotated[str | None, typer.Option(help="Only caption or generate jobs.")] = None,
+    label: Annotated[str | None, typer.Option(help="Only jobs with this label.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=100, help="Jobs per page.")] = 20,
     after: Annotated[
         str | None, typer.Option(help="Cursor printed under the previous page.")
@@ -145,13 +150,13 @@ def list_jobs(
 ) -> None:
     """List your jobs, newest first."""
     with make_client(api_url, api_key) as client:
-        page = client.list_jobs(status=status, kind=kind, limit=limit, after=after)
+        page = client.list_jobs(status=status, kind=kind, label=label, limit=limit, after=after)
     if as_json:
         print(json.dumps(page, indent=2))
         return
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
     table.add_column("id", no_wrap=True)
-    for name in ("kind", "status", "done", "failed", "created"):
+    for name in ("label", "kind", "status", "done", "failed", "created"):
         table.add_column(
             name, overflow="fold", justify="right" if name in ("done", "failed") else "left"
         )
@@ -160,6 +165,7 @@ def list_jobs(
         finished = counts["succeeded"] + counts["failed"] + counts["cancelled"]
         table.add_row(
             job["id"],
+            escape(job.get("label") or ""),
             job["kind"],
             colored(job["status"]),
             f"{finished}/{counts['total']}",

@@ -41,6 +41,35 @@ IdempotencyKey = Annotated[
     str | None,
     typer.Option(help="Retry-safe submit: the same key returns the same job, not a new one."),
 ]
+Label = Annotated[
+    str | None,
+    typer.Option(help="A short name for the job (shown by list, the dashboard and Flower)."),
+]
+Meta = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--meta",
+        help="KEY=VALUE kept with the job as metadata (repeat for more; at most 16).",
+        show_default=False,
+    ),
+]
+
+
+def job_fields(label: str | None, meta: list[str] | None) -> dict:
+    """The label and metadata of a job body (only those given); UsageError for a --meta
+    without `=`."""
+    fields: dict[str, Any] = {}
+    if label is not None:
+        fields["label"] = label
+    if meta:
+        metadata = {}
+        for pair in meta:
+            key, sep, value = pair.partition("=")
+            if not sep or not key:
+                raise UsageError(f"--meta takes KEY=VALUE, got {pair!r}")
+            metadata[key] = value
+        fields["metadata"] = metadata
+    return fields
 
 
 def _size(n: int) -> str:
@@ -170,6 +199,8 @@ def caption(
     concurrency: Annotated[int, typer.Option(min=1, help="Parallel uploads.")] = 8,
     inline_limit: InlineLimit = DEFAULT_INLINE_LIMIT,
     idempotency_key: IdempotencyKey = None,
+    label: Label = None,
+    meta: Meta = None,
     api_url: ApiUrl = DEFAULT_API_URL,
     api_key: ApiKey = None,
 ) -> None:
@@ -185,7 +216,11 @@ def caption(
         for k, v in {"prompt": prompt, "max_new_tokens": max_new_tokens}.items()
         if v is not None
     }
-    body: dict[str, Any] = {"kind": "caption", "params": params}
+    body: dict[str, Any] = {
+        "kind": "caption",
+        "params": params,
+        **job_fields(label, meta),
+    }
     with make_client(api_url, api_key) as client:
         if where.kind in ("folder", "image"):
             path = Path(where.value)
@@ -254,6 +289,8 @@ def generate(
     interval: Interval = 1.0,
     timeout: Timeout = None,
     idempotency_key: IdempotencyKey = None,
+    label: Label = None,
+    meta: Meta = None,
     api_url: ApiUrl = DEFAULT_API_URL,
     api_key: ApiKey = None,
 ) -> None:
@@ -273,6 +310,7 @@ def generate(
     body: dict[str, Any] = {
         "kind": "generate",
         "params": {k: v for k, v in given.items() if v is not None},
+        **job_fields(label, meta),
     }
     what = f"{_count(len(items), 'prompt')} from {prompts.name}"
     with make_client(api_url, api_key) as client:
