@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api import metrics, openapi
 from api.errors import error_response, install_error_handlers
 from api.hardening import SameOrigin, SecurityHeaders
-from api.routes import files, health, jobs
+from api.routes import files, health, jobs, webhooks
 from api.ui import routes as ui
 from janus_batch.settings import get_settings
 
@@ -24,6 +24,7 @@ ROUTERS: list[APIRouter] = [
     health.router,
     jobs.router,
     files.router,
+    webhooks.router,
     metrics.router,
     ui.router,
 ]

@@ -77,6 +77,11 @@ class JobCreate(BaseModel):
         description="Your own string keys and values, kept and returned as given (at most 16 "
         "keys of 64 characters, values of 512).",
     )
+    webhook_url: str | None = Field(
+        default=None,
+        description="POSTed the job object, signed, each time the job reaches a terminal "
+        "status (README: Webhooks). Subject to the egress policy.",
+    )
 
 
 class JobRetry(BaseModel):
@@ -121,8 +126,22 @@ class Waiting(BaseModel):
     reason: str = Field(description="The last such error.")
 
 
+class WebhookPublic(BaseModel):
+    """Where a job's terminal statuses are posted, and how the last delivery went."""
+
+    url: str
+    state: str | None = Field(
+        description="pending, retrying, delivered or failed (gave up); None until the job "
+        "first ends."
+    )
+    attempts: int = Field(description="Attempts of the last delivery.")
+    last_attempt_at: datetime | None
+    last_response: int | None = Field(description="HTTP status of the last attempt.")
+    last_error: str | None
+
+
 class JobPublic(BaseModel):
-    """A job as the API shows it."""
+    """A job as the API shows it (and as a webhook posts it)."""
 
     id: str
     object: str = "job"
@@ -145,6 +164,7 @@ class JobPublic(BaseModel):
     priority: int = 0
     retries: int = Field(default=0, description="Times its failed items were retried.")
     retried_at: datetime | None = None
+    webhook: WebhookPublic | None = None
     live_workers: int | None = Field(
         default=None,
         description="Live workers consuming this job's queue (single-job responses only); 0: "

@@ -9,6 +9,7 @@ GENERATE_CHUNK_TASK = "janus.generate_chunk"
 EXPAND_SOURCE_TASK = "janus.expand_source"
 FINALIZE_JOB_TASK = "janus.finalize_job"
 SWEEP_TASK = "janus.sweep"
+SEND_WEBHOOK_TASK = "janus.send_webhook"
 
 LOCAL_OWNER = "local"
 """Owner of every job in the open single-user mode."""

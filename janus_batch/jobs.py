@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from janus_batch import failures, lifecycle
+from janus_batch import failures, lifecycle, webhooks
 from janus_batch.constants import EXPAND_SOURCE_TASK, FINALIZE_JOB_TASK
 from janus_batch.db import session_scope
 from janus_batch.files import file_resolver, referenced_file_ids
@@ -70,12 +70,14 @@ def create_job(
     priority: int = 0,
     label: str | None = None,
     metadata: dict[str, Any] | None = None,
+    webhook_url: str | None = None,
 ) -> tuple[Job, bool]:
     """Validate everything, write the job, enqueue its work; returns (job, created).
 
     Every rule about a job is applied here, whatever the transport: parameters, items or a
     source (never both), limits, no `s3://` reference into the service's own storage, the
-    label and metadata (`check_label`, `check_metadata`).
+    label and metadata (`check_label`, `check_metadata`) and a webhook URL the egress policy
+    allows (`webhooks.check_url`).
     The job and all its inline items are committed in one transaction (a crash leaves the
     whole job or nothing), then their first chunks are dispatched; a source is stored on the
     job and expanded by the `expand_source` task. With an idempotency key already used by
@@ -89,8 +91,10 @@ def create_job(
         raise InvalidInput("priority", "must be an integer between -100 and 100")
     label = check_label(label)
     metadata = check_metadata(metadata)
+    if webhook_url is not None:
+        webhook_url = webhooks.check_url(settings, webhook_url)
     request = _validate(settings, owner, kind, params, items, source)
-    user = {"label": label, "metadata": metadata}
+    user = {"label": label, "metadata": metadata, "webhook_url": webhook_url}
     fingerprint = request_fingerprint(kind, params, items, source, priority, **user)
     if idempotency_key is not None and (
         existing := _find_idempotent(database_url, owner, idempotency_key, fingerprint)
@@ -112,6 +116,7 @@ def create_job(
                 priority=priority,
                 label=label,
                 meta=metadata,
+                webhook_url=webhook_url,
                 output_prefix=f"jobs/{job_id}",
                 created_at=utcnow(),
             )
@@ -148,7 +153,7 @@ def request_fingerprint(
     **extra: Any,
 ) -> str:
     """SHA-256 of the request as sent (canonical JSON): what an Idempotency-Key is bound to.
-    `extra` fields (label, metadata) count only when set, so the fingerprint of
+    `extra` fields (label, metadata, webhook_url) count only when set, so the fingerprint of
     a request without them is what it always was."""
     body = {"kind": kind, "params": params, "items": items, "source": source, "priority": priority}
     body.update({name: value for name, value in extra.items() if value is not None})

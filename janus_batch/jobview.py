@@ -1,6 +1,6 @@
 """The job object, built from its row in one place: the API answers it (`api.views`, which
-checks it against its `JobPublic` schema and adds what only a live request knows); a
-webhook will post it too."""
+checks it against its `JobPublic` schema and adds what only a live request knows) and a
+webhook posts it (`janus_batch.webhooks`)."""
 
 from __future__ import annotations
 
@@ -51,6 +51,20 @@ def _utc(value: datetime | None) -> datetime | None:
     return as_utc(value) if value is not None else None
 
 
+def webhook(job: Job) -> dict[str, Any] | None:
+    """Where the job's terminal statuses are posted, and how the last delivery went."""
+    if not job.webhook_url:
+        return None
+    return {
+        "url": job.webhook_url,
+        "state": job.webhook_state,
+        "attempts": job.webhook_attempts or 0,
+        "last_attempt_at": _utc(job.webhook_last_at),
+        "last_response": job.webhook_response,
+        "last_error": job.webhook_error,
+    }
+
+
 def job_object(
     job: Job,
     running: int,
@@ -90,4 +104,5 @@ def job_object(
         "priority": job.priority or 0,
         "retries": job.retry_count or 0,
         "retried_at": _utc(job.retried_at),
+        "webhook": webhook(job),
     }

@@ -13,7 +13,7 @@ import hashlib
 import logging
 import secrets
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
 
 from janus_batch.db import session_scope
 from janus_batch.models import ApiKey, new_id, utcnow
@@ -21,6 +21,8 @@ from janus_batch.models import ApiKey, new_id, utcnow
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "jb_"
+SECRET_PREFIX = "whsec_"
+"""Webhook signing secrets start with it."""
 DISPLAY_CHARS = 10
 """Characters of the plaintext kept for display (`jb_` + 7), enough to tell keys apart."""
 
@@ -116,3 +118,21 @@ def revoke_key(database_url: str, id_or_prefix: str) -> ApiKey | None:
             row.revoked_at = utcnow()
             log.info("revoked API key %s (%s)", row.id, row.prefix)
     return row
+
+
+def new_webhook_secret() -> str:
+    """A fresh webhook signing secret (`whsec_` + 43 URL-safe characters)."""
+    return SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
+def webhook_secret(database_url: str, key_id: str) -> str | None:
+    """The secret that signs the webhooks of the key's jobs, made on its first use (the first
+    of concurrent callers wins, every one returns it); None if there is no such key."""
+    with session_scope(database_url) as session:
+        session.execute(
+            update(ApiKey)
+            .where(ApiKey.id == key_id, ApiKey.webhook_secret.is_(None))
+            .values(webhook_secret=new_webhook_secret())
+        )
+    with session_scope(database_url) as session:
+        return session.scalar(select(ApiKey.webhook_secret).where(ApiKey.id == key_id))

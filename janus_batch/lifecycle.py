@@ -44,6 +44,7 @@ from sqlalchemy.orm import Session
 
 from janus_batch.models import Item, Job, utcnow
 from janus_batch.states import (
+    JOB_FINAL,
     JOB_RETRYABLE,
     ItemStatus,
     JobStatus,
@@ -283,6 +284,58 @@ def restart(session: Session, job_id: str) -> bool:
             waiting_since=None,
             waiting_reason=None,
             updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return _rowcount(moved) == 1
+
+
+def queue_webhook(session: Session, job_id: str) -> int | None:
+    """A final job with a webhook: its delivery of this terminal status is pending, the last
+    one's record cleared. Returns the delivery's number (the job's retry count: one
+    delivery per terminal status), or None if the job has no webhook or is not final."""
+    return session.scalar(
+        update(Job)
+        .where(Job.id == job_id, Job.webhook_url.is_not(None), Job.status.in_(JOB_FINAL))
+        .values(
+            webhook_state="pending",
+            webhook_attempts=0,
+            webhook_last_at=None,
+            webhook_response=None,
+            webhook_error=None,
+        )
+        .returning(Job.retry_count)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def record_webhook(
+    session: Session,
+    job_id: str,
+    event: int,
+    *,
+    state: str,
+    attempts: int,
+    response: int | None,
+    error: str | None,
+) -> bool:
+    """How attempt `attempts` of delivery `event` went; False (nothing written) if the job
+    was retried since (a later delivery owns the record) or already records a later attempt
+    (a redelivered message of an earlier one)."""
+    moved = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.retry_count == event,
+            Job.status.in_(JOB_FINAL),
+            Job.webhook_attempts <= attempts,
+        )
+        .values(
+            webhook_state=state,
+            webhook_attempts=attempts,
+            webhook_last_at=utcnow(),
+            webhook_response=response,
+            webhook_error=error,
         )
         .execution_options(synchronize_session=False)
     )

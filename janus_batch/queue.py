@@ -54,6 +54,7 @@ def make_celery(settings: Settings) -> Celery:
             constants.EXPAND_SOURCE_TASK: {"queue": constants.CONTROL_QUEUE},
             constants.FINALIZE_JOB_TASK: {"queue": constants.CONTROL_QUEUE},
             constants.SWEEP_TASK: {"queue": constants.CONTROL_QUEUE},
+            constants.SEND_WEBHOOK_TASK: {"queue": constants.CONTROL_QUEUE},
         },
         # A chunk is acknowledged only when done; a worker lost mid-chunk gives it back.
         task_acks_late=True,
@@ -110,5 +111,5 @@ def send_chunk(
 
 
 def send_control(app: Celery, task: str, *args: object) -> None:
-    """Enqueue a control task (expand, finalize, sweep) on the control queue."""
+    """Enqueue a control task (expand, finalize, sweep, send a webhook) on the control queue."""
     app.send_task(task, args=list(args), queue=constants.CONTROL_QUEUE)

@@ -183,6 +183,23 @@ class Settings(BaseSettings):
         description="Deferrals of an item whose http(s) input host keeps failing transiently "
         "before the item fails (storage outages defer without limit).",
     )
+    webhook_secret: str | None = Field(
+        default=None,
+        description="Signs the webhooks of jobs submitted in open mode (default: a secret made "
+        "on first use in DATA_DIR/webhook-secret; set it where the API and the control worker "
+        "do not share a data dir). In keys mode each key has its own.",
+    )
+    webhook_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds one webhook attempt may take."
+    )
+    webhook_max_attempts: int = Field(
+        default=8, ge=1, description="Attempts of one webhook delivery before it is failed."
+    )
+    webhook_retry_delay: float = Field(
+        default=5.0,
+        gt=0,
+        description="Wait after a failed webhook attempt, doubling with each (at most 10 min).",
+    )
     flower_url: str = Field(
         default="http://127.0.0.1:5555", description="Flower address linked from the dashboard."
     )

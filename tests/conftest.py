@@ -17,7 +17,7 @@ from tests import services
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-pytest_plugins = ["tests.fixtures.s3"]
+pytest_plugins = ["tests.fixtures.s3", "tests.fixtures.webhooks"]
 
 
 @pytest.fixture(scope="session")

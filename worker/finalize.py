@@ -1,5 +1,6 @@
-"""Finalizing a job: write its manifests, then set its final status. Safe to run twice; a
-retried job is finalized again at its new end, its manifests rewritten from the rows.
+"""Finalizing a job: write its manifests, then set its final status (and hand its webhook,
+if any, to the send task). Safe to run twice; a retried job is finalized again at its new
+end, its manifests rewritten from the rows.
 
 `results.jsonl` has one self-contained line per succeeded item (custom_id, idx, input, the
 caption or images, model, params, status); `errors.jsonl` one line per failed or cancelled
@@ -20,10 +21,11 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from janus_batch import lifecycle
-from janus_batch.constants import ERRORS_NAME, RESULTS_NAME
+from janus_batch.constants import ERRORS_NAME, RESULTS_NAME, SEND_WEBHOOK_TASK
 from janus_batch.db import session_scope
 from janus_batch.items import iter_items
 from janus_batch.models import Job
+from janus_batch.queue import send_control
 from janus_batch.results import (
     ERROR_STATUSES,
     RESULT_STATUSES,
@@ -84,6 +86,7 @@ def finalize_job(ctx: Context, job_id: str) -> str | None:
         job = fresh
         status, error = final_status(job)
         changed = lifecycle.finish(session, job_id, status, error)
+        webhook = lifecycle.queue_webhook(session, job_id) if changed else None
     if changed:
         log.info(
             "job=%s %s: %d succeeded, %d failed, %d cancelled of %d",
@@ -94,9 +97,21 @@ def finalize_job(ctx: Context, job_id: str) -> str | None:
             job.cancelled,
             job.total,
         )
+        if webhook is not None:
+            _send_webhook(ctx, job_id, webhook)
         return status
     log.info("job=%s finalized by another worker", job_id)
     return None
+
+
+def _send_webhook(ctx: Context, job_id: str, event: int) -> None:
+    """Hand the webhook POST of this terminal status to its own control task: a slow or
+    unreachable receiver never holds finalize. A broker that refuses the message leaves the
+    delivery `pending` on the job (logged); the job's end stands."""
+    try:
+        send_control(ctx.app, SEND_WEBHOOK_TASK, job_id, event)
+    except Exception as exc:
+        log.error("job=%s webhook delivery %d not enqueued: %s", job_id, event, exc)
 
 
 def _touch_finalizing(job_id: str) -> Callable[[Session], None]:

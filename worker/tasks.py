@@ -7,10 +7,10 @@ without importing this module.
 
 from __future__ import annotations
 
-from celery import shared_task
+from celery import Task, shared_task
 from sqlalchemy.exc import OperationalError
 
-from janus_batch import constants
+from janus_batch import constants, webhooks
 from janus_batch.storage import TransientStorageError
 from worker.caption import CaptionHandler
 from worker.chunk import run_chunk
@@ -66,6 +66,18 @@ def expand_source(job_id: str) -> None:
 def finalize_job(job_id: str) -> None:
     """Write a job's results.jsonl / errors.jsonl and set its final status."""
     finalize_pipeline(current_context(), job_id)
+
+
+@shared_task(name=constants.SEND_WEBHOOK_TASK, bind=True, max_retries=None)
+def send_webhook(self: Task, job_id: str, event: int) -> str | None:
+    """POST one terminal status of a job to its webhook; a failed attempt is sent again
+    after a backoff (a new message with a countdown), up to JANUS_BATCH_WEBHOOK_MAX_ATTEMPTS."""
+    ctx = current_context()
+    attempt = self.request.retries + 1
+    result = webhooks.deliver(ctx.settings, ctx.storage, job_id, event, attempt)
+    if result is not None and result.retry:
+        raise self.retry(countdown=webhooks.backoff(ctx.settings, attempt))
+    return result.state.value if result is not None else None
 
 
 @shared_task(name=constants.SWEEP_TASK)

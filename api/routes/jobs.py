@@ -83,6 +83,7 @@ def create_job(
         idempotency_key=idempotency_key,
         label=body.label,
         metadata=body.metadata,
+        webhook_url=body.webhook_url,
     )
     if not created:
         response.status_code = 200

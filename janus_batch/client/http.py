@@ -202,6 +202,10 @@ class Client:
         body = {"errors": errors} if errors is not None else None
         return self._request("POST", f"/v1/jobs/{job_id}/retry", json=body).json()
 
+    def webhook_secret(self) -> dict:
+        """The secret that signs your jobs' webhooks, and how it is used."""
+        return self._request("GET", "/v1/webhooks/secret").json()
+
     def items(self, job_id: str, **params: Any) -> dict:
         query = {k: v for k, v in params.items() if v is not None}
         return self._request("GET", f"/v1/jobs/{job_id}/items", params=query).json()

@@ -107,11 +107,18 @@ def s3_inputs(moto_server: MotoServer) -> Iterator[S3Inputs]:
 
 
 @pytest.fixture(scope="module")
+def stack_settings() -> dict[str, str]:
+    """Extra settings of the module's stack (name -> value); a module overrides it."""
+    return {}
+
+
+@pytest.fixture(scope="module")
 def stack(
     tmp_path_factory: pytest.TempPathFactory,
     redis_url: str,
     tiny_checkpoint: Path,
     s3_inputs: S3Inputs,
+    stack_settings: dict[str, str],
 ) -> Iterator[Stack]:
     """The API and one worker (real processes) for a whole test module."""
     from janus_batch.db import dispose_engines
@@ -135,6 +142,7 @@ def stack(
             max_retries="1",
             s3_endpoint_url=s3_inputs.endpoint_url,
             s3_region=REGION,
+            **stack_settings,
         ),
         **AWS_ENV,
     }

@@ -9,6 +9,7 @@ import io
 import json
 from datetime import timedelta
 from typing import Any
+from unittest.mock import patch
 
 import redis
 from PIL import Image
@@ -21,6 +22,7 @@ from janus_batch.items import add_items
 from janus_batch.jobs import cancel_job
 from janus_batch.models import Item, Job, new_id, utcnow
 from janus_batch.states import JobKind, JobStatus
+from worker import tasks
 from worker.caption import CaptionHandler
 from worker.chunk import run_chunk
 from worker.context import Context
@@ -157,6 +159,9 @@ def dispatch(ctx: Context, task: str, args: list[Any]) -> Any:
         return finalize_job(ctx, *args)
     if task == constants.SWEEP_TASK:
         return sweep(ctx)
+    if task == constants.SEND_WEBHOOK_TASK:  # the Celery task, eagerly: its retries at once
+        with patch.object(tasks, "current_context", lambda: ctx):
+            return tasks.send_webhook.apply(args=args).get()
     raise AssertionError(f"unknown task {task}")
 
 

@@ -1,4 +1,5 @@
-"""`janus-batch status | list | cancel | retry | watch`: reading and steering jobs."""
+"""`janus-batch status | list | cancel | retry | watch | webhook-secret`: reading and
+steering jobs."""
 
 from __future__ import annotations
 
@@ -54,6 +55,20 @@ def _params(params: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in params.items() if v is not None)
 
 
+def webhook_line(hook: dict[str, Any]) -> str:
+    """`https://... : delivered (HTTP 204, 1 attempt)`, or what the last attempt met."""
+    state = hook.get("state") or "not sent yet (the job has not ended)"
+    details = []
+    if hook.get("last_response") is not None:
+        details.append(f"HTTP {hook['last_response']}")
+    elif hook.get("last_error"):
+        details.append(str(hook["last_error"]))
+    if hook.get("attempts"):
+        n = hook["attempts"]
+        details.append(f"{n} attempt{'s' if n != 1 else ''}")
+    return f"{hook['url']}: {state}" + (f" ({', '.join(details)})" if details else "")
+
+
 def status_panel(job: dict, errors: list[dict]) -> Panel:
     """The `status` view of a job: counts, times, rate, ETA, output, first errors."""
     counts = job["counts"]
@@ -93,6 +108,8 @@ def status_panel(job: dict, errors: list[dict]) -> Panel:
         grid.add_row("metadata", escape(_params(job["metadata"])))
     if job.get("retries"):
         grid.add_row("retried", f"{job['retries']} times, last {when(job.get('retried_at'))}")
+    if job.get("webhook"):
+        grid.add_row("webhook", escape(webhook_line(job["webhook"])))
     output = job.get("output") or {}
     grid.add_row("output", escape(output.get("prefix", "-")))
     grid.add_row("results", escape(output.get("results", "-")))
@@ -228,6 +245,17 @@ def retry(
         )
         if wait:
             raise typer.Exit(wait_for(client, job_id, interval=interval, timeout=timeout))
+
+
+@handle_errors
+def webhook_secret(
+    api_url: ApiUrl = DEFAULT_API_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Print the secret that signs your jobs' webhooks (alone on stdout): X-Janus-Signature
+    is `v1=` + hex HMAC-SHA256 of `X-Janus-Timestamp + "." + body` with it."""
+    with make_client(api_url, api_key) as client:
+        print(client.webhook_secret()["secret"])
 
 
 @with_exit_codes

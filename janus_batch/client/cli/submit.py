@@ -53,11 +53,18 @@ Meta = Annotated[
         show_default=False,
     ),
 ]
+WebhookUrl = Annotated[
+    str | None,
+    typer.Option(
+        help="POSTed the job, signed, when it ends (`janus-batch webhook-secret` verifies it).",
+        show_default=False,
+    ),
+]
 
 
-def job_fields(label: str | None, meta: list[str] | None) -> dict:
-    """The label and metadata of a job body (only those given); UsageError for a --meta
-    without `=`."""
+def job_fields(label: str | None, meta: list[str] | None, webhook_url: str | None) -> dict:
+    """The label, metadata and webhook of a job body (only those given); UsageError for a
+    --meta without `=`."""
     fields: dict[str, Any] = {}
     if label is not None:
         fields["label"] = label
@@ -69,6 +76,8 @@ def job_fields(label: str | None, meta: list[str] | None) -> dict:
                 raise UsageError(f"--meta takes KEY=VALUE, got {pair!r}")
             metadata[key] = value
         fields["metadata"] = metadata
+    if webhook_url is not None:
+        fields["webhook_url"] = webhook_url
     return fields
 
 
@@ -201,6 +210,7 @@ def caption(
     idempotency_key: IdempotencyKey = None,
     label: Label = None,
     meta: Meta = None,
+    webhook_url: WebhookUrl = None,
     api_url: ApiUrl = DEFAULT_API_URL,
     api_key: ApiKey = None,
 ) -> None:
@@ -219,7 +229,7 @@ def caption(
     body: dict[str, Any] = {
         "kind": "caption",
         "params": params,
-        **job_fields(label, meta),
+        **job_fields(label, meta, webhook_url),
     }
     with make_client(api_url, api_key) as client:
         if where.kind in ("folder", "image"):
@@ -291,6 +301,7 @@ def generate(
     idempotency_key: IdempotencyKey = None,
     label: Label = None,
     meta: Meta = None,
+    webhook_url: WebhookUrl = None,
     api_url: ApiUrl = DEFAULT_API_URL,
     api_key: ApiKey = None,
 ) -> None:
@@ -310,7 +321,7 @@ def generate(
     body: dict[str, Any] = {
         "kind": "generate",
         "params": {k: v for k, v in given.items() if v is not None},
-        **job_fields(label, meta),
+        **job_fields(label, meta, webhook_url),
     }
     what = f"{_count(len(items), 'prompt')} from {prompts.name}"
     with make_client(api_url, api_key) as client:
