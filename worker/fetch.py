@@ -6,6 +6,10 @@ storage, e.g. an uploaded file under `inputs/`).
 
     data = fetch_uri("s3://photos/cat.jpg", storage=storage, endpoint_url=..., max_retries=3)
     results = fetch_many(uris, concurrency=8, storage=storage)  # bytes or FetchError, in order
+    member = fetch_uri("s3://b/shards/00001.tar", byte_range=(offset, size), ...)
+
+`byte_range=(offset, size)` reads only those bytes of an `s3://` or `storage:` object (a ranged
+GET): how a WebDataset sample is read from inside its shard.
 
 `http(s)` URLs go through the egress policy (`janus_batch.egress`, `egress=`; by default
 https only and public addresses only), redirects included: a refusal is a permanent
@@ -39,6 +43,7 @@ from janus_batch.storage import (
     parse_s3_uri,
 )
 from janus_batch.storage.local import path_from_url
+from janus_batch.storage.s3 import byte_range as range_header
 from janus_batch.storage.s3 import translate_error
 
 __all__ = [
@@ -119,10 +124,12 @@ def fetch_uri(
     max_bytes: int = MAX_BYTES,
     base_delay: float = 0.5,
     egress: EgressPolicy | None = None,
+    byte_range: tuple[int, int] | None = None,
 ) -> bytes:
-    """The bytes at `uri`, retrying transient errors `max_retries` times; FetchError otherwise.
-    `egress` is the policy of http(s) URLs (default: EgressPolicy(), the strictest)."""
-    fetch = _fetcher(uri, storage, endpoint_url, region, timeout, max_bytes, egress)
+    """The bytes at `uri` (only `byte_range` = (offset, size) of them when given), retrying
+    transient errors `max_retries` times; FetchError otherwise. `egress` is the policy of
+    http(s) URLs (default: EgressPolicy(), the strictest)."""
+    fetch = _fetcher(uri, storage, endpoint_url, region, timeout, max_bytes, egress, byte_range)
     attempts = max_retries + 1
     try:
         return retry_transient(fetch, attempts, base_delay)
@@ -134,12 +141,20 @@ def fetch_uri(
         ) from exc
 
 
-def fetch_many(uris: list[str], *, concurrency: int, **kw: Any) -> list[bytes | FetchError]:
-    """Fetch `uris` with `concurrency` threads; results in input order, errors returned."""
+def fetch_many(
+    uris: list[str],
+    *,
+    concurrency: int,
+    ranges: list[tuple[int, int] | None] | None = None,
+    **kw: Any,
+) -> list[bytes | FetchError]:
+    """Fetch `uris` (the `ranges[i]` of `uris[i]` where given) with `concurrency` threads;
+    results in input order, errors returned."""
+    spans = ranges if ranges is not None else [None] * len(uris)
 
-    def one(uri: str) -> bytes | FetchError:
+    def one(uri: str, span: tuple[int, int] | None) -> bytes | FetchError:
         try:
-            return fetch_uri(uri, **kw)
+            return fetch_uri(uri, byte_range=span, **kw)
         except FetchError as exc:
             return exc
         except Exception as exc:  # a bug must not sink the other inputs of the chunk
@@ -150,7 +165,7 @@ def fetch_many(uris: list[str], *, concurrency: int, **kw: Any) -> list[bytes | 
         return []
     workers = max(1, min(concurrency, len(uris)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="janus-fetch") as pool:
-        return list(pool.map(one, uris))
+        return list(pool.map(one, uris, spans))
 
 
 def _fetcher(
@@ -161,15 +176,18 @@ def _fetcher(
     timeout: float,
     max_bytes: int,
     egress: EgressPolicy | None,
+    byte_range: tuple[int, int] | None = None,
 ) -> Callable[[], bytes]:
     """The one-attempt fetch function for `uri`'s scheme; permanent FetchError if unsupported."""
     scheme = uri.partition(":")[0].lower() if isinstance(uri, str) else ""
+    if byte_range is not None and scheme not in ("storage", "s3"):
+        raise FetchError(f"cannot fetch a byte range of {_show(uri)}", permanent=True)
     if scheme == "storage":
         if storage is None:
             raise FetchError(f"cannot fetch {_show(uri)}: no storage configured", permanent=True)
-        return lambda: _fetch_storage(uri, storage, max_bytes)
+        return lambda: _fetch_storage(uri, storage, max_bytes, byte_range)
     if scheme == "s3":
-        return lambda: _fetch_s3(uri, endpoint_url, region, timeout, max_bytes)
+        return lambda: _fetch_s3(uri, endpoint_url, region, timeout, max_bytes, byte_range)
     if scheme in ("http", "https"):
         return lambda: _fetch_http(uri, timeout, max_bytes, egress or EgressPolicy())
     if scheme == "file" or (isinstance(uri, str) and os.path.isabs(uri)):
@@ -181,10 +199,14 @@ def _fetcher(
     )
 
 
-def _fetch_storage(uri: str, storage: Storage, max_bytes: int) -> bytes:
+def _fetch_storage(
+    uri: str, storage: Storage, max_bytes: int, byte_range: tuple[int, int] | None
+) -> bytes:
     key = uri[len("storage:") :]
+    start, length = byte_range or (0, None)
     try:
-        with storage.open_read(key) as f:
+        _check_size(length, max_bytes, uri)
+        with storage.open_read(key, start, length) as f:
             return _read_limited(f, max_bytes, uri)
     except ValueError as exc:
         raise FetchError(f"invalid input {_show(uri)}: {exc}", permanent=True) from exc
@@ -210,14 +232,23 @@ def _s3_client(endpoint_url: str | None, region: str | None, timeout: float) -> 
 
 
 def _fetch_s3(
-    uri: str, endpoint_url: str | None, region: str | None, timeout: float, max_bytes: int
+    uri: str,
+    endpoint_url: str | None,
+    region: str | None,
+    timeout: float,
+    max_bytes: int,
+    byte_range: tuple[int, int] | None = None,
 ) -> bytes:
     try:
         bucket, key = parse_s3_uri(uri)
     except ValueError as exc:
         raise FetchError(str(exc), permanent=True) from exc
+    request = {"Bucket": bucket, "Key": key}
+    if byte_range is not None:
+        _check_size(byte_range[1], max_bytes, uri)
+        request["Range"] = str(range_header(*byte_range))
     try:
-        response = _s3_client(endpoint_url, region, timeout).get_object(Bucket=bucket, Key=key)
+        response = _s3_client(endpoint_url, region, timeout).get_object(**request)
         with closing(response["Body"]) as body:
             _check_size(response.get("ContentLength"), max_bytes, uri)
             return _read_limited(body, max_bytes, uri)

@@ -87,8 +87,10 @@ class Storage(ABC):
         """Read the whole object at `key`; NotFoundError if missing."""
 
     @abstractmethod
-    def open_read(self, key: str) -> BinaryIO:
-        """Open `key` for a streaming read; the caller closes it. NotFoundError if missing."""
+    def open_read(self, key: str, start: int = 0, length: int | None = None) -> BinaryIO:
+        """Open `key` for a streaming read from byte `start`, of at most `length` bytes (the
+        rest when None): a ranged GET on S3, a seek locally. The caller closes it.
+        NotFoundError if missing; a `start` at or past the end reads nothing."""
 
     @abstractmethod
     def exists(self, key: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import mimetypes
 from collections.abc import Iterator
@@ -72,6 +73,16 @@ def translate_error(exc: BaseException, action: str, uri: str) -> StorageError:
     return StorageError(f"{where}: {exc}")
 
 
+def byte_range(start: int = 0, length: int | None = None) -> str | None:
+    """The HTTP Range header of `length` bytes from `start` (to the end when None), or None
+    for the whole object."""
+    if start < 0 or (length is not None and length < 1):
+        raise ValueError(f"invalid byte range: start {start}, length {length}")
+    if length is None:
+        return f"bytes={start}-" if start else None
+    return f"bytes={start}-{start + length - 1}"
+
+
 class S3Storage(Storage):
     """Objects under `s3://bucket/prefix` on AWS or an S3-compatible endpoint."""
 
@@ -132,11 +143,19 @@ class S3Storage(Storage):
             except (ClientError, BotoCoreError) as exc:
                 raise translate_error(exc, "read", self.uri(key)) from exc
 
-    def open_read(self, key: str) -> BinaryIO:
-        """A botocore StreamingBody; errors while reading it are botocore's, not translated."""
+    def open_read(self, key: str, start: int = 0, length: int | None = None) -> BinaryIO:
+        """A botocore StreamingBody (of a ranged GET when `start` or `length` is given);
+        errors while reading it are botocore's, not translated."""
+        request: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key)}
+        if range_header := byte_range(start, length):
+            request["Range"] = range_header
         try:
-            response = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
-        except (ClientError, BotoCoreError) as exc:
+            response = self._client.get_object(**request)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "InvalidRange":
+                return io.BytesIO()  # start at or past the end: nothing to read
+            raise translate_error(exc, "read", self.uri(key)) from exc
+        except BotoCoreError as exc:
             raise translate_error(exc, "read", self.uri(key)) from exc
         return cast(BinaryIO, response["Body"])
 
