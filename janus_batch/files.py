@@ -1,4 +1,5 @@
-"""Uploaded files (images to caption, JSONL manifests): storing, deduplicating, resolving ids.
+"""Uploaded files (images to caption, JSONL manifests, dataset files): storing, deduplicating,
+resolving ids.
 
 An upload is streamed to a temporary file while its size and SHA-256 are counted, so a big
 one never sits in memory and an oversized one is refused as soon as it passes the limit.
@@ -27,7 +28,8 @@ from janus_batch.storage import Storage
 
 log = logging.getLogger(__name__)
 
-PURPOSES = ("image", "manifest")
+PURPOSES = ("image", "manifest", "dataset")
+"""`dataset`: a CSV file or a WebDataset shard, read as it is by a dataset source."""
 FILE_ID_RE = re.compile(r"file_[0-9a-f]{24}")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 STORAGE_SCHEME = "storage:"

@@ -11,13 +11,23 @@ policy: only https URLs are fetched`; the worker checks the rest when it connect
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator
 from typing import Annotated, Any
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+)
 
+from janus_batch import datasets
 from janus_batch.egress import EgressPolicy, EgressRefused
 from janus_batch.formats import ImageFormat
 from janus_batch.items import NewItem
@@ -25,6 +35,11 @@ from janus_batch.settings import DEFAULT_MAX_NEW_TOKENS, MAX_NEW_TOKENS_LIMIT, g
 from janus_batch.states import JobKind
 
 DEFAULT_QUESTION = "Describe this image."
+MAX_PROMPTS = 8
+"""Prompts a caption job may ask of each image (params.prompts)."""
+PROMPT_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+RESERVED_PROMPT_NAMES = frozenset({"__key__", "custom_id", "idx", "status", "error", "key"})
+"""Column names the outputs use themselves, so no prompt may take them."""
 IMAGE_SCHEMES = ("s3", "https", "http")
 FILE_ID_PREFIX = "file_"
 MAX_SEED = 2**63 - 1
@@ -83,12 +98,41 @@ CustomId = Annotated[str, Field(min_length=1, max_length=512)]
 
 class CaptionParams(_Strict):
     """Job-wide defaults of a caption job. `parse_params` fills an unset max_new_tokens from
-    the JANUS_BATCH_MAX_NEW_TOKENS setting."""
+    the JANUS_BATCH_MAX_NEW_TOKENS setting. `prompts` ({name: prompt}) asks several
+    questions of every image instead of `prompt`: each becomes a column of the outputs.
+    Over a dataset source both are templates over the item's columns (`janus_batch.templates`)."""
 
     prompt: str = Field(default=DEFAULT_QUESTION, min_length=1)
+    prompts: dict[str, str] | None = None
     max_new_tokens: int = Field(default=DEFAULT_MAX_NEW_TOKENS, ge=1, le=MAX_NEW_TOKENS_LIMIT)
     temperature: Temperature = 0.0
     top_p: TopP = 1.0
+
+    @model_serializer(mode="wrap")
+    def _one_of_prompt_and_prompts(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """Stored and shown with `prompt` or `prompts`, whichever the job asks."""
+        data = handler(self)
+        data.pop("prompt" if self.prompts else "prompts", None)
+        return data
+
+    @field_validator("prompts", mode="after")
+    @classmethod
+    def _named_prompts(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return None
+        if not 1 <= len(value) <= MAX_PROMPTS:
+            raise ValueError(f"must name between 1 and {MAX_PROMPTS} prompts")
+        for name, text in value.items():
+            if not PROMPT_NAME_RE.fullmatch(name) or name in RESERVED_PROMPT_NAMES:
+                raise ValueError(
+                    f"'{name[:80]}' is not a prompt name (letters, digits and _, at most 64, "
+                    f"not {', '.join(sorted(RESERVED_PROMPT_NAMES))})"
+                )
+            if problem := _text_problem(text):
+                raise ValueError(f"{name}: {problem}")
+            if not text.strip():
+                raise ValueError(f"{name}: must not be empty")
+        return value
 
 
 class GenerateParams(_Strict):
@@ -155,6 +199,8 @@ def parse_params(
         raise _first_error(err, "params") from None
     if isinstance(params, GenerateParams) and params.n > max_n:
         raise InvalidInput("params.n", f"must be between 1 and {max_n}")
+    if isinstance(params, CaptionParams) and params.prompts and "prompt" in params.model_fields_set:
+        raise InvalidInput("params.prompts", "give prompt or prompts, not both")
     if (
         isinstance(params, CaptionParams)
         and default_max_new_tokens is not None
@@ -279,7 +325,7 @@ def draw_seed() -> int:
     return secrets.randbits(63)
 
 
-def _check_prompt(text: str, field: str, max_chars: int) -> str:
+def check_prompt(text: str, field: str, max_chars: int) -> str:
     if not text.strip():
         raise InvalidInput(field, "must not be empty")
     if len(text) > max_chars:
@@ -320,10 +366,27 @@ def caption_item(
         if resolve_file is None:
             raise InvalidInput(f"{where}.image", "file ids are not accepted here")
         uri = resolve_file(image, f"{where}.image")
-    prompt = _check_prompt(item.prompt or params.prompt, f"{where}.prompt", max_prompt_chars)
     seed = item.seed if item.seed is not None else draw_seed()
-    value = {"image": image, "uri": uri, "prompt": prompt, "seed": seed}
+    value: dict[str, Any] = {"image": image, "uri": uri}
+    if params.prompts:
+        if item.prompt is not None:
+            raise InvalidInput(
+                f"{where}.prompt", "the job asks several prompts (params.prompts) of every image"
+            )
+        value["prompts"] = check_prompts(params.prompts, "params.prompts", max_prompt_chars)
+    else:
+        value["prompt"] = check_prompt(
+            item.prompt or params.prompt, f"{where}.prompt", max_prompt_chars
+        )
+    value["seed"] = seed
     return NewItem(input=value, custom_id=item.custom_id)
+
+
+def check_prompts(prompts: dict[str, str], field: str, max_chars: int) -> dict[str, str]:
+    """Return `prompts` ({name: text}) when every text is within `max_chars`."""
+    return {
+        name: check_prompt(text, f"{field}.{name}", max_chars) for name, text in prompts.items()
+    }
 
 
 def generate_item(
@@ -338,7 +401,7 @@ def generate_item(
         item = GenerateItemIn.model_validate(raw)
     except ValidationError as err:
         raise _first_error(err, where) from None
-    prompt = _check_prompt(item.prompt, f"{where}.prompt", max_prompt_chars)
+    prompt = check_prompt(item.prompt, f"{where}.prompt", max_prompt_chars)
     n = item.n if item.n is not None else params.n
     if n > max_n:
         raise InvalidInput(f"{where}.n", f"must be between 1 and {max_n}")
@@ -442,6 +505,7 @@ def check_items(
 
 
 SOURCE_FIELDS = ("s3_prefix", "manifest")
+SOURCE_KINDS = (*SOURCE_FIELDS, *datasets.FORMATS)
 
 
 def check_source(
@@ -457,12 +521,19 @@ def check_source(
     `{"manifest": "s3://...|https://...|file_..."}` (JSONL, one item per line). An uploaded
     file id is stored resolved, with the id kept: `{"manifest": "storage:<key>", "file_id": id}`.
     With `storage_url` (the service's storage) an `s3://` reference into it is refused.
+    A dataset source (`csv`, `webdataset`) is checked by `janus_batch.datasets`.
     """
     if not isinstance(raw, dict):
         raise InvalidInput("source", 'must be an object like {"manifest": "s3://bucket/key"}')
+    if any(name in raw for name in datasets.FORMATS) and not any(
+        raw.get(name) is not None for name in SOURCE_FIELDS
+    ):
+        return _check_dataset(raw, kind, storage_url)
     for name in raw:
         if name not in SOURCE_FIELDS:
-            raise InvalidInput(f"source.{name}", "unknown field; use s3_prefix or manifest")
+            raise InvalidInput(
+                f"source.{name}", f"unknown field; use one of {', '.join(SOURCE_KINDS)}"
+            )
     given = [name for name in SOURCE_FIELDS if raw.get(name) is not None]
     if len(given) != 1:
         raise InvalidInput("source", "give exactly one of s3_prefix or manifest")
@@ -488,3 +559,14 @@ def check_source(
             raise InvalidInput(field, "file ids are not accepted here")
         return {"manifest": resolve_file(value, field), "file_id": value}
     return {"manifest": value}
+
+
+def _check_dataset(raw: dict[str, Any], kind: str, storage_url: str | None) -> dict[str, Any]:
+    def outside(ref: str, field: str, listing: bool) -> None:
+        check_text(ref, field)
+        check_outside_storage(ref, field, storage_url, listing=listing)
+
+    try:
+        return datasets.check_dataset_source(raw, kind, outside)
+    except datasets.DatasetSourceError as exc:
+        raise InvalidInput(exc.field, exc.message) from None

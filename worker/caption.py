@@ -7,7 +7,10 @@ backoff by `worker.fetch` first; one that outlasts those retries defers the item
 is tried again, `worker.chunk.deferred`), never fails it, and one of storage pauses the
 worker's new work until storage answers (`worker.breaker`). Sampling (temperature > 0) uses
 the item's recorded `seed`, so resubmitting the same image, question and seed gives the same
-caption. Result of an item: `{"caption": text}`.
+caption. Result of an item: `{"caption": text}`, or `{"captions": {name: text}}` for an item
+asked several prompts (`prompts` in its input: each prompt of the image is its own request,
+batched with everything else). A WebDataset sample's image is read from inside its shard: its
+input's `range` ([offset, size]) is fetched alone with a ranged GET.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ class CaptionHandler(Handler):
         with metrics.FETCH_SECONDS.time():
             fetched = fetch_many(
                 [item.input["uri"] for item in items],
+                ranges=[_range(item.input) for item in items],
                 concurrency=settings.fetch_concurrency,
                 storage=ctx.storage,
                 endpoint_url=settings.s3_endpoint_url,
@@ -88,18 +92,21 @@ class CaptionHandler(Handler):
                     size,
                     max_pixels=settings.max_image_pixels,
                 )
-                request = CaptionRequest(
-                    image=image,
-                    question=item.input["prompt"],
-                    max_new_tokens=int(params["max_new_tokens"]),
-                    temperature=float(params["temperature"]),
-                    top_p=float(params["top_p"]),
-                    seed=int(item.input["seed"]),
+                requests = tuple(
+                    CaptionRequest(
+                        image=image,
+                        question=question,
+                        max_new_tokens=int(params["max_new_tokens"]),
+                        temperature=float(params["temperature"]),
+                        top_p=float(params["top_p"]),
+                        seed=int(item.input["seed"]),
+                    )
+                    for question in _questions(item.input).values()
                 )
             except ValueError as exc:  # JanusRequestError is a ValueError too
                 errors.append(failed(item, str(exc)))
                 continue
-            work.append(Work(item, request))
+            work.append(Work(item, requests if "prompts" in item.input else requests[0]))
         return work, errors
 
     def _fetch_failed(self, ctx: Context, item: Claimed, error: FetchError) -> Outcome:
@@ -124,5 +131,21 @@ class CaptionHandler(Handler):
         return deferred(ctx, self.kind, item, str(error), storage=error.storage)
 
     def finish(self, ctx: Context, job: Job, work: Work, ticket: Ticket) -> Outcome:
+        if "prompts" in work.item.input:
+            names = list(_questions(work.item.input))
+            captions = dict(zip(names, ticket.outputs, strict=True))
+            return Outcome(work.item, ItemStatus.SUCCEEDED, result={"captions": captions})
         [text] = ticket.outputs
         return Outcome(work.item, ItemStatus.SUCCEEDED, result={"caption": text})
+
+
+def _questions(value: dict[str, Any]) -> dict[str, str]:
+    """The prompts of an item input by name (one, named "", for an item with one prompt)."""
+    prompts = value.get("prompts")
+    return dict(prompts) if prompts else {"": value["prompt"]}
+
+
+def _range(value: dict[str, Any]) -> tuple[int, int] | None:
+    """(offset, size) of an input read from inside a larger object (a shard member)."""
+    span = value.get("range")
+    return (int(span[0]), int(span[1])) if span else None

@@ -1,4 +1,5 @@
-"""Expanding a job's source into items, streamed: an S3 prefix or a JSONL manifest.
+"""Expanding a job's source into items, streamed: an S3 prefix, a JSONL manifest, or a
+dataset (CSV files, WebDataset shards: `worker.dataset_items`).
 
 `{"s3_prefix": "s3://bucket/prefix/"}` captions every image under the prefix (by extension,
 case-insensitive); `{"manifest": uri}` reads one item per line from `s3://`, `http(s)://` or
@@ -28,7 +29,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from janus_batch import lifecycle
+from janus_batch import datasets, lifecycle
 from janus_batch.constants import FINALIZE_JOB_TASK
 from janus_batch.db import session_scope
 from janus_batch.egress import EgressPolicy
@@ -47,6 +48,7 @@ from janus_batch.states import JobKind, JobStatus
 from janus_batch.storage import StorageError, TransientStorageError
 from worker import sources
 from worker.context import Context
+from worker.dataset_items import dataset_items
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +80,7 @@ def expand_source(ctx: Context, job_id: str) -> int:
         log.info("job=%s expand skipped: %s", job_id, "no such job" if job is None else reason)
         return 0
     source = job.source or {}
-    where = source.get("s3_prefix") or source.get("manifest") or "no source"
+    where = source.get("s3_prefix") or source.get("manifest") or _dataset_name(source)
     log.info("job=%s expanding %s (resuming after %d items)", job_id, where, done)
     try:
         items = _items(ctx, job, source, done, last_input)
@@ -124,7 +126,19 @@ def _empty_error(source: dict[str, Any]) -> str:
         return f"no images found under {source['s3_prefix']}"
     if "manifest" in source:
         return f"manifest {source['manifest']} has no items"
+    if fmt := datasets.source_format(source):
+        return f"{_dataset_name(source)} holds no {'samples' if fmt == 'webdataset' else 'rows'}"
     return "the job has no source to expand"
+
+
+def _dataset_name(source: dict[str, Any]) -> str:
+    """A dataset source as a message names it: `csv source s3://b/a.csv (+2 more)`."""
+    fmt = datasets.source_format(source)
+    if fmt is None:
+        return "no source"
+    refs = [source[fmt]] if isinstance(source[fmt], str) else source[fmt]
+    more = f" (+{len(refs) - 1} more)" if len(refs) > 1 else ""
+    return f"{fmt} source {refs[0]}{more}"
 
 
 def _items(
@@ -144,6 +158,8 @@ def _items(
     if "manifest" in source:
         lines = sources.read_lines(settings, ctx.storage, source["manifest"])
         return _manifest_items(ctx, job, params, lines, skip=done, guard=guard)
+    if datasets.source_format(source):
+        return dataset_items(ctx, job, params, last_input, guard)
     return iter(())
 
 

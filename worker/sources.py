@@ -1,4 +1,5 @@
 """Reading job sources as streams: image keys under an S3 prefix, lines of a manifest.
+(Dataset files, CSV and WebDataset, are read by `worker.datasets` on these listings.)
 
     for uri in list_images(settings, "s3://photos/2024/", start_after=None): ...
     for line in read_lines(settings, storage, "storage:inputs/file_1/manifest.jsonl"): ...
@@ -56,7 +57,8 @@ def key_of(uri: str) -> str:
     return parse_s3_uri(uri)[1]
 
 
-def _client(settings: Settings) -> Any:
+def s3_client(settings: Settings) -> Any:
+    """An S3 client for reading sources (botocore retries off: callers retry)."""
     return make_s3_client(settings.s3_endpoint_url, settings.s3_region, max_attempts=1)
 
 
@@ -69,13 +71,28 @@ def list_images(
     """`s3://bucket/key` of every image under `prefix_uri` in key order, after `start_after`;
     `on_page` is called before each page is requested. A prefix reaching into the service's
     own storage is refused (SourceError)."""
+    return list_objects(
+        settings, prefix_uri, is_image_key, start_after, on_page, "source.s3_prefix"
+    )
+
+
+def list_objects(
+    settings: Settings,
+    prefix_uri: str,
+    keep: Callable[[str], bool],
+    start_after: str | None = None,
+    on_page: Callable[[], None] | None = None,
+    field: str = "source",
+) -> Iterator[str]:
+    """`s3://bucket/key` of every object under `prefix_uri` whose key `keep` accepts, in key
+    order, after `start_after`, a page at a time (see `list_images`)."""
     if points_into_storage(prefix_uri, settings.resolved_storage_url(), listing=True):
-        raise SourceError(f"source.s3_prefix '{prefix_uri}' {STORAGE_REF_HINT}")
+        raise SourceError(f"{field} '{prefix_uri}' {STORAGE_REF_HINT}")
     try:
         bucket, prefix = parse_s3_uri(prefix_uri, require_key=False)
     except ValueError as exc:
         raise SourceError(str(exc)) from None
-    client = _client(settings)
+    client = s3_client(settings)
     request: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": LIST_PAGE}
     if start_after:
         request["StartAfter"] = start_after
@@ -92,7 +109,7 @@ def list_images(
                 on_page()
             response = retry_transient(page, attempts=settings.max_retries + 1)
             for obj in response.get("Contents", ()):
-                if is_image_key(obj["Key"]):
+                if keep(obj["Key"]):
                     yield f"s3://{bucket}/{obj['Key']}"
             if not response.get("IsTruncated"):
                 return
@@ -180,7 +197,7 @@ def _s3_lines(settings: Settings, uri: str, max_line: int) -> Iterator[bytes | L
         bucket, key = parse_s3_uri(uri)
     except ValueError as exc:
         raise SourceError(str(exc)) from None
-    client = _client(settings)
+    client = s3_client(settings)
 
     def open_body() -> Any:
         try:

@@ -32,15 +32,16 @@ DUPLICATE: Responses = {
 )
 def upload_file(
     file: UploadFile,
-    purpose: Annotated[Literal["image", "manifest"], Form()],
+    purpose: Annotated[Literal["image", "manifest", "dataset"], Form()],
     response: Response,
     settings: SettingsDep,
     owner: Owner,
     storage: StorageDep,
     metrics: MetricsDep,
 ) -> FilePublic:
-    """Upload an image or a JSONL manifest (multipart: `file`, `purpose`). The same bytes
-    uploaded again return the existing file (200). A manifest is checked line by line."""
+    """Upload an image, a JSONL manifest or a dataset file (a CSV, a WebDataset shard)
+    (multipart: `file`, `purpose`). The same bytes uploaded again return the existing file
+    (200). A manifest is checked line by line."""
     try:
         row, created = files.save_upload(
             settings.resolved_database_url(),
@@ -66,7 +67,7 @@ def list_files(
     db: DatabaseUrl,
     owner: Owner,
     sha256: Annotated[str, Query(pattern=r"^[0-9a-f]{64}$", description="Hex SHA-256.")],
-    purpose: Literal["image", "manifest"] | None = None,
+    purpose: Literal["image", "manifest", "dataset"] | None = None,
 ) -> FilesPublic:
     """Your uploaded files with these bytes (check before uploading; empty if none)."""
     return FilesPublic(
