@@ -142,6 +142,13 @@ class Settings(BaseSettings):
         "image fails its item. Also bounds the pixels a process decodes at once (README, "
         "Security).",
     )
+    result_url_expires: int = Field(
+        default=7 * 24 * 3600,
+        ge=60,
+        le=7 * 24 * 3600,
+        description="Seconds the presigned URL of each output image in results.jsonl (S3 "
+        "storage) stays valid, counted from when the line is written (7 days, S3's maximum).",
+    )
     max_manifest_line_bytes: int = Field(
         default=1024 * 1024,
         ge=1024,

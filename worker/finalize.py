@@ -7,8 +7,10 @@ caption or images, model, params, status); `errors.jsonl` one line per failed or
 item (custom_id, idx, input, error, status). Both are written (even when empty) to temporary
 files, streamed from the items in idx order a page at a time (flat memory), then uploaded
 under `<output_prefix>/`. Their content depends only on the rows, so a second run writes the
-same bytes. The lines come from `janus_batch.results`, the same functions the API uses to
-stream a running job's partial results, so both always agree.
+same bytes (on S3 but for the signatures of the images' presigned `url`s, valid
+JANUS_BATCH_RESULT_URL_EXPIRES seconds). A WebDataset job also gets one captions sidecar per
+input shard (`worker.sidecars`). The lines come from `janus_batch.results`, the same
+functions the API uses to stream a running job's partial results, so both always agree.
 """
 
 from __future__ import annotations
@@ -31,10 +33,12 @@ from janus_batch.results import (
     RESULT_STATUSES,
     encode_line,
     error_line,
+    presigner,
     result_line,
 )
 from janus_batch.states import JobStatus
 from worker.context import Context
+from worker.sidecars import write_sidecars
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +83,7 @@ def finalize_job(ctx: Context, job_id: str) -> str | None:
         log.info("job=%s finalize skipped: job is %s", job_id, job.status)
         return job.status
     write_manifests(ctx, job)
+    write_sidecars(ctx, job, on_page=_touch_finalizing(job.id))
     with session_scope(ctx.database_url) as session:
         fresh = session.get(Job, job_id)
         if fresh is None:  # deleted meanwhile
@@ -124,6 +129,7 @@ def write_manifests(ctx: Context, job: Job) -> tuple[int, int]:
     """Write results.jsonl and errors.jsonl of `job` to storage; returns their line counts."""
     prefix = job.output_prefix.rstrip("/")
     counts = {"results": 0, "errors": 0}
+    presign = presigner(ctx.storage, ctx.settings.result_url_expires)
     with tempfile.TemporaryDirectory(prefix="janus-finalize-") as tmp:
         results_path, errors_path = Path(tmp) / RESULTS_NAME, Path(tmp) / ERRORS_NAME
         with (
@@ -134,7 +140,7 @@ def write_manifests(ctx: Context, job: Job) -> tuple[int, int]:
                 ctx.database_url, job.id, page_size=PAGE, on_page=_touch_finalizing(job.id)
             ):
                 if item.status in RESULT_STATUSES:
-                    results.write(encode_line(result_line(job, item)))
+                    results.write(encode_line(result_line(job, item, presign)))
                     counts["results"] += 1
                 elif item.status in ERROR_STATUSES:
                     errors.write(encode_line(error_line(item)))

@@ -8,6 +8,7 @@ import io
 import tarfile
 from typing import Any
 
+import httpx
 import pytest
 
 from janus_batch import constants
@@ -82,6 +83,20 @@ def test_webdataset_shards_on_s3_by_brace_pattern(make_ctx: Any, s3_env: Any) ->
     assert corrupt["error"].startswith(f"cannot read image {shard0}#00000_corrupt.jpg: ")
     assert bucket_keys(s3_env) == before  # nothing copied out of the shards
 
+    # one sidecar per shard, keyed by __key__ in shard order, next to the manifests
+    by_key = {r["custom_id"]: r["caption"] for r in results}
+    for name, data in shards.items():
+        key = f"jobs/{job_id}/sidecars/{s3_env.bucket}/shards/{name[:-4]}.captions.jsonl"
+        lines = read_jsonl(ctx.storage.get_bytes(key))
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            keys = list(dict.fromkeys(m.name.split(".")[0] for m in tar.getmembers()))
+        assert [line["__key__"] for line in lines] == keys
+        for line in lines:
+            if line["status"] == "succeeded":
+                assert line["caption"] == by_key[line["__key__"]]
+            else:
+                assert line["__key__"] in ("00000_corrupt", "00000_noimage") and line["error"]
+
 
 def test_webdataset_prefix_resumes_inside_a_shard_with_a_ranged_read(
     make_ctx: Any, s3_env: Any, monkeypatch: pytest.MonkeyPatch
@@ -134,6 +149,10 @@ def test_uploaded_shards_on_local_storage_and_a_broken_one(ctx: Any) -> None:
     for line in results:
         assert set(line["captions"]) == {"short", "long"}
         assert line["input"]["prompts"]["long"] == f"Describe {line['custom_id']}."
+    sidecar = read_jsonl(ctx.storage.get_bytes(f"jobs/{job_id}/sidecars/{ids[0]}.captions.jsonl"))
+    assert [set(line) for line in sidecar if line["status"] == "succeeded"] == [
+        {"__key__", "short", "long", "status"}
+    ] * 2
     broken = next(e for e in errors if e["input"]["file"] == ids[1] and e["custom_id"] is None)
     assert broken["error"].startswith(f"shard {ids[1]} is not a readable tar archive after byte ")
     assert job.status == JobStatus.SUCCEEDED and job.failed == 3  # corrupt, no image, broken
@@ -250,3 +269,21 @@ def test_tar_members_are_located_exactly() -> None:
     found = {s.key: s for s in samples(io.BytesIO(data), "t", max_meta_bytes=1 << 20)}
     _, offset, size = found["000000001"].image  # type: ignore[union-attr, misc]
     assert (offset, size) == (member.offset_data, member.size)
+
+
+def test_result_lines_carry_presigned_urls_on_s3(make_ctx: Any, s3_env: Any) -> None:
+    ctx = make_ctx(storage_url=s3_env.storage_url, result_url_expires="600")
+    job_id = create_job(ctx, JobKind.GENERATE, ["a red fox"], params={"n": 2})
+    drain(ctx)
+    [line] = read_jsonl(ctx.storage.get_bytes(f"jobs/{job_id}/results.jsonl"))
+    for image in line["images"]:
+        assert "Expires=600" in image["url"] or "X-Amz-Expires=600" in image["url"]
+        got = httpx.get(image["url"])  # no API in the way: straight from the S3 server
+        assert got.status_code == 200 and got.content == ctx.storage.get_bytes(image["key"])
+
+
+def test_local_result_lines_have_no_urls(ctx: Any) -> None:
+    job_id = create_job(ctx, JobKind.GENERATE, ["a boat"])
+    drain(ctx)
+    [line] = read_jsonl(ctx.storage.get_bytes(f"jobs/{job_id}/results.jsonl"))
+    assert "url" not in line["images"][0]

@@ -1,0 +1,96 @@
+"""Per-shard caption sidecars of a WebDataset job, written at finalize next to its manifests.
+
+    <output_prefix>/sidecars/<bucket>/<shard key without .tar>.captions.jsonl   (s3:// shards)
+    <output_prefix>/sidecars/<file id>.captions.jsonl                        (uploaded shards)
+
+One JSON line per sample of the shard, in shard order, keyed by `__key__` as WebDataset
+names it, so a trainer reads a shard and its captions side by side:
+    {"__key__": "000123", "caption": "...", "status": "succeeded"}
+    {"__key__": "000124", "short": "...", "detailed": "...", "status": "succeeded"}  # prompts
+    {"__key__": "000125", "status": "failed", "error": "cannot read image ..."}
+A job's items are stored shard after shard, so the items are read once in index order and
+each shard's lines go to a temporary file, uploaded when the next shard starts: one shard's
+lines on disk, one page of items in memory, whatever the job's size.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from sqlalchemy.orm import Session
+
+from janus_batch import datasets
+from janus_batch.items import iter_items
+from janus_batch.models import Item, Job
+from janus_batch.results import encode_line
+from janus_batch.states import ItemStatus
+from worker.context import Context
+
+log = logging.getLogger(__name__)
+
+SUFFIX = ".captions.jsonl"
+CONTENT_TYPE = "application/x-ndjson"
+
+
+def sidecar_key(output_prefix: str, shard: str) -> str:
+    """Where the sidecar of `shard` (`s3://bucket/key.tar` or a file id) goes."""
+    name = shard.removeprefix("s3://").removesuffix(".tar")
+    parts = ["_" if part in ("", ".", "..") else part for part in name.split("/")]
+    return f"{output_prefix.rstrip('/')}/sidecars/{'/'.join(parts)}{SUFFIX}"
+
+
+def sidecar_line(item: Item) -> dict[str, Any]:
+    """The sidecar entry of one sample: its key, its caption column(s) or error, status."""
+    line: dict[str, Any] = {"__key__": (item.input or {}).get("key")}
+    result = item.result or {}
+    if item.status == ItemStatus.SUCCEEDED:
+        if "captions" in result:
+            line.update(result["captions"])
+        else:
+            line["caption"] = result.get("caption")
+    line["status"] = str(item.status)
+    if item.status != ItemStatus.SUCCEEDED:
+        line["error"] = item.error
+    return line
+
+
+def write_sidecars(ctx: Context, job: Job, on_page: Callable[[Session], None] | None = None) -> int:
+    """Write the sidecars of a WebDataset job (nothing for other jobs); returns how many.
+    A sample whose shard could not be read at all has no key and no line."""
+    if datasets.source_format(job.source or {}) != "webdataset":
+        return 0
+    written = 0
+    with tempfile.TemporaryDirectory(prefix="janus-sidecars-") as tmp:
+        path = Path(tmp) / "sidecar.jsonl"
+        shard: str | None = None
+        out: IO[bytes] | None = None
+        try:
+            for item in iter_items(ctx.database_url, job.id, on_page=on_page):
+                value = item.input or {}
+                if value.get("key") is None or value.get("file") is None:
+                    continue
+                if value["file"] != shard:
+                    if out is not None:
+                        out.close()
+                        _upload(ctx, job, shard, path)
+                        written += 1
+                    shard, out = value["file"], open(path, "wb")  # noqa: SIM115 - closed below
+                assert out is not None
+                out.write(encode_line(sidecar_line(item)))
+        finally:
+            if out is not None:
+                out.close()
+        if out is not None:
+            _upload(ctx, job, shard, path)
+            written += 1
+    log.info("job=%s wrote %d shard sidecars", job.id, written)
+    return written
+
+
+def _upload(ctx: Context, job: Job, shard: str | None, path: Path) -> None:
+    assert shard is not None
+    ctx.storage.put_file(sidecar_key(job.output_prefix, shard), path, CONTENT_TYPE)
