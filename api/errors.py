@@ -27,7 +27,7 @@ from starlette.responses import Response
 from starlette.types import ExceptionHandler
 
 from janus_batch.inputs import InvalidInput, TooLarge
-from janus_batch.jobs import JobConflict, JobNotFound, QueueUnavailable
+from janus_batch.jobs import JobConflict, JobNotFound
 from janus_batch.storage import NotFoundError, StorageError
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,6 @@ async def _on_conflict(_: Request, exc: JobConflict) -> JSONResponse:
 
 async def _on_unavailable(request: Request, exc: Exception) -> JSONResponse:
     what = {
-        QueueUnavailable: "queue",
         StorageError: "storage",
         DatabaseError: "database",
         QueueError: "queue",
@@ -212,7 +211,6 @@ def install_error_handlers(app: FastAPI) -> None:
     _handle(app, NotFoundError, _on_not_found)
     _handle(app, JobConflict, _on_conflict)
     for exc_type in (
-        QueueUnavailable,
         StorageError,
         DatabaseError,
         QueueError,

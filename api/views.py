@@ -131,12 +131,10 @@ def live_consumers(queue: str) -> tuple[int | None, Waiting | None]:
         if isinstance(body.get("storage_down_since"), (int, float))
     )
     waiting = None
-    if down:
-        since, name = down[0]
+    if down:  # worker names are the operator's business (/readyz): counted, not named
         waiting = Waiting(
-            since=datetime.fromtimestamp(since, UTC),
-            reason=f"storage unreachable from worker {name}"
-            + (f" and {len(down) - 1} more" if len(down) > 1 else "")
-            + f" (of {len(mine)}): work resumes by itself when it answers",
+            since=datetime.fromtimestamp(down[0][0], UTC),
+            reason=f"storage unreachable from {len(down)} of {len(mine)} workers: work "
+            "resumes by itself when it answers",
         )
     return len(mine), waiting

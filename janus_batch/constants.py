@@ -10,6 +10,7 @@ EXPAND_SOURCE_TASK = "janus.expand_source"
 FINALIZE_JOB_TASK = "janus.finalize_job"
 SWEEP_TASK = "janus.sweep"
 SEND_WEBHOOK_TASK = "janus.send_webhook"
+DISPATCH_JOB_TASK = "janus.dispatch_job"
 
 LOCAL_OWNER = "local"
 """Owner of every job in the open single-user mode."""

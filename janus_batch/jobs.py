@@ -1,8 +1,9 @@
 """The job service: create, read, list, cancel and retry jobs.
 
 Transports (the HTTP API, tests) call these with an owner; a job is only ever seen by its
-owner. Errors are InvalidInput / TooLarge (bad request), JobNotFound, JobConflict and
-QueueUnavailable; the API turns them into HTTP codes.
+owner. Errors are InvalidInput / TooLarge (bad request), JobNotFound and JobConflict; the
+API turns them into HTTP codes. A dependency that is down raises its own error (SQLAlchemy's,
+Redis's) before anything is committed, or not at all once the job is: the rows are the truth.
 """
 
 from __future__ import annotations
@@ -51,10 +52,6 @@ class JobNotFound(LookupError):
 
 class JobConflict(Exception):
     """The job's state does not allow the operation (e.g. cancelling a finished job)."""
-
-
-class QueueUnavailable(Exception):
-    """The job could not be enqueued (Redis down); it was marked failed."""
 
 
 def create_job(
@@ -134,7 +131,10 @@ def create_job(
             return existing, False  # a concurrent request with the same key won the race
         raise
     if finalize:
-        send_control(app, FINALIZE_JOB_TASK, job_id)  # lost: the sweeper re-sends it
+        try:
+            send_control(app, FINALIZE_JOB_TASK, job_id)
+        except Exception as exc:  # committed: the sweeper re-sends a lost finalize
+            log.warning("job=%s finalize not sent yet (the sweeper will): %s", job_id, exc)
     else:
         _enqueue_work(settings, app, job_id, kind, request)
     what = (
@@ -155,7 +155,13 @@ def request_fingerprint(
     """SHA-256 of the request as sent (canonical JSON): what an Idempotency-Key is bound to.
     `extra` fields (label, metadata, webhook_url) count only when set, so the fingerprint of
     a request without them is what it always was."""
-    body = {"kind": kind, "params": params, "items": items, "source": source, "priority": priority}
+    body = {
+        "kind": kind,
+        "params": params or {},  # absent and empty params are the same request
+        "items": items,
+        "source": source,
+        "priority": priority,
+    }
     body.update({name: value for name, value in extra.items() if value is not None})
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -222,10 +228,10 @@ def _enqueue_work(
 ) -> None:
     """Dispatch the first chunks of committed inline items, or send the expand task.
 
-    Inline items are in SQL already: a broker that cannot take their chunks now leaves them
-    undispatched, and the sweeper dispatches them once it answers (the job is accepted). A
-    source job's expand task that cannot be sent fails the job and raises QueueUnavailable
-    (nothing would expand it before the sweeper's stale timeout)."""
+    The job is committed (the rows are the truth): a broker that cannot take the messages
+    now fails nothing. Inline items stay undispatched and the sweeper dispatches them once it
+    answers; a source job's lost expand is re-sent by the sweeper once the job has been idle
+    JANUS_BATCH_STALE_PENDING_SECONDS."""
     database_url = settings.resolved_database_url()
     if request.items is not None:
         try:
@@ -243,8 +249,7 @@ def _enqueue_work(
     try:
         send_control(app, EXPAND_SOURCE_TASK, job_id)
     except Exception as exc:
-        _abandon(database_url, job_id, f"could not enqueue the job: {exc}")
-        raise QueueUnavailable(f"could not enqueue job {job_id}: {exc}") from exc
+        log.warning("job=%s expand not sent yet (the sweeper will): %s", job_id, exc)
 
 
 MAX_LABEL = 128
@@ -315,16 +320,6 @@ def _find_idempotent(database_url: str, owner: str, key: str, fingerprint: str) 
             f"was already used for a different request (job {job.id}); use a new key",
         )
     return job
-
-
-def _abandon(database_url: str, job_id: str, reason: str) -> None:
-    """Fail a job whose work could not be enqueued, freeing its idempotency key for a retry."""
-    try:
-        with session_scope(database_url) as session:
-            lifecycle.abandon(session, job_id, reason)
-        log.error("job=%s failed: %s", job_id, reason)
-    except Exception:
-        log.exception("job=%s could not be marked failed after: %s", job_id, reason)
 
 
 def get_job(database_url: str, owner: str, job_id: str) -> Job:

@@ -139,19 +139,34 @@ def create_job(session: Session, **fields: Any) -> Job:
     return job
 
 
-def bump_counts(session: Session, counts: Mapping[str, Counter[str]]) -> None:
-    """Add to the final-state counters of each job (job id -> item status -> n), in id order."""
+def bump_counts(
+    session: Session,
+    counts: Mapping[str, Counter[str]],
+    waiting: Mapping[str, str | None] | None = None,
+) -> None:
+    """Add to the final-state counters of each job (job id -> item status -> n), in id
+    order, one UPDATE per job. `waiting` (job id -> reason) marks jobs whose items now wait
+    out a transient error (waiting since the first of them); a job with a success and no new
+    wait is cleared (whatever it waited on is back)."""
     now = utcnow()
-    for job_id in sorted(counts):
-        n = counts[job_id]
+    waiting = waiting or {}
+    for job_id in sorted(set(counts) | set(waiting)):
+        n = counts.get(job_id, Counter())
         succeeded, failed, cancelled = (
             n[ItemStatus.SUCCEEDED],
             n[ItemStatus.FAILED],
             n[ItemStatus.CANCELLED],
         )
-        if not (succeeded or failed or cancelled):
+        extra: dict[str, Any] = {}
+        if job_id in waiting:
+            extra = {
+                "waiting_since": func.coalesce(Job.waiting_since, now),
+                "waiting_reason": waiting[job_id],
+            }
+        elif succeeded:
+            extra = {"waiting_since": None, "waiting_reason": None}
+        if not (succeeded or failed or cancelled or extra):
             continue
-        extra: dict[str, Any] = {"waiting_since": None, "waiting_reason": None}
         session.execute(
             update(Job)
             .where(Job.id == job_id)
@@ -160,7 +175,7 @@ def bump_counts(session: Session, counts: Mapping[str, Counter[str]]) -> None:
                 failed=Job.failed + failed,
                 cancelled=Job.cancelled + cancelled,
                 updated_at=now,
-                **(extra if succeeded else {}),  # a success: whatever it waited on is back
+                **extra,
             )
         )
 
@@ -215,27 +230,6 @@ def finish(session: Session, job_id: str, status: JobStatus, error: str | None) 
         .values(
             status=status,
             error=func.coalesce(Job.error, error),
-            finished_at=now,
-            updated_at=now,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    return _rowcount(moved) == 1
-
-
-def abandon(session: Session, job_id: str, reason: str) -> bool:
-    """queued | running -> failed for a job whose work could not be enqueued: its pending
-    items are cancelled and its idempotency key freed, so the client may retry."""
-    cancel_pending(session, job_id)
-    now = utcnow()
-    moved = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status.in_(_job_from(JobStatus.FAILED)))
-        .values(
-            status=JobStatus.FAILED,
-            error=reason,
-            idempotency_key=None,
-            expanded=True,
             finished_at=now,
             updated_at=now,
         )
@@ -541,10 +535,14 @@ def complete(session: Session, outcomes: Sequence[Outcome]) -> dict[int, str]:
         return {}
     for outcome in outcomes:
         _item_from({ItemStatus.RUNNING}, outcome.status)
+    now = utcnow()
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    waiting: dict[str, str | None] = {}
     deferred = [o for o in outcomes if o.status == ItemStatus.PENDING]
-    moved_back = defer(session, deferred) if deferred else {}
+    moved_back = _defer_items(session, deferred, now, counts, waiting) if deferred else {}
     outcomes = [o for o in outcomes if o.status != ItemStatus.PENDING]
     if not outcomes:
+        bump_counts(session, counts, waiting)  # job rows last, in id order
         return moved_back
     job_of = {o.item.id: o.item.job_id for o in outcomes}
     v = (
@@ -576,24 +574,29 @@ def complete(session: Session, outcomes: Sequence[Outcome]) -> dict[int, str]:
             result=v.c.result,
             error=v.c.error,
             lease_until=None,
-            finished_at=utcnow(),
+            finished_at=now,
         )
         .returning(Item.id, Item.status)
         .execution_options(synchronize_session=False)
     ).all()
-    counts: dict[str, Counter[str]] = defaultdict(Counter)
     for item_id, status in moved:
         counts[job_of[item_id]][status] += 1
-    bump_counts(session, counts)
+    bump_counts(session, counts, waiting)  # job rows last, in id order
     return {**moved_back, **{item_id: status for item_id, status in moved}}
 
 
-def defer(session: Session, outcomes: Sequence[Outcome]) -> dict[int, str]:
-    """running (this attempt) -> pending, undispatched until `now + delay`, for items that
-    met a transient error: `retries` + 1 (so the attempt is not poison), the error kept as
-    what it waits on, and each job marked waiting since the first of them (cleared by its
-    next success). Returns {item id: "pending"} for the items that moved."""
-    now = utcnow()
+def _defer_items(
+    session: Session,
+    outcomes: Sequence[Outcome],
+    now: datetime,
+    counts: dict[str, Counter[str]],
+    waiting: dict[str, str | None],
+) -> dict[int, str]:
+    """Deferrals (item rows only; the caller updates the jobs): running (this attempt) ->
+    pending, undispatched until `now + delay`, `retries` + 1 (so the attempt is not poison),
+    the error kept as what it waits on, the job noted in `waiting`; an item of a job being
+    cancelled is cancelled instead (counted in `counts`). Returns {item id: new status}."""
+    stopping = select(Job.id).where(Job.status.in_((JobStatus.CANCELLING, JobStatus.CANCELLED)))
     v = (
         values(
             column("id", BigInteger),
@@ -610,13 +613,21 @@ def defer(session: Session, outcomes: Sequence[Outcome]) -> dict[int, str]:
         )
         .cte("d")
     )
-    moved = session.scalars(
+    mine = and_(Item.id == v.c.id, Item.attempts == v.c.attempts)
+    cancelled = session.execute(
         update(Item)
         .where(
-            Item.id == v.c.id,
-            Item.attempts == v.c.attempts,
-            Item.status.in_(_item_from({ItemStatus.RUNNING}, ItemStatus.PENDING)),
+            mine,
+            Item.status.in_(_item_from({ItemStatus.RUNNING}, ItemStatus.CANCELLED)),
+            Item.job_id.in_(stopping),
         )
+        .values(status=ItemStatus.CANCELLED, error=CANCEL_ERROR, lease_until=None, finished_at=now)
+        .returning(Item.id, Item.job_id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    moved = session.execute(
+        update(Item)
+        .where(mine, Item.status.in_(_item_from({ItemStatus.RUNNING}, ItemStatus.PENDING)))
         .values(
             status=ItemStatus.PENDING,
             retries=Item.retries + 1,
@@ -625,22 +636,17 @@ def defer(session: Session, outcomes: Sequence[Outcome]) -> dict[int, str]:
             lease_until=None,
             enqueued_at=None,
         )
-        .returning(Item.id)
+        .returning(Item.id, Item.job_id, Item.error)
         .execution_options(synchronize_session=False)
     ).all()
-    moved_ids = set(moved)
-    reasons = {o.item.job_id: o.error for o in outcomes if o.item.id in moved_ids}
-    for job_id in sorted(reasons):
-        session.execute(
-            update(Job)
-            .where(Job.id == job_id)
-            .values(
-                waiting_since=func.coalesce(Job.waiting_since, now),
-                waiting_reason=reasons[job_id],
-                updated_at=now,
-            )
-        )
-    return dict.fromkeys(moved, ItemStatus.PENDING.value)
+    for _, job_id in cancelled:
+        counts[job_id][ItemStatus.CANCELLED] += 1
+    for _, job_id, error in moved:
+        waiting[job_id] = error
+    return {
+        **{item_id: ItemStatus.CANCELLED.value for item_id, _ in cancelled},
+        **{item_id: ItemStatus.PENDING.value for item_id, _, _ in moved},
+    }
 
 
 def extend_leases(session: Session, owned: Mapping[int, int], lease_seconds: int) -> set[int]:

@@ -110,6 +110,7 @@ def send_chunk(
     )
 
 
-def send_control(app: Celery, task: str, *args: object) -> None:
-    """Enqueue a control task (expand, finalize, sweep, send a webhook) on the control queue."""
-    app.send_task(task, args=list(args), queue=constants.CONTROL_QUEUE)
+def send_control(app: Celery, task: str, *args: object, countdown: float | None = None) -> None:
+    """Enqueue a control task (expand, finalize, sweep, send a webhook, dispatch a job's
+    deferred items) on the control queue, to run now or `countdown` seconds from now."""
+    app.send_task(task, args=list(args), queue=constants.CONTROL_QUEUE, countdown=countdown)

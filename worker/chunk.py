@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from janus_batch import lifecycle
-from janus_batch.constants import FINALIZE_JOB_TASK
+from janus_batch.constants import DISPATCH_JOB_TASK, FINALIZE_JOB_TASK
 from janus_batch.db import session_scope
 from janus_batch.items import dispatch, window_for
 from janus_batch.lifecycle import Claimed, Outcome
@@ -114,15 +114,16 @@ def run_chunk(ctx: Context, handler: Handler, job_id: str, item_ids: Sequence[in
         return Counter()
     job, claimed = _start(ctx, handler.kind, job_id, item_ids)
     total: Counter[str] = Counter()
+    later: list[float] = []
     if job is not None and claimed:
         log.info("job=%s chunk claimed %d/%d items", job_id, len(claimed), len(item_ids))
         try:
-            total = _run_claimed(ctx, handler, job, claimed)
+            total = _run_claimed(ctx, handler, job, claimed, later)
         finally:
             metrics.CHUNK_SECONDS.labels(handler.kind).observe(time.monotonic() - started)
         log.info("job=%s chunk done: %s", job_id, dict(total) or "nothing recorded")
     if job is not None:
-        _after(ctx, job)
+        _after(ctx, job, max(later, default=0.0))
     return total
 
 
@@ -168,9 +169,12 @@ def _start(
     return job, claimed
 
 
-def _run_claimed(ctx: Context, handler: Handler, job: Job, claimed: list[Claimed]) -> Counter[str]:
+def _run_claimed(
+    ctx: Context, handler: Handler, job: Job, claimed: list[Claimed], later: list[float]
+) -> Counter[str]:
     """Prepare the claimed items, send them through the pipeline, wait until all are
-    recorded or given up; returns the counts recorded."""
+    recorded or given up; returns the counts recorded (and adds to `later` the waits of the
+    items it deferred)."""
     pipeline = ctx.pipeline()
     tracker = Tracker({item.id for item in claimed})
     pipeline.watch.enter(job.id)
@@ -178,6 +182,7 @@ def _run_claimed(ctx: Context, handler: Handler, job: Job, claimed: list[Claimed
         with LeaseHeartbeat(ctx, job.id, {c.id: c.attempts for c in claimed}) as heartbeat:
 
             def record(outcomes: list[Outcome]) -> None:
+                later.extend(o.delay for o in outcomes if o.status == ItemStatus.PENDING)
                 heartbeat.release(o.item.id for o in outcomes)  # finished: no more beats
                 pipeline.recorder.add(handler.kind, outcomes, tracker)
 
@@ -275,8 +280,10 @@ def _finish(
     record([outcome])
 
 
-def _after(ctx: Context, job: Job) -> None:
-    """The chunk is over: try the move to finalizing, and release the job's next chunk."""
+def _after(ctx: Context, job: Job, later: float = 0.0) -> None:
+    """The chunk is over: try the move to finalizing, and release the job's next chunk; if
+    it deferred items for `later` seconds, a dispatch of the job then (so they go again even
+    when no other chunk of the job ends meanwhile, without waiting for a sweep)."""
     with session_scope(ctx.database_url) as session:
         won = lifecycle.start_finalizing(session, job.id)
     if won:
@@ -285,6 +292,26 @@ def _after(ctx: Context, job: Job) -> None:
         return
     settings = ctx.settings
     dispatch(
+        ctx.database_url,
+        ctx.app,
+        job.id,
+        job.kind,
+        chunk_size=settings.chunk_size,
+        window=window_for(settings, job.kind),
+    )
+    if later > 0:
+        send_control(ctx.app, DISPATCH_JOB_TASK, job.id, countdown=later + 0.1)
+
+
+def dispatch_job(ctx: Context, job_id: str) -> int:
+    """Send a live job's next chunks (the `janus.dispatch_job` control task): items deferred
+    by a transient error go again once their wait is over. Returns how many were sent."""
+    with session_scope(ctx.database_url) as session:
+        job = session.get(Job, job_id)
+    if job is None or job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
+        return 0
+    settings = ctx.settings
+    return dispatch(
         ctx.database_url,
         ctx.app,
         job.id,

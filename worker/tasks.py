@@ -13,6 +13,7 @@ from sqlalchemy.exc import OperationalError
 from janus_batch import constants, webhooks
 from janus_batch.storage import TransientStorageError
 from worker.caption import CaptionHandler
+from worker.chunk import dispatch_job as dispatch_pipeline
 from worker.chunk import run_chunk
 from worker.context import current_context
 from worker.expand import expand_source as expand_pipeline
@@ -78,6 +79,12 @@ def send_webhook(self: Task, job_id: str, event: int) -> str | None:
     if result is not None and result.retry:
         raise self.retry(countdown=webhooks.backoff(ctx.settings, attempt))
     return result.state.value if result is not None else None
+
+
+@shared_task(name=constants.DISPATCH_JOB_TASK, **RETRY_DB)
+def dispatch_job(job_id: str) -> int:
+    """Dispatch a job's next chunks (its deferred items, once their wait is over)."""
+    return dispatch_pipeline(current_context(), job_id)
 
 
 @shared_task(name=constants.SWEEP_TASK)

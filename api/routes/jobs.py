@@ -44,6 +44,7 @@ def _view(job: Job, db: str, storage: StorageDep, request: Request) -> JobPublic
         )
         if note:
             view.notes.append(note)
+            view.eta_seconds = None  # it would never come
     return view
 
 

@@ -296,7 +296,18 @@ def test_queue_down_accepts_inline_items_and_the_sweeper_dispatches_them(
     assert queue_len(CAPTION_QUEUE) == 1
 
 
-def test_queue_down_fails_a_source_job_with_503(client, set_env, database_url):
+def test_queue_down_accepts_a_source_job_and_the_sweeper_expands_it(
+    client, set_env, database_url, queue_messages
+):
+    """The job row is the truth: with Redis down a source job is accepted (never a 503 for a
+    job that exists); its expand message, lost, is re-sent by the sweeper once Redis answers
+    and the job has been idle stale_pending_seconds."""
+    from datetime import timedelta
+
+    from janus_batch.models import utcnow
+    from worker.sweeper import resend_expand
+
+    redis_url = get_settings().redis_url
     set_env(redis_url=f"redis://127.0.0.1:{free_port()}/0")
     get_celery.cache_clear()
     response = client.post(
@@ -304,13 +315,17 @@ def test_queue_down_fails_a_source_job_with_503(client, set_env, database_url):
         json={"kind": "caption", "source": {"s3_prefix": "s3://b/photos/"}},
         headers={"Idempotency-Key": "k"},
     )
-    assert response.status_code == 503, response.text
-    message = response.json()["error"]["message"]
-    assert "queue unavailable" in message and "127.0.0.1" not in message
-    with session_scope(database_url) as session:
-        job = session.scalars(select(Job)).one()
-    assert job.status == "failed" and job.idempotency_key is None
-    assert "could not enqueue" in job.error
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    assert response.json()["status"] == "queued" and not response.json()["expanded"]
+
+    set_env(redis_url=redis_url)
+    get_celery.cache_clear()
+    settings = get_settings()
+    ctx = Context(settings, storage_from_settings(settings), get_celery())
+    later = utcnow() + timedelta(seconds=settings.stale_pending_seconds + 1)
+    assert resend_expand(ctx, later) == 1
+    assert queue_messages(CONTROL_QUEUE) == [(EXPAND_SOURCE_TASK, [job_id])]
 
 
 def test_idempotency_key_replayed_with_another_body_is_refused(client):

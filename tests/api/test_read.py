@@ -222,6 +222,7 @@ def test_expired_leases_without_a_sweeper_are_noted(client, database_url, settin
         )
     notes = client.get(f"/v1/jobs/{job['id']}").json()["notes"]
     assert len(notes) == 1 and "1 items wait on expired leases" in notes[0]
+    assert client.get(f"/v1/jobs/{job['id']}").json()["eta_seconds"] is None
     assert "sweeper has never run" in notes[0]
     fleet.record_sweep(redis.Redis.from_url(settings_env.redis_url), settings_env.queue_prefix)
     assert client.get(f"/v1/jobs/{job['id']}").json()["notes"] == []
@@ -254,4 +255,5 @@ def test_a_job_whose_worker_has_storage_down_says_it_waits(client, settings_env)
     )
     got = client.get(f"/v1/jobs/{job['id']}").json()
     assert got["live_workers"] == 1 and got["eta_seconds"] is None
-    assert got["waiting"]["reason"].startswith("storage unreachable from worker gpu0@h (of 1)")
+    assert got["waiting"]["reason"].startswith("storage unreachable from 1 of 1 workers")
+    assert "gpu0" not in got["waiting"]["reason"]

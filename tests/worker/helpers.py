@@ -24,7 +24,7 @@ from janus_batch.models import Item, Job, new_id, utcnow
 from janus_batch.states import JobKind, JobStatus
 from worker import tasks
 from worker.caption import CaptionHandler
-from worker.chunk import run_chunk
+from worker.chunk import dispatch_job, run_chunk
 from worker.context import Context
 from worker.expand import expand_source
 from worker.finalize import finalize_job
@@ -159,6 +159,8 @@ def dispatch(ctx: Context, task: str, args: list[Any]) -> Any:
         return finalize_job(ctx, *args)
     if task == constants.SWEEP_TASK:
         return sweep(ctx)
+    if task == constants.DISPATCH_JOB_TASK:
+        return dispatch_job(ctx, *args)
     if task == constants.SEND_WEBHOOK_TASK:  # the Celery task, eagerly: its retries at once
         with patch.object(tasks, "current_context", lambda: ctx):
             return tasks.send_webhook.apply(args=args).get()

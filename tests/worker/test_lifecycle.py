@@ -57,3 +57,32 @@ def test_claim_skips_leased_and_final_items(ctx: Any) -> None:
     assert [c.attempts for c in claim(ctx, job_id, ids)] == [3, 3]
     expire(ctx, ids)
     assert claim(ctx, job_id, ids) == []  # out of attempts: the sweeper retires them
+
+
+def test_a_deferral_waits_uncounted_and_is_not_poison_unless_the_job_is_cancelled(
+    ctx: Any,
+) -> None:
+    """A deferred item goes back to pending with retries + 1 (its attempt not counted as a
+    poison attempt), the job marked waiting; in a job being cancelled it is cancelled and
+    counted instead."""
+    job_id = create_job(ctx, JobKind.GENERATE, ["a", "b"])
+    ids = [row.id for row in get_items(ctx, job_id)]
+    for _ in range(lifecycle.MAX_ATTEMPTS + 1):  # more deferrals than poison attempts
+        [a] = claim(ctx, job_id, ids[:1])
+        with session_scope(ctx.database_url) as session:
+            moved = lifecycle.complete(
+                session, [Outcome(a, ItemStatus.PENDING, error="waiting: down", delay=0)]
+            )
+        assert moved == {a.id: "pending"}
+    row = get_items(ctx, job_id)[0]
+    assert (row.status, row.retries, row.attempts) == ("pending", 4, 4)
+    job = get_job(ctx, job_id)
+    assert job.waiting_reason == "waiting: down" and job.succeeded + job.failed == 0
+
+    [a] = claim(ctx, job_id, ids[:1])  # still claimable: deferrals are not poison
+    with session_scope(ctx.database_url) as session:
+        lifecycle.request_cancel(session, job_id)
+        moved = lifecycle.complete(session, [Outcome(a, ItemStatus.PENDING, error="w", delay=0)])
+    assert moved == {a.id: "cancelled"}
+    job = get_job(ctx, job_id)
+    assert job.cancelled == 2  # b (pending) by the cancel, a by its deferral: once each

@@ -229,3 +229,30 @@ def test_a_chunk_gives_its_items_back_when_storage_stays_down(make_ctx: Any) -> 
     rows = get_items(ctx, job_id)
     assert all(r.status == ItemStatus.PENDING and r.enqueued_at is None for r in rows)
     assert all(r.attempts == 0 for r in rows)  # never claimed
+
+
+def test_an_input_host_failing_transiently_defers_its_item_which_comes_back_by_itself(
+    make_ctx: Any,
+) -> None:
+    """An http input answering 503 defers its item (not failed, no attempt spent) with a
+    short wait; the chunk schedules a dispatch of the job for when the wait is over, so the
+    item goes again and succeeds with no sweeper running."""
+    from janus_batch import constants
+    from tests.security.listeners import http_listener
+
+    with http_listener({"/cat.png": (503, {}, b"busy")}) as web:
+        ctx = make_ctx(egress_allow=web.host, egress_allow_http="true")
+        job_id = create_job(ctx, JobKind.CAPTION, [web.url("/cat.png")])
+        _, chunk = pop_message(ctx, "janus.caption")
+        assert dispatch(ctx, "janus.caption_chunk", chunk) == {"pending": 1}
+        [row] = get_items(ctx, job_id)
+        assert (row.status, row.retries, row.attempts) == (ItemStatus.PENDING, 1, 1)
+        assert row.error.startswith("waiting: cannot fetch http://") and "503" in row.error
+        assert pop_message(ctx, "janus.control") == (constants.DISPATCH_JOB_TASK, [job_id])
+        web.routes["/cat.png"] = (200, {"Content-Type": "image/png"}, png_bytes())
+        time.sleep(1.1)  # the item's wait (at most 1 s for a first deferral)
+        dispatch(ctx, constants.DISPATCH_JOB_TASK, [job_id])  # the delayed dispatch, due now
+        drain(ctx)
+    job = get_job(ctx, job_id)
+    assert (job.status, job.succeeded, job.failed) == (JobStatus.SUCCEEDED, 1, 0)
+    assert job.waiting_since is None
