@@ -24,6 +24,26 @@ class SourceIn(BaseModel):
         description="A JSONL manifest, one item per line: s3://..., https://... or the id of an "
         "uploaded file (purpose=manifest).",
     )
+    csv: str | list[str] | None = Field(
+        default=None,
+        description="CSV files, one item per row: s3:// objects, prefixes (ending in /), globs, "
+        "{0000..0099} patterns or ids of uploaded files (purpose=dataset).",
+    )
+    webdataset: str | list[str] | None = Field(
+        default=None,
+        description="WebDataset .tar shards (caption only), named like csv files; a sample's "
+        "image is read from inside its shard, its json/txt kept as metadata.",
+    )
+    image_column: str | None = Field(
+        default=None, description="csv, caption: the column of image URLs (default url)."
+    )
+    key_column: str | None = Field(
+        default=None, description="csv: the column kept as each item's custom_id (default key)."
+    )
+    prompt_column: str | None = Field(
+        default=None,
+        description="csv: each row's prompt (generate: default prompt; caption: optional).",
+    )
 
 
 class JobCreate(BaseModel):
@@ -44,6 +64,11 @@ class JobCreate(BaseModel):
                     "items": [{"prompt": "a red fox in snow", "seed": 42}],
                 },
                 {"kind": "caption", "source": {"s3_prefix": "s3://photos/2024/"}},
+                {
+                    "kind": "caption",
+                    "params": {"prompt": "Describe this photo. Its alt text was: {caption}"},
+                    "source": {"webdataset": "s3://laion/shards/{00000..00999}.tar"},
+                },
             ]
         },
     )
