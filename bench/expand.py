@@ -1,6 +1,8 @@
 """Benchmark of dataset-scale source expansion (worker.expand.expand_source), end to end.
 
     PYTHONPATH=. python bench/expand.py [--lines 100000] [--small 10000] [--s3-keys 20000]
+        [--csv-rows 1000000] [--shards 200 --per-shard 1000]
+        [--cases manifest,s3-prefix,csv,webdataset] [--dbs postgresql,sqlite]
 
 The expand task function is called directly (no Celery worker), on real services: a throwaway
 PostgreSQL database (dropped after) and a SQLite file, the machine's Redis under a private key
@@ -10,13 +12,17 @@ prefix (chunk messages are really enqueued; counted, then deleted), and moto's S
   (a) a JSONL caption manifest (`{"image": "s3://bench/img-N.jpg"}` per line, in local
       storage) of --small and --lines lines, on PostgreSQL and SQLite;
   (b) an S3 prefix of up to --s3-keys zero-byte objects (created with a thread pool; fewer
-      if --s3-fill-budget seconds run out), listed page by page by the expand task.
+      if --s3-fill-budget seconds run out), listed page by page by the expand task;
+  (c) a dataset source: an uploaded CSV of --csv-rows image URLs (key, url, caption), and
+      --shards uploaded WebDataset shards of --per-shard samples each (jpg + json members, as
+      img2dataset writes them), with a prompt template over the json's caption.
 
 Streaming is the worker's path: keys listed / lines read a page at a time, each page of
 2,000 items inserted with one Core INSERT ... RETURNING and its chunks enqueued at once.
 The baseline is the naive path: read the whole manifest (or list the whole prefix with the
-boto3 paginator) into memory, validate every line the same way, insert all rows with the
-ORM's add_all in one transaction, then enqueue the chunks.
+boto3 paginator, or read every CSV file / shard whole and parse it in memory) into memory,
+validate every line the same way, insert all rows with the ORM's add_all in one transaction,
+then enqueue the chunks.
 
 Every run happens in a forked child process (warmed up on a 500-line manifest first: its
 connections, statement caches and Celery producer), so no run inherits memory another run
@@ -31,11 +37,14 @@ timings come from the untraced run). One machine shared with other work: differe
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import math
 import os
 import re
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -53,7 +62,7 @@ import redis
 from botocore.config import Config
 from sqlalchemy import text, update
 
-from janus_batch import constants
+from janus_batch import constants, files
 from janus_batch.db import dispose_engines, is_sqlite, session_scope
 from janus_batch.inputs import caption_item, parse_params
 from janus_batch.migrate import upgrade
@@ -72,6 +81,9 @@ PREFIX_BUCKET = "bench-prefix"
 CHUNK_SIZE = 32
 """Items per chunk message (the settings' default)."""
 WARM_UP_LINES = 500
+WINDOW = 10**9
+"""Chunk messages a job may keep open: unbounded here, so the streaming path enqueues every
+chunk as the baseline does (a real job keeps JANUS_BATCH_DISPATCH_WINDOW per worker open)."""
 
 
 @dataclass
@@ -185,6 +197,41 @@ def _insert_all_then_enqueue(ctx: Context, job: Job, inputs: list[dict[str, Any]
     return len(rows)
 
 
+def _read_whole(ctx: Context, job: Job, refs: list[str]) -> list[bytes]:
+    """Every uploaded file of a dataset source, read whole."""
+    found = files.load_files(ctx.database_url, job.owner, refs)
+    return [ctx.storage.get_bytes(found[ref].storage_key) for ref in refs]
+
+
+def _naive_dataset(ctx: Context, job: Job, params: Any) -> list[dict[str, Any]]:
+    """Baseline of a dataset source: each file read whole, parsed in memory."""
+    source, settings = job.source, ctx.settings
+    inputs: list[dict[str, Any]] = []
+    if "csv" in source:
+        for data in _read_whole(ctx, job, source["csv"]):
+            for row in csv.DictReader(io.StringIO(data.decode("utf-8"))):
+                value = {"image": row["url"], "custom_id": row["key"]}
+                limit = settings.max_prompt_chars
+                item = caption_item(value, params, where="row", max_prompt_chars=limit)
+                inputs.append({**item.input, "key": row["key"], "meta": row})
+        return inputs
+    template = params.prompt
+    for ref, data in zip(source["webdataset"], _read_whole(ctx, job, source["webdataset"]),
+                         strict=True):  # fmt: skip
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            members = tar.getmembers()
+            meta = {m.name.split(".")[0]: json.loads(tar.extractfile(m).read())  # type: ignore[union-attr]
+                    for m in members if m.name.endswith(".json")}  # fmt: skip
+        for m in members:
+            if m.name.endswith(".jpg"):
+                key = m.name.split(".")[0]
+                inputs.append({"image": f"{ref}#{m.name}", "uri": ref,
+                               "range": [m.offset_data, m.size],
+                               "prompt": template.format(**meta[key]), "seed": 0, "key": key,
+                               "meta": meta[key], "file": ref})  # fmt: skip
+    return inputs
+
+
 def naive(ctx: Context, job_id: str) -> int:
     """Baseline: the whole source in memory, one add_all transaction, then every chunk."""
     with session_scope(ctx.database_url) as session:
@@ -192,6 +239,8 @@ def naive(ctx: Context, job_id: str) -> int:
     settings = ctx.settings
     params = parse_params(job.kind, job.params, max_n=settings.max_n)
     source = job.source
+    if "csv" in source or "webdataset" in source:
+        return _insert_all_then_enqueue(ctx, job, _naive_dataset(ctx, job, params))
     if "manifest" in source:
         data = ctx.storage.get_bytes(source["manifest"].removeprefix("storage:"))
         values = [json.loads(line) for line in data.splitlines() if line.strip()]
@@ -230,6 +279,7 @@ def make_ctx(database_url: str, redis_url: str, prefix: str, storage_dir: Path, 
         s3_endpoint_url=s3,
         s3_region=REGION,
         chunk_size=CHUNK_SIZE,
+        dispatch_window=WINDOW,
     )
     return Context(
         settings=settings,
@@ -241,7 +291,8 @@ def make_ctx(database_url: str, redis_url: str, prefix: str, storage_dir: Path, 
 
 def new_job(ctx: Context, source: dict[str, Any]) -> str:
     job_id = new_id("job")
-    params = parse_params(JobKind.CAPTION, None, max_n=ctx.settings.max_n)
+    raw = {"prompt": "Alt text: {caption}. Describe it."} if "webdataset" in source else None
+    params = parse_params(JobKind.CAPTION, raw, max_n=ctx.settings.max_n)
     with session_scope(ctx.database_url) as session:
         session.add(
             Job(
@@ -267,6 +318,43 @@ def write_manifest(storage_dir: Path, lines: int) -> str:
     with open(path, "w", encoding="utf-8") as f:
         f.writelines(f'{{"image": "s3://{MANIFEST_BUCKET}/img-{i}.jpg"}}\n' for i in range(lines))
     return f"storage:{key}"
+
+
+def _upload(ctx: Context, data: bytes, name: str) -> str:
+    row, _ = files.save_upload(
+        ctx.database_url, ctx.storage, owner=constants.LOCAL_OWNER, stream=io.BytesIO(data),
+        filename=name, purpose="dataset", max_bytes=1 << 34,
+    )  # fmt: skip
+    return row.id
+
+
+def write_csv(ctx: Context, rows: int) -> dict[str, Any]:
+    """An uploaded CSV of `rows` image URLs (key, url, caption); its source."""
+    buffer = io.StringIO()
+    buffer.write("key,url,caption\n")
+    buffer.writelines(f"{i:09d},https://img.example/{i}.jpg,picture {i}\n" for i in range(rows))
+    file_id = _upload(ctx, buffer.getvalue().encode(), f"urls-{rows}.csv")
+    return {"csv": [file_id], "image_column": "url", "key_column": "key", "prompt_column": None}
+
+
+def _shard(first: int, count: int) -> bytes:
+    """A shard of `count` img2dataset samples (a 600-byte jpg, a json with caption)."""
+    buffer = io.BytesIO()
+    image = b"\xff\xd8" + bytes(598)
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for i in range(first, first + count):
+            meta = json.dumps({"key": f"{i:09d}", "caption": f"picture {i}", "width": 64})
+            for ext, data in (("jpg", image), ("json", meta.encode())):
+                info = tarfile.TarInfo(f"{i:09d}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def write_shards(ctx: Context, shards: int, per_shard: int) -> dict[str, Any]:
+    """`shards` uploaded WebDataset shards of `per_shard` samples; their source."""
+    ids = [_upload(ctx, _shard(s * per_shard, per_shard), f"{s:05d}.tar") for s in range(shards)]
+    return {"webdataset": ids}
 
 
 def fill_prefix(endpoint: str, count: int, budget: float, threads: int = 16) -> int:
@@ -381,6 +469,48 @@ def measure(
     return run
 
 
+def runs_on(
+    setup: Setup,
+    db: str,
+    args: Any,
+    cases: list[str],
+    manifests: dict[int, dict[str, Any]],
+    prefix: tuple[dict[str, Any], int],
+) -> list[Run]:
+    """Every case's runs on one database."""
+    runs = []
+    if "manifest" in cases:
+        for n in (args.small, args.lines):
+            for method in METHODS:
+                trace = db == args.trace_db
+                runs.append(measure(setup, "manifest", db, method, manifests[n], n, trace))
+    if "s3-prefix" in cases:
+        for method in METHODS:
+            runs.append(measure(setup, "s3-prefix", db, method, prefix[0], prefix[1], False))
+    datasets = in_child(lambda: dataset_sources(setup, args, cases))
+    for case, (source, n) in datasets.items():
+        for method in METHODS:
+            runs.append(measure(setup, case, db, method, source, n, False))
+    return runs
+
+
+def dataset_sources(setup: Setup, args: Any, cases: list[str]) -> dict[str, Any]:
+    """In a child: upload the CSV and the shards (into this database's files table); returns
+    {case: (source, items)}."""
+    ctx = make_ctx(
+        setup.database_url, setup.redis_url, setup.prefix, setup.storage_dir, setup.s3_endpoint
+    )
+    out: dict[str, Any] = {}
+    t = time.perf_counter()
+    if "csv" in cases:
+        out["csv"] = (write_csv(ctx, args.csv_rows), args.csv_rows)
+    if "webdataset" in cases:
+        n = args.shards * args.per_shard
+        out["webdataset"] = (write_shards(ctx, args.shards, args.per_shard), n)
+    print(f"datasets uploaded in {time.perf_counter() - t:.1f} s", flush=True)
+    return out
+
+
 # --- report ----------------------------------------------------------------------------------
 
 
@@ -442,7 +572,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--trace-db", default="sqlite", help="database whose manifest runs are also traced"
     )
+    parser.add_argument("--csv-rows", type=int, default=1_000_000, help="rows of the CSV")
+    parser.add_argument("--shards", type=int, default=200, help="WebDataset shards")
+    parser.add_argument("--per-shard", type=int, default=1000, help="samples per shard")
+    parser.add_argument("--cases", default="manifest,s3-prefix,csv,webdataset")
     args = parser.parse_args(argv)
+    cases = args.cases.split(",")
 
     os.environ.update(
         AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION=REGION
@@ -464,10 +599,12 @@ def main(argv: list[str] | None = None) -> int:
             pg_name, urls["postgresql"] = services.create_pg_database()
         if "sqlite" in dbs:
             urls["sqlite"] = f"sqlite:///{tmp.name}/jobs.db"
-        print(f"S3: creating up to {args.s3_keys:,} objects ...", flush=True)
-        t = time.perf_counter()
-        keys = fill_prefix(server.endpoint_url, args.s3_keys, args.s3_fill_budget)
-        print(f"S3: {keys:,} objects in {time.perf_counter() - t:.1f} s", flush=True)
+        keys = 0
+        if "s3-prefix" in cases:
+            print(f"S3: creating up to {args.s3_keys:,} objects ...", flush=True)
+            t = time.perf_counter()
+            keys = fill_prefix(server.endpoint_url, args.s3_keys, args.s3_fill_budget)
+            print(f"S3: {keys:,} objects in {time.perf_counter() - t:.1f} s", flush=True)
         prefix_source = {"s3_prefix": f"s3://{PREFIX_BUCKET}/imgs/"}
         manifests = {
             n: {"manifest": write_manifest(storage_dir, n)}
@@ -480,12 +617,7 @@ def main(argv: list[str] | None = None) -> int:
                 url, args.redis_url, prefix, storage_dir, server.endpoint_url,
                 manifests[WARM_UP_LINES],
             )  # fmt: skip
-            for n in (args.small, args.lines):
-                for method in METHODS:
-                    trace = db == args.trace_db
-                    runs.append(measure(setup, "manifest", db, method, manifests[n], n, trace))
-            for method in METHODS:
-                runs.append(measure(setup, "s3-prefix", db, method, prefix_source, keys, False))
+            runs += runs_on(setup, db, args, cases, manifests, (prefix_source, keys))
     finally:
         dispose_engines()
         if pg_name:
