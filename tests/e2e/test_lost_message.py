@@ -80,6 +80,8 @@ def test_lost_message_is_finished_by_the_sweeper(
     # It was the sweeper that brought them back, and no item was claimed twice.
     log = worker.log.read_text(errors="replace")
     requeued = re.findall(rf"job={job['id']} re-enqueued (\d+) items \(message lost\)", log)
-    assert sum(map(int, requeued)) == len(PROMPTS), log[-4000:]
+    # at least once each (a machine so busy that loading the model outlasts the stale time can
+    # re-send them once more: harmless, the claims below still count each item once)
+    assert sum(map(int, requeued)) >= len(PROMPTS), log[-4000:]
     claimed = re.findall(rf"job={job['id']} chunk claimed (\d+)/\d+ items", log)
     assert sum(map(int, claimed)) == len(PROMPTS), log[-4000:]

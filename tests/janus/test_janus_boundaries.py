@@ -7,7 +7,11 @@ import sys
 
 import janus
 
-ALLOWED = {"torch", "transformers", "tokenizers", "numpy", "PIL"}
+ALLOWED = {
+    "torch", "transformers", "tokenizers", "numpy", "PIL",
+    # the checkpoint converter (janus/convert.py, janus/original.py): transformers' own deps
+    "safetensors", "huggingface_hub", "filelock",
+}  # fmt: skip
 FORBIDDEN = ("celery", "sqlalchemy", "boto3", "redis", "janus_batch", "api", "worker")
 
 

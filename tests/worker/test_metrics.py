@@ -53,7 +53,10 @@ def items(kind: str, outcome: str) -> dict[str, str]:
     return {"name": "janus_worker_items_processed_total", "kind": kind, "outcome": outcome}
 
 
-def test_caption_chunk_records_items_fetch_batch_and_fill(ctx: Context, s3_env: Any) -> None:
+def test_caption_chunk_records_items_fetch_batch_and_fill(make_ctx: Any, s3_env: Any) -> None:
+    # the chunk's 3 requests reach the engine one by one: a long pass wait keeps them in one
+    # pass however slowly a busy machine prepares them
+    ctx = make_ctx(pass_wait_ms="3000")
     client = s3_env.client()
     good = png_bytes()
     client.put_object(Bucket=s3_env.bucket, Key="m/good.png", Body=good)
