@@ -13,13 +13,11 @@ from api.downloads import iter_body, job_output_key, object_response
 from api.errors import HttpError, Responses, error_responses
 from api.metrics import MetricsDep
 from api.schemas import ItemsPublic, JobCreate, JobPublic, JobRetry, JobsPublic
-from api.views import item_public, job_public, last_sweep, live_consumers, sweeper_note
+from api.views import item_public, job_public, live_view
 from janus_batch import jobs
 from janus_batch.constants import ERRORS_NAME, RESULTS_NAME
 from janus_batch.models import Job
-from janus_batch.queue import CHUNK_QUEUES
 from janus_batch.results import iter_job_lines
-from janus_batch.settings import get_settings
 from janus_batch.states import JOB_FINAL, ItemStatus, JobKind, JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -32,20 +30,7 @@ JobId = Annotated[str, Path(max_length=64, description="A job id (job_...).")]
 
 
 def _view(job: Job, db: str, storage: StorageDep, request: Request) -> JobPublic:
-    running = jobs.running_counts(db, [job.id]).get(job.id, 0)
-    view = job_public(job, running, storage, request)
-    if job.status not in JOB_FINAL:
-        view.live_workers, storage_down = live_consumers(CHUNK_QUEUES[JobKind(job.kind)])
-        if view.waiting is None and storage_down is not None:
-            view.waiting, view.eta_seconds = storage_down, None
-        expired = jobs.expired_lease_count(db, job.id) if running else 0
-        note = sweeper_note(
-            expired, last_sweep() if expired else None, get_settings().sweep_interval
-        )
-        if note:
-            view.notes.append(note)
-            view.eta_seconds = None  # it would never come
-    return view
+    return live_view(job, db, storage, request)
 
 
 REPLAY: Responses = {

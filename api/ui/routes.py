@@ -17,6 +17,7 @@ from api.deps import DatabaseUrl, Owner, SettingsDep, StorageDep
 from api.errors import HttpError
 from api.ui import auth, pages, thumbs
 from api.ui.format import FILTERS, TESTS
+from api.views import live_view
 from janus_batch import jobs
 from janus_batch.inputs import InvalidInput
 from janus_batch.keys import verify_key
@@ -25,7 +26,7 @@ from janus_batch.storage import Storage
 
 HERE = FilePath(__file__).parent
 STATIC = {p.name: p for p in (HERE / "static").iterdir() if p.is_file()}
-ASSET_VERSION = "2"
+ASSET_VERSION = "3"
 
 templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.filters.update(FILTERS)
@@ -159,7 +160,7 @@ def job_page(
         db, owner, job_id, after=errors_after, limit=ERROR_ITEMS, status=ItemStatus.FAILED
     )
     context = {
-        "job": pages.views(request, db, storage, [job])[0],
+        "job": live_view(job, db, storage, request),
         "cards": pages.gallery(base, job, done) if job.kind == JobKind.GENERATE else [],
         "captions": pages.caption_rows(base, job, done) if job.kind == JobKind.CAPTION else [],
         "results_pager": pages.item_pager(request, "after", done, more),
@@ -180,7 +181,7 @@ def job_partial(
     storage: StorageDep,
 ) -> Response:
     """A job's summary alone (what the job page polls)."""
-    job = pages.views(request, db, storage, [jobs.get_job(db, owner, job_id)])[0]
+    job = live_view(jobs.get_job(db, owner, job_id), db, storage, request)
     return _render(request, "_job_summary.html", settings, job=job)
 
 

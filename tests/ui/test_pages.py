@@ -188,3 +188,29 @@ def test_static_files_and_front_page(client):
     assert client.get("/ui/static/nope.css").status_code == 404
     home = client.get("/", follow_redirects=False)
     assert home.status_code == 307 and home.headers["location"] == "/ui"
+
+
+def test_a_job_waiting_on_storage_says_so_on_its_page(client, database_url, settings_env):
+    """The job page (and the summary it polls) shows what the job waits on: its worker's
+    storage down, from the worker's presence, with no ETA."""
+    import time
+
+    import redis
+
+    from janus_batch import fleet
+
+    job = insert_job(
+        database_url,
+        "generate",
+        [*prompts(1), ItemSpec({"prompt": "q"}, status=ItemStatus.PENDING)],
+        status=JobStatus.RUNNING,
+    )
+    assert "Waiting since" not in text(client.get(f"/ui/jobs/{job.id}").text)
+    r = redis.Redis.from_url(settings_env.redis_url)
+    fleet.announce(
+        r, settings_env.queue_prefix, "gpu@h", ["janus.generate"], storage_down_since=time.time()
+    )
+    for url in (f"/ui/jobs/{job.id}", f"/ui/partials/jobs/{job.id}"):
+        shown = text(client.get(url).text)
+        assert "Waiting since" in shown and "storage unreachable from 1 of 1 workers" in shown
+        assert "ETA -" in shown or "ETA —" in shown
