@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from janus_batch.client.cli.common import UsageError
-from janus_batch.client.cli.inputs import caption_target, read_prompts, with_seeds
+from janus_batch.client.cli.inputs import LINE, caption_target, read_prompts, with_seeds
 from janus_batch.client.cli.results import InputNames
 from janus_batch.client.cli.upload import find_images
 from janus_batch.client.cli.watch import duration, exit_code
@@ -29,8 +29,8 @@ def test_prompts_txt_one_per_line_with_line_numbers(tmp_path: Path) -> None:
     path = tmp_path / "p.txt"
     path.write_text("a fox\n\n   \n  a cat  \n")
     assert read_prompts(path) == [
-        {"prompt": "a fox", "custom_id": "1"},
-        {"prompt": "a cat", "custom_id": "4"},
+        {"prompt": "a fox", "custom_id": "1", LINE: 1},
+        {"prompt": "a cat", "custom_id": "4", LINE: 4},
     ]
 
 
@@ -40,6 +40,7 @@ def test_prompts_jsonl_items_and_seeds(tmp_path: Path) -> None:
         '{"prompt": "a", "n": 3}\n"b"\n\n{"prompt": "c", "seed": 5, "custom_id": "x"}\n'
     )
     items = with_seeds(read_prompts(path), 10)
+    assert [item.pop(LINE) for item in items] == [1, 2, 4]
     assert items == [
         {"prompt": "a", "n": 3, "custom_id": "1", "seed": 10},
         {"prompt": "b", "custom_id": "2", "seed": 11},

@@ -111,6 +111,42 @@ def test_caption_again_uploads_nothing(
         assert api.find_file(sha256_file(photos / rel), "image")["id"] == file_id
 
 
+def test_caption_again_with_resume_sends_only_what_has_no_caption(
+    cli: Cli, caption_run: Run, photos: Path, api: Client
+) -> None:
+    """--resume JOB submits only the images without a caption in JOB (the corrupt one)."""
+    again = cli("caption", photos, "--max-new-tokens", "4", "--resume", caption_run.job_id)
+    assert again.exit_code == 0, again.stderr
+    said = " ".join(again.stderr.split())
+    assert "3 of 4 images already captioned there; 1 image to submit" in said
+    assert [i["custom_id"] for i in api.items(again.job_id)["data"]] == ["broken.png"]
+
+
+def test_a_refused_line_is_named_and_skip_invalid_records_it(
+    cli: Cli, api: Client, tmp_path: Path
+) -> None:
+    """One over-long prompt: the file is refused naming its line (not items[i]); with
+    --skip-invalid the job is made and that line is a failed item, the rest generated;
+    --resume of that job then sends only the failed line."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a fox\n\n" + "x" * 5000 + "\na boat\n")
+    refused = cli("generate", prompts)
+    said = " ".join(refused.stderr.split())
+    assert refused.exit_code == 4 and f"{prompts} line 3:" in said and "items[" not in said
+    run = cli(
+        "generate", prompts, "--skip-invalid", "--wait", "--interval", "0.2", "--timeout", TIMEOUT
+    )
+    assert run.exit_code == 1, run.stderr  # one item failed
+    job = api.get_job(run.job_id)
+    assert (job["counts"]["succeeded"], job["counts"]["failed"]) == (2, 1)
+    [bad] = api.items(run.job_id, status="failed")["data"]
+    assert "4000" in bad["error"] or "characters" in bad["error"]
+    resumed = cli("generate", prompts, "--resume", run.job_id, "--skip-invalid")
+    assert "2 of 3 items already have a result there; 1 item to submit" in " ".join(
+        resumed.stderr.split()
+    )
+
+
 def test_generate_with_seed_exits_0_and_records_seeds(generate_run: Run, api: Client) -> None:
     assert generate_run.exit_code == 0, generate_run.stderr
     job = api.get_job(generate_run.job_id)

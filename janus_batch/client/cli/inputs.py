@@ -17,12 +17,15 @@ from janus_batch.client.cli.common import UsageError
 from janus_batch.client.cli.upload import is_image
 
 REMOTE_SCHEMES = ("s3://", "https://", "http://")
+LINE = "_line"
+"""Key of the file line number read_prompts puts on each item (the caller pops it before
+sending: it is the CLI's, to name the line of an item the API refuses)."""
 
 
 def read_prompts(path: Path) -> list[dict[str, Any]]:
     """Generate items from a .txt (one prompt per non-empty line) or .jsonl file (one item
     per line: an object, or a bare JSON string as the prompt). Items without a custom_id get
-    their line number."""
+    their line number; every item carries its line number under LINE."""
     if not path.is_file():
         raise UsageError(f"{path} is not a file")
     try:
@@ -35,7 +38,7 @@ def read_prompts(path: Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         if not jsonl:
-            items.append({"prompt": line.strip(), "custom_id": str(lineno)})
+            items.append({"prompt": line.strip(), "custom_id": str(lineno), LINE: lineno})
             continue
         try:
             value = json.loads(line)
@@ -46,7 +49,7 @@ def read_prompts(path: Path) -> list[dict[str, Any]]:
         if not isinstance(value, dict):
             raise UsageError(f'{path} line {lineno}: expected an object like {{"prompt": ...}}')
         value.setdefault("custom_id", str(lineno))
-        items.append(value)
+        items.append({**value, LINE: lineno})
     if not items:
         raise UsageError(f"{path} has no prompts")
     return items

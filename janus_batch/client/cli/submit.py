@@ -3,6 +3,7 @@ submit it, print its id (stdout, alone on its line) and, with --wait, follow it.
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,7 +21,13 @@ from janus_batch.client.cli.common import (
     make_client,
     with_exit_codes,
 )
-from janus_batch.client.cli.inputs import caption_target, read_prompts, with_seeds, write_jsonl
+from janus_batch.client.cli.inputs import (
+    LINE,
+    caption_target,
+    read_prompts,
+    with_seeds,
+    write_jsonl,
+)
 from janus_batch.client.cli.upload import Uploaded, UploadFailure, find_images, upload_folder
 from janus_batch.client.cli.watch import wait_for
 from janus_batch.client.http import ApiError, Client
@@ -51,6 +58,23 @@ Meta = Annotated[
         "--meta",
         help="KEY=VALUE kept with the job as metadata (repeat for more; at most 16).",
         show_default=False,
+    ),
+]
+Resume = Annotated[
+    str | None,
+    typer.Option(
+        help="Submit only the items without a result in this earlier job (matched by "
+        "custom_id: an image's path under the folder, a prompt's line number); nothing is "
+        "submitted when every item succeeded there.",
+        show_default=False,
+    ),
+]
+SkipInvalid = Annotated[
+    bool,
+    typer.Option(
+        "--skip-invalid",
+        help="Send the items as a manifest: an invalid line becomes a failed item of the job "
+        "(listed in errors.jsonl with its line number) instead of refusing the whole file.",
     ),
 ]
 WebhookUrl = Annotated[
@@ -92,6 +116,45 @@ def _size(n: int) -> str:
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def succeeded_ids(client: Client, job_id: str) -> set[str]:
+    """custom_ids of the job's succeeded items (read page by page)."""
+    done: set[str] = set()
+    after: str | None = None
+    while True:
+        page = client.items(job_id, status="succeeded", limit=1000, after=after)
+        done.update(str(i["custom_id"]) for i in page["data"] if i.get("custom_id") is not None)
+        after = page.get("next_cursor")
+        if not page.get("has_more") or after is None:
+            return done
+
+
+def without_done(client: Client, job_id: str | None, items: list[dict[str, Any]]) -> list[dict]:
+    """`items` minus those whose custom_id succeeded in `job_id` (all of them when None)."""
+    if job_id is None:
+        return items
+    done = succeeded_ids(client, job_id)
+    left = [item for item in items if str(item.get("custom_id")) not in done]
+    err.print(
+        f"--resume {job_id}: {len(items) - len(left)} of {len(items)} items already have a "
+        f"result there; {_count(len(left), 'item')} to submit",
+        soft_wrap=True,
+    )
+    return left
+
+
+def line_error(exc: ApiError, lines: list[int], path: Path) -> UsageError | None:
+    """An API refusal of `items[i]` said as the file's line (None if it names no item)."""
+    match = re.fullmatch(r"items\[(\d+)\](.*)", exc.field or "")
+    if match is None or int(match.group(1)) >= len(lines):
+        return None
+    lineno = lines[int(match.group(1))]
+    message = str(exc).replace(f"items[{match.group(1)}]", "the item")
+    return UsageError(
+        f"{path} line {lineno}: {message} (--skip-invalid records such lines as failed items "
+        "and submits the rest)"
+    )
 
 
 def _submit(client: Client, body: dict[str, Any], idempotency_key: str | None, what: str) -> dict:
@@ -156,13 +219,19 @@ def _submit_items(
     stem: str,
     idempotency_key: str | None,
     what: str,
+    lines: tuple[Path, list[int]] | None = None,
+    as_manifest: bool = False,
 ) -> dict:
     """Send up to `inline_limit` items inline; more (or when the API answers 413 for
-    `items`) go as an uploaded JSONL manifest that a worker expands."""
-    if len(items) <= inline_limit:
+    `items`, or `as_manifest`) go as an uploaded JSONL manifest that a worker expands (an
+    invalid line then fails alone). An inline refusal of one item names its file line when
+    `lines` maps items to (file, line numbers)."""
+    if len(items) <= inline_limit and not as_manifest:
         try:
             return _submit(client, {**body, "items": items}, idempotency_key, what)
         except ApiError as exc:
+            if lines is not None and (said := line_error(exc, lines[1], lines[0])):
+                raise said from None
             if exc.status != 413 or exc.field != "items":
                 raise
             err.print(f"{exc}: sending a manifest instead", soft_wrap=True)
@@ -211,6 +280,7 @@ def caption(
     label: Label = None,
     meta: Meta = None,
     webhook_url: WebhookUrl = None,
+    resume: Resume = None,
     api_url: ApiUrl = DEFAULT_API_URL,
     api_key: ApiKey = None,
 ) -> None:
@@ -218,7 +288,8 @@ def caption(
 
     A local folder is uploaded concurrently, skipping files the API already holds (so an
     interrupted upload resumes and a second run sends nothing); each image's custom_id is
-    its path relative to the folder. Prints the job id on stdout.
+    its path relative to the folder. Running it again submits a new job of every image; with
+    --resume JOB only the images without a caption in JOB. Prints the job id on stdout.
     """
     where = caption_target(target)
     params = {
@@ -240,6 +311,18 @@ def caption(
             if not paths:
                 exts = ", ".join(sorted(IMAGE_EXTENSIONS))
                 raise UsageError(f"no images ({exts}) under {path}")
+            if resume is not None:
+                done = succeeded_ids(client, resume)
+                rels = [p.relative_to(root).as_posix() for p in paths]
+                paths = [p for p, rel in zip(paths, rels, strict=True) if rel not in done]
+                err.print(
+                    f"--resume {resume}: {len(rels) - len(paths)} of {len(rels)} images already "
+                    f"captioned there; {_count(len(paths), 'image')} to submit",
+                    soft_wrap=True,
+                )
+                if not paths:
+                    err.print("nothing to submit", soft_wrap=True)
+                    return
             uploads = _upload_images(client, root, paths, concurrency)
             items = [{"image": u.file_id, "custom_id": u.rel} for u in uploads]
             job = _submit_items(
@@ -252,6 +335,8 @@ def caption(
                 what=f"{_count(len(uploads), 'image')} from {path}",
             )
         else:
+            if resume is not None:
+                raise UsageError("--resume takes a folder or images (items with custom ids)")
             if where.kind == "manifest_file":
                 body["source"] = {"manifest": _upload_manifest(client, Path(where.value))}
                 what = f"manifest {where.value}"
@@ -302,6 +387,8 @@ def generate(
     label: Label = None,
     meta: Meta = None,
     webhook_url: WebhookUrl = None,
+    resume: Resume = None,
+    skip_invalid: SkipInvalid = False,
     api_url: ApiUrl = DEFAULT_API_URL,
     api_key: ApiKey = None,
 ) -> None:
@@ -309,7 +396,9 @@ def generate(
 
     With --seed, item i gets seed SEED+i: the same file and options give the same images.
     Up to --inline-limit items are sent inline, more as an uploaded manifest. Prints the job
-    id on stdout.
+    id on stdout. An invalid line refuses the file, naming its line; with --skip-invalid it
+    becomes a failed item of the job instead. --resume JOB submits only the lines without
+    images in JOB.
     """
     items = with_seeds(read_prompts(prompts), seed)
     given = {
@@ -323,8 +412,12 @@ def generate(
         "params": {k: v for k, v in given.items() if v is not None},
         **job_fields(label, meta, webhook_url),
     }
-    what = f"{_count(len(items), 'prompt')} from {prompts.name}"
     with make_client(api_url, api_key) as client:
+        items = without_done(client, resume, items)
+        if not items:
+            err.print("nothing to submit", soft_wrap=True)
+            return
+        lines = [int(item.pop(LINE)) for item in items]
         job = _submit_items(
             client,
             body,
@@ -332,7 +425,9 @@ def generate(
             inline_limit=inline_limit,
             stem=prompts.stem,
             idempotency_key=idempotency_key,
-            what=what,
+            what=f"{_count(len(items), 'prompt')} from {prompts.name}",
+            lines=(prompts, lines),
+            as_manifest=skip_invalid,
         )
         if wait:
             raise typer.Exit(wait_for(client, job["id"], interval=interval, timeout=timeout))
