@@ -32,7 +32,10 @@ from worker.finalize import finalize_job
 from worker.generate import GenerateHandler
 
 
-def test_cancel_mid_chunk(ctx: Context, tiny_engine: Any) -> None:
+def test_cancel_mid_chunk(make_ctx: Any, tiny_engine: Any) -> None:
+    # the chunk's requests reach the engine one by one: a long pass wait keeps the first
+    # pass full (2 guided items) however slowly a busy machine prepares them
+    ctx = make_ctx(pass_wait_ms="3000")
     job_id = create_job(ctx, JobKind.GENERATE, [f"prompt {i}" for i in range(10)])  # 8 + 2
     _, first_chunk = pop_message(ctx, "janus.generate")
     engine = CancellingEngine(tiny_engine, ctx, job_id)
