@@ -2,9 +2,10 @@
 
 Service errors become HTTP codes here and only here: a bad input is 422 (413 when over a
 size limit, 400 when the body cannot be read at all), an unknown job 404, a state conflict
-409, an unreachable dependency 503, and anything else is a bug: logged with its traceback and
-answered 500. `api.openapi` makes the OpenAPI document list the errors every route can
-answer, in this shape.
+409, a quota of the key 429 (with Retry-After; `field` names the limit), an unreachable
+dependency 503, and anything else is a bug: logged with its traceback and answered 500.
+`api.openapi` makes the OpenAPI document list the errors every route can answer, in this
+shape.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from starlette.types import ExceptionHandler
 
 from janus_batch.inputs import InvalidInput, TooLarge
 from janus_batch.jobs import JobConflict, JobNotFound
+from janus_batch.quotas import QuotaExceeded
 from janus_batch.storage import NotFoundError, StorageError
 
 log = logging.getLogger(__name__)
@@ -170,6 +172,10 @@ async def _on_conflict(_: Request, exc: JobConflict) -> JSONResponse:
     return error_response(409, str(exc))
 
 
+async def _on_quota(_: Request, exc: QuotaExceeded) -> JSONResponse:
+    return error_response(429, str(exc), exc.limit, {"Retry-After": str(exc.retry_after)})
+
+
 async def _on_unavailable(request: Request, exc: Exception) -> JSONResponse:
     what = {
         StorageError: "storage",
@@ -210,6 +216,7 @@ def install_error_handlers(app: FastAPI) -> None:
     _handle(app, JobNotFound, _on_not_found)
     _handle(app, NotFoundError, _on_not_found)
     _handle(app, JobConflict, _on_conflict)
+    _handle(app, QuotaExceeded, _on_quota)
     for exc_type in (
         StorageError,
         DatabaseError,

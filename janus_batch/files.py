@@ -21,9 +21,11 @@ from typing import IO, Any, BinaryIO
 
 from sqlalchemy import select
 
+from janus_batch import quotas
 from janus_batch.db import session_scope
 from janus_batch.inputs import InvalidInput, TooLarge, iter_jsonl
 from janus_batch.models import File, new_id, utcnow
+from janus_batch.settings import Settings, get_settings
 from janus_batch.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -107,8 +109,11 @@ def save_upload(
     filename: str | None,
     purpose: str,
     max_bytes: int,
+    settings: Settings | None = None,
 ) -> tuple[File, bool]:
-    """Store an upload; returns (file, created). `created` is False for a duplicate."""
+    """Store an upload; returns (file, created). `created` is False for a duplicate (free).
+    A new one must fit the owner's upload bytes per day (`quotas.check_upload`, with
+    `settings` or the process's): QuotaExceeded, and nothing is stored, otherwise."""
     if purpose not in PURPOSES:
         raise InvalidInput("purpose", f"must be one of {', '.join(PURPOSES)}")
     name = safe_filename(filename)
@@ -123,6 +128,8 @@ def save_upload(
         if existing:
             log.info("upload %s by %s is a duplicate of %s", name, owner, existing[0].id)
             return existing[0], False
+        with session_scope(database_url) as session:
+            quotas.check_upload(session, settings or get_settings(), owner, size)
         key = upload_key(owner, sha256, name)
         content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
         storage.put_file(key, Path(tmp.name), content_type=content_type)

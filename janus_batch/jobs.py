@@ -1,8 +1,9 @@
 """The job service: create, read, list, cancel and retry jobs.
 
 Transports (the HTTP API, tests) call these with an owner; a job is only ever seen by its
-owner. Errors are InvalidInput / TooLarge (bad request), JobNotFound and JobConflict; the
-API turns them into HTTP codes. A dependency that is down raises its own error (SQLAlchemy's,
+owner. Errors are InvalidInput / TooLarge (bad request), JobNotFound, JobConflict and
+QuotaExceeded (`janus_batch.quotas`: over a limit of the owner's key); the API turns them
+into HTTP codes. A dependency that is down raises its own error (SQLAlchemy's,
 Redis's) before anything is committed, or not at all once the job is: the rows are the truth.
 """
 
@@ -22,7 +23,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from janus_batch import failures, lifecycle, webhooks
+from janus_batch import failures, lifecycle, quotas, webhooks
 from janus_batch.constants import EXPAND_SOURCE_TASK, FINALIZE_JOB_TASK
 from janus_batch.db import session_scope
 from janus_batch.files import file_resolver, referenced_file_ids
@@ -73,8 +74,9 @@ def create_job(
 
     Every rule about a job is applied here, whatever the transport: parameters, items or a
     source (never both), limits, no `s3://` reference into the service's own storage, the
-    label and metadata (`check_label`, `check_metadata`) and a webhook URL the egress policy
-    allows (`webhooks.check_url`).
+    label and metadata (`check_label`, `check_metadata`), a webhook URL the egress policy
+    allows (`webhooks.check_url`) and the owner's quotas (`quotas.check_new_job`, in the
+    transaction that writes the job; an idempotent replay is free).
     The job and all its inline items are committed in one transaction (a crash leaves the
     whole job or nothing), then their first chunks are dispatched; a source is stored on the
     job and expanded by the `expand_source` task. With an idempotency key already used by
@@ -100,6 +102,8 @@ def create_job(
     job_id = new_id("job")
     try:
         with session_scope(database_url) as session:
+            n_items = len(request.items) if request.items is not None else 0
+            quotas.check_new_job(session, settings, owner, n_items)
             job = lifecycle.create_job(
                 session,
                 id=job_id,
@@ -469,7 +473,8 @@ def retry_job(
     job ends as any job does, its manifests written again. Items that failed before they
     ever ran (a bad input) are not retried. JobConflict for a job that is not succeeded or
     failed (one still going must end first; a cancelled one is over), or that has no such
-    item; InvalidInput naming `errors` for an unknown class or an empty list.
+    item; InvalidInput naming `errors` for an unknown class or an empty list; QuotaExceeded
+    when the retried items would pass the owner's outstanding items.
     """
     classes = _error_classes(errors)
     database_url = settings.resolved_database_url()
@@ -480,9 +485,11 @@ def retry_job(
             + ("" if job.status in JOB_FINAL else " (wait for it to end)")
         )
     with session_scope(database_url) as session:
+        limits = quotas.limits_for(session, settings, owner, lock=True)
         n = lifecycle.retry_failed(session, job_id, failures.matching(classes))
         if not n:
             raise JobConflict(_nothing_to_retry(session, job_id, classes))
+        quotas.check_outstanding(session, limits, owner, n)  # over: all of it rolls back
         if not lifecycle.restart(session, job_id):  # a concurrent retry won: undo ours
             current = session.scalar(select(Job.status).where(Job.id == job_id))
             raise JobConflict(f"job {job_id} is {current} now; it cannot be retried")

@@ -3,6 +3,7 @@
     row, plaintext = create_key(db_url, "ci")     # plaintext like "jb_Xy3..."; keep it safe
     verify_key(db_url, plaintext)                 # -> ApiKey, or None if unknown or revoked
     revoke_key(db_url, row.id)                    # or by its display prefix, e.g. "jb_Xy3abcd"
+    update_key(db_url, row.id, {"jobs_per_minute": 10})   # quotas: None = the default, 0 = none
 
 The key id (`key_...`) is the owner of every job and file created with the key.
 """
@@ -12,11 +13,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+from collections.abc import Mapping
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
 
 from janus_batch.db import session_scope
 from janus_batch.models import ApiKey, new_id, utcnow
+from janus_batch.quotas import LIMITS
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +43,38 @@ class KeyNameError(ValueError):
     """A key name that is empty, not one printable line, too long, or an active key's."""
 
 
+class KeyLimitError(ValueError):
+    """A quota that is not a limit's name, or not a whole number of at least 0 (or None)."""
+
+
+Limits = Mapping[str, int | None]
+"""Quotas of a key by name (`janus_batch.quotas.LIMITS`): None takes the setting's default,
+0 is unlimited."""
+
+
+def check_limits(limits: Limits) -> dict[str, int | None]:
+    """The limits as given, checked: KeyLimitError for an unknown name or a bad value."""
+    for name, value in limits.items():
+        if name not in LIMITS:
+            raise KeyLimitError(f"no limit {name!r}; the limits are {', '.join(LIMITS)}")
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 0
+        ):
+            raise KeyLimitError(f"{name} must be a whole number of at least 0, not {value!r}")
+    return dict(limits)
+
+
 def hash_key(plaintext: str) -> str:
     """The stored form of a key: hex SHA-256 of its plaintext."""
     return hashlib.sha256(plaintext.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def create_key(database_url: str, name: str) -> tuple[ApiKey, str]:
-    """Create a key named `name` (surrounding spaces dropped); returns the row and the
-    plaintext (never stored). KeyNameError if the name is empty, too long, or an active key
-    has it already (names tell keys apart; a revoked key's name may be used again)."""
+def create_key(database_url: str, name: str, limits: Limits | None = None) -> tuple[ApiKey, str]:
+    """Create a key named `name` (surrounding spaces dropped) with these quotas (the rest take
+    the settings' defaults); returns the row and the plaintext (never stored). KeyNameError if
+    the name is empty, too long, or an active key has it already (names tell keys apart; a
+    revoked key's name may be used again); KeyLimitError for a bad limit."""
+    quotas = check_limits(limits or {})
     name = name.strip()
     if not name:
         raise KeyNameError("a key needs a name (who or what uses it, e.g. alice or ci)")
@@ -62,6 +89,7 @@ def create_key(database_url: str, name: str) -> tuple[ApiKey, str]:
         key_hash=hash_key(plaintext),
         prefix=plaintext[:DISPLAY_CHARS],
         created_at=utcnow(),
+        **quotas,
     )
     with session_scope(database_url) as session:
         taken = session.scalar(
@@ -104,20 +132,40 @@ def revoke_key(database_url: str, id_or_prefix: str) -> ApiKey | None:
     matches several keys.
     """
     with session_scope(database_url) as session:
-        rows = list(
-            session.scalars(
-                select(ApiKey).where(or_(ApiKey.id == id_or_prefix, ApiKey.prefix == id_or_prefix))
-            )
-        )
-        if not rows:
+        row = _find(session, id_or_prefix)
+        if row is None:
             return None
-        if len(rows) > 1:
-            raise AmbiguousKey(f"{id_or_prefix!r} matches {len(rows)} keys; use the key id")
-        row = rows[0]
         if row.revoked_at is None:
             row.revoked_at = utcnow()
             log.info("revoked API key %s (%s)", row.id, row.prefix)
     return row
+
+
+def update_key(database_url: str, id_or_prefix: str, limits: Limits) -> ApiKey | None:
+    """Set the quotas named in `limits` of the key with this id or display prefix (None: back
+    to the setting's default; others unchanged); returns it, or None if there is no such key.
+    AmbiguousKey as for `revoke_key`; KeyLimitError for a bad limit."""
+    quotas = check_limits(limits)
+    with session_scope(database_url) as session:
+        row = _find(session, id_or_prefix)
+        if row is None:
+            return None
+        for name, value in quotas.items():
+            setattr(row, name, value)
+    log.info("API key %s quotas set: %s", row.id, quotas)
+    return row
+
+
+def _find(session: Session, id_or_prefix: str) -> ApiKey | None:
+    """The key with this id or display prefix; AmbiguousKey if a prefix matches several."""
+    rows = list(
+        session.scalars(
+            select(ApiKey).where(or_(ApiKey.id == id_or_prefix, ApiKey.prefix == id_or_prefix))
+        )
+    )
+    if len(rows) > 1:
+        raise AmbiguousKey(f"{id_or_prefix!r} matches {len(rows)} keys; use the key id")
+    return rows[0] if rows else None
 
 
 def new_webhook_secret() -> str:

@@ -158,13 +158,20 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
     webhook_secret: Mapped[str | None] = mapped_column(String(64), nullable=True)
     """Signs the webhooks of this key's jobs; made on first use."""
+    max_outstanding_items: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    """Quotas (`janus_batch.quotas`): NULL takes the setting's default, 0 is unlimited."""
+    jobs_per_minute: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    upload_bytes_per_day: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class File(Base):
     """An uploaded file (an image or a JSONL manifest) kept in storage under `inputs/`."""
 
     __tablename__ = "files"
-    __table_args__ = (Index("ix_files_owner_sha256", "owner", "sha256"),)
+    __table_args__ = (
+        Index("ix_files_owner_sha256", "owner", "sha256"),
+        Index("ix_files_owner_created", "owner", "created_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     owner: Mapped[str] = mapped_column(String(40))

@@ -100,6 +100,26 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         default=50 * 1024 * 1024, ge=1, description="Largest file accepted by POST /v1/files."
     )
+    max_outstanding_items: int = Field(
+        default=0,
+        ge=0,
+        description="Quota: most items a key may have pending or running in its unfinished "
+        "jobs; a submit or retry past it gets 429. The default of keys without their own "
+        "(`keys create` or `keys update --max-outstanding-items`) and of open mode; 0: unlimited.",
+    )
+    jobs_per_minute: int = Field(
+        default=0,
+        ge=0,
+        description="Quota: most jobs a key may submit in any 60 seconds (429 past it). The "
+        "default of keys without their own and of open mode; 0: unlimited.",
+    )
+    upload_bytes_per_day: int = Field(
+        default=0,
+        ge=0,
+        description="Quota: most bytes a key may upload (POST /v1/files, duplicates free) in "
+        "any 24 hours (429 past it). The default of keys without their own and of open mode; "
+        "0: unlimited.",
+    )
     auth_mode: Literal["open", "keys"] = Field(
         default="open",
         description="open: single user, no keys (embedded default); keys: every request needs "

@@ -18,6 +18,7 @@ from janus_batch import files
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
 ERRORS = error_responses(401, 404, 413, 422, 503)
+QUOTA = error_responses(429)
 DUPLICATE: Responses = {
     200: {"model": FilePublic, "description": "These bytes were uploaded before: that file."}
 }
@@ -27,7 +28,7 @@ DUPLICATE: Responses = {
     "",
     status_code=201,
     response_model=FilePublic,
-    responses={**DUPLICATE, **ERRORS},
+    responses={**DUPLICATE, **ERRORS, **QUOTA},
     response_description="The new file.",
 )
 def upload_file(
@@ -41,7 +42,8 @@ def upload_file(
 ) -> FilePublic:
     """Upload an image, a JSONL manifest or a dataset file (a CSV, a WebDataset shard)
     (multipart: `file`, `purpose`). The same bytes uploaded again return the existing file
-    (200). A manifest is checked line by line."""
+    (200). A manifest is checked line by line. Over the key's upload bytes per day: 429 with
+    Retry-After."""
     try:
         row, created = files.save_upload(
             settings.resolved_database_url(),
@@ -51,6 +53,7 @@ def upload_file(
             filename=file.filename,
             purpose=purpose,
             max_bytes=settings.max_upload_bytes,
+            settings=settings,
         )
     finally:
         file.file.close()

@@ -25,6 +25,8 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 NDJSON = "application/x-ndjson"
 _READ_CHUNK = 256 * 1024
 ERRORS = error_responses(401, 404, 409, 413, 422, 503)
+QUOTA = error_responses(429)
+"""Over a quota of the key (`janus_batch.quotas`): submits and retries."""
 
 JobId = Annotated[str, Path(max_length=64, description="A job id (job_...).")]
 
@@ -38,7 +40,7 @@ REPLAY: Responses = {
 }
 
 
-@router.post("", status_code=202, response_model=JobPublic, responses={**REPLAY, **ERRORS})
+@router.post("", status_code=202, response_model=JobPublic, responses={**REPLAY, **ERRORS, **QUOTA})
 def create_job(
     body: JobCreate,
     request: Request,
@@ -129,7 +131,7 @@ def cancel_job(
     return _view(jobs.cancel_job(db, app, owner, job_id), db, storage, request)
 
 
-@router.post("/{job_id}/retry", response_model=JobPublic, responses=ERRORS)
+@router.post("/{job_id}/retry", response_model=JobPublic, responses={**ERRORS, **QUOTA})
 def retry_job(
     job_id: JobId,
     request: Request,

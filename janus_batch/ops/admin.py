@@ -1,8 +1,8 @@
-"""Operator commands: `janus-batch db upgrade`, `janus-batch keys create|list|revoke`."""
+"""Operator commands: `janus-batch db upgrade`, `janus-batch keys create|list|update|revoke`."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -38,24 +38,132 @@ def _safe(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+LIMIT_HELP = "a whole number; 0: unlimited; `default`: the JANUS_BATCH_ setting of that name"
+MaxOutstanding = Annotated[
+    str | None,
+    typer.Option(
+        "--max-outstanding-items",
+        help=f"Most items pending or running in the key's unfinished jobs ({LIMIT_HELP}).",
+    ),
+]
+JobsPerMinute = Annotated[
+    str | None,
+    typer.Option("--jobs-per-minute", help=f"Most jobs submitted in any 60 s ({LIMIT_HELP})."),
+]
+UploadPerDay = Annotated[
+    str | None,
+    typer.Option(
+        "--upload-bytes-per-day", help=f"Most bytes uploaded in any 24 hours ({LIMIT_HELP})."
+    ),
+]
+
+
+def _limits(**given: str | None) -> dict[str, int | None]:
+    """The limit options given, as numbers (None for `default`); exits 2 on a bad one."""
+    limits: dict[str, int | None] = {}
+    for name, text in given.items():
+        if text is None:
+            continue
+        if text.strip().lower() == "default":
+            limits[name] = None
+            continue
+        try:
+            value = int(text.replace("_", "").replace(",", ""))
+        except ValueError:
+            value = -1
+        if value < 0:
+            flag = "--" + name.replace("_", "-")
+            raise fail(f"{flag} takes a whole number of at least 0 or `default`, not {text!r}", 2)
+        limits[name] = value
+    return limits
+
+
 @keys_app.command("create")
-def keys_create(name: str = typer.Argument(..., help="A label, e.g. the user's name.")) -> None:
-    """Create a key. Its secret alone goes to stdout (`KEY=$(janus-batch keys create ci)`), the
-    rest to stderr; it is shown once and stored only as a hash."""
+def keys_create(
+    name: str = typer.Argument(..., help="A label, e.g. the user's name."),
+    max_outstanding_items: MaxOutstanding = None,
+    jobs_per_minute: JobsPerMinute = None,
+    upload_bytes_per_day: UploadPerDay = None,
+) -> None:
+    """Create a key, with its own quotas if given (else the settings' defaults). Its secret
+    alone goes to stdout (`KEY=$(janus-batch keys create ci)`), the rest to stderr; it is shown
+    once and stored only as a hash."""
     from janus_batch.keys import KeyNameError, create_key
 
+    limits = _limits(
+        max_outstanding_items=max_outstanding_items,
+        jobs_per_minute=jobs_per_minute,
+        upload_bytes_per_day=upload_bytes_per_day,
+    )
     try:
-        row, secret = create_key(get_settings().resolved_database_url(), name)
+        row, secret = create_key(get_settings().resolved_database_url(), name, limits)
     except KeyNameError as exc:
         raise fail(str(exc), 1) from None
     err.print(
         f"created key [bold]{row.id}[/] ({escape(row.name)}); its secret, shown once: store it now",
         soft_wrap=True,
     )
+    err.print(f"quotas: {_quota_text(row)}", soft_wrap=True)
     print(secret)
 
 
-KEY_COLUMNS = ("id", "name", "prefix", "created", "revoked")
+@keys_app.command("update")
+def keys_update(
+    key_id: str = typer.Argument(
+        ..., help="The key's full id (key_...) or its display prefix (jb_ and 7 characters)."
+    ),
+    max_outstanding_items: MaxOutstanding = None,
+    jobs_per_minute: JobsPerMinute = None,
+    upload_bytes_per_day: UploadPerDay = None,
+) -> None:
+    """Set a key's quotas (those given; `default` returns one to its setting). They apply to
+    its next request."""
+    from janus_batch.keys import AmbiguousKey, update_key
+
+    limits = _limits(
+        max_outstanding_items=max_outstanding_items,
+        jobs_per_minute=jobs_per_minute,
+        upload_bytes_per_day=upload_bytes_per_day,
+    )
+    if not limits:
+        raise fail(
+            "nothing to update: give --max-outstanding-items, --jobs-per-minute or "
+            "--upload-bytes-per-day",
+            2,
+        )
+    try:
+        row = update_key(get_settings().resolved_database_url(), key_id, limits)
+    except AmbiguousKey as exc:
+        raise fail(f"{exc}. {REVOKE_TAKES.replace('revoke', 'update', 1)}", 1) from None
+    if row is None:
+        raise fail(f"no key {key_id!r}: {REVOKE_TAKES.replace('revoke', 'update', 1)}", 1)
+    err.print(f"updated {row.id} ({escape(row.name)}): {_quota_text(row)}", soft_wrap=True)
+
+
+def _limit_text(key: ApiKey, name: str) -> str:
+    """A key's limit as shown: a number, `unlimited`, or `default (...)` from the settings."""
+    own = getattr(key, name)
+    value = own if own is not None else getattr(get_settings(), name)
+    shown = f"{value:,}" if value else "unlimited"
+    return shown if own is not None else f"default ({shown})"
+
+
+def _quota_text(key: ApiKey) -> str:
+    from janus_batch.quotas import LIMITS
+
+    return ", ".join(f"{name} {_limit_text(key, name)}" for name in LIMITS)
+
+
+KEY_COLUMNS = (
+    "id",
+    "name",
+    "prefix",
+    "created",
+    "revoked",
+    "max_outstanding_items",
+    "jobs_per_minute",
+    "upload_bytes_per_day",
+)
 
 
 def _key_rows(keys: list[ApiKey]) -> list[tuple[str, ...]]:
@@ -66,6 +174,9 @@ def _key_rows(keys: list[ApiKey]) -> list[tuple[str, ...]]:
             key.prefix,
             f"{key.created_at:%Y-%m-%d %H:%M}",
             f"{key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "",
+            _limit_text(key, "max_outstanding_items"),
+            _limit_text(key, "jobs_per_minute"),
+            _limit_text(key, "upload_bytes_per_day"),
         )
         for key in keys
     ]
@@ -89,8 +200,8 @@ def keys_table(keys: list[ApiKey]) -> Table:
 
 @keys_app.command("list")
 def keys_list() -> None:
-    """List keys (never their secrets): a table on a terminal, tab-separated lines with a
-    header when piped (`janus-batch keys list | cut -f1`)."""
+    """List keys (never their secrets) with their quotas: a table on a terminal, tab-separated
+    lines with a header when piped (`janus-batch keys list | cut -f1`)."""
     from janus_batch.keys import list_keys
 
     keys = list_keys(get_settings().resolved_database_url())

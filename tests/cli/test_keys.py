@@ -76,7 +76,7 @@ def test_list_when_piped_is_tab_separated_with_whole_ids(env: dict[str, str]) ->
     run = invoke({**env, "COLUMNS": "40"}, "keys", "list")
     assert run.exit_code == 0, run.stderr
     lines = [line.split("\t") for line in run.stdout.splitlines()]
-    assert lines[0] == ["id", "name", "prefix", "created", "revoked"]
+    assert lines[0][:5] == ["id", "name", "prefix", "created", "revoked"]
     assert [(line[0], line[1], line[2]) for line in lines[1:]] == [
         (alice.id, alice.name, alice.prefix),
         (bob.id, "bob", bob.prefix),
@@ -138,3 +138,55 @@ def test_revoke_refuses_a_display_prefix_two_keys_share(env: dict[str, str]) -> 
     assert run.exit_code == 1
     assert f"'{one.prefix}' matches 2 keys; use the key id" in " ".join(run.stderr.split())
     assert keys.verify_key(url, secret) is not None
+
+
+def test_create_and_update_set_and_show_quotas(env: dict[str, str]) -> None:
+    url = env["JANUS_BATCH_DATABASE_URL"]
+    env = {**env, "JANUS_BATCH_UPLOAD_BYTES_PER_DAY": "1000000"}  # the settings' default
+    run = invoke(env, "keys", "create", "ci", "--max-outstanding-items", "500",
+                 "--jobs-per-minute", "10")  # fmt: skip
+    assert run.exit_code == 0, run.stderr
+    [row] = keys.list_keys(url)
+    assert (row.max_outstanding_items, row.jobs_per_minute, row.upload_bytes_per_day) == (
+        500,
+        10,
+        None,
+    )
+    assert (
+        "quotas: max_outstanding_items 500, jobs_per_minute 10, upload_bytes_per_day default "
+        "(1,000,000)"
+    ) in " ".join(run.stderr.split())
+
+    update = invoke(env, "keys", "update", row.prefix, "--jobs-per-minute", "default",
+                    "--upload-bytes-per-day", "0")  # fmt: skip
+    assert update.exit_code == 0, update.stderr
+    assert " ".join(update.stderr.split()) == (
+        f"updated {row.id} (ci): max_outstanding_items 500, jobs_per_minute default "
+        "(unlimited), upload_bytes_per_day unlimited"
+    )
+    [row] = keys.list_keys(url)
+    assert (row.max_outstanding_items, row.jobs_per_minute, row.upload_bytes_per_day) == (
+        500,
+        None,
+        0,
+    )
+    listed = invoke(env, "keys", "list")
+    lines = [line.split("\t") for line in listed.stdout.splitlines()]
+    assert lines[0][5:] == ["max_outstanding_items", "jobs_per_minute", "upload_bytes_per_day"]
+    assert lines[1][5:] == ["500", "default (unlimited)", "unlimited"]
+
+
+def test_quota_options_refuse_bad_values(env: dict[str, str]) -> None:
+    url = env["JANUS_BATCH_DATABASE_URL"]
+    bad = invoke(env, "keys", "create", "ci", "--jobs-per-minute", "-1")
+    assert bad.exit_code == 2 and keys.list_keys(url) == []
+    assert "--jobs-per-minute takes a whole number of at least 0 or `default`, not '-1'" in (
+        " ".join(bad.stderr.split())
+    )
+    row, _ = keys.create_key(url, "ci")
+    nothing = invoke(env, "keys", "update", row.id)
+    assert nothing.exit_code == 2 and "nothing to update" in nothing.stderr
+    unknown = invoke(env, "keys", "update", "key_nope", "--jobs-per-minute", "1")
+    assert unknown.exit_code == 1 and "no key 'key_nope': update takes" in unknown.stderr
+    with pytest.raises(keys.KeyLimitError):
+        keys.update_key(url, row.id, {"jobs_per_hour": 1})
