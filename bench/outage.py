@@ -42,9 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import contextlib
 
 import httpx
-import psycopg
 from sqlalchemy import func, select
-from sqlalchemy.engine import make_url
 
 from bench._harness import (
     RESULT_BUCKET,
@@ -60,6 +58,7 @@ from bench.simulated_engine import ensure_checkpoint
 from janus_batch.db import session_scope
 from janus_batch.models import Item, Job
 from janus_batch.ops import stack
+from tests import services
 from tests.fixtures.proxy import TcpProxy
 
 SWEEP_SECONDS = 5.0
@@ -140,7 +139,7 @@ def api_killed(dep: Deployment, trial: int) -> tuple[int, int]:
         target=lambda: _post_quietly(url, body, key), name="big-submit", daemon=True
     )
     sender.start()
-    if not _inserting_items(dep.database_url):
+    if not services.wait_inserting_items(dep.database_url):
         raise RuntimeError("the API never inserted items")
     os.kill(dep.api.proc.pid, signal.SIGKILL)
     sender.join(30)
@@ -169,23 +168,6 @@ def api_killed(dep: Deployment, trial: int) -> tuple[int, int]:
 def _post_quietly(url: str, body: dict[str, Any], key: str) -> None:
     with contextlib.suppress(httpx.HTTPError):
         httpx.post(f"{url}/v1/jobs", json=body, headers={"Idempotency-Key": key}, timeout=60)
-
-
-def _inserting_items(database_url: str, timeout: float = 60.0) -> bool:
-    url = make_url(database_url)
-    dsn = f"host={url.host} port={url.port} user={url.username} dbname={url.database}"
-    deadline = time.monotonic() + timeout
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        while time.monotonic() < deadline:
-            row = conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND pid <> pg_backend_pid() AND xact_start IS NOT NULL "
-                "AND query ILIKE 'INSERT INTO items%%'"
-            ).fetchone()
-            if row and row[0]:
-                return True
-            time.sleep(0.002)
-    return False
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -103,6 +103,18 @@ def window_for(settings: Settings, kind: str) -> int:
     return settings.dispatch_window * max(1, workers)
 
 
+def dispatch_next(settings: Settings, app: Celery, job_id: str, kind: str) -> int:
+    """`dispatch` with the settings' chunk size and the job's window (`window_for`)."""
+    return dispatch(
+        settings.resolved_database_url(),
+        app,
+        job_id,
+        kind,
+        chunk_size=settings.chunk_size,
+        window=window_for(settings, kind),
+    )
+
+
 def dispatch(
     database_url: str, app: Celery, job_id: str, kind: str, *, chunk_size: int, window: int
 ) -> int:

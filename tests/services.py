@@ -130,3 +130,25 @@ def process_env(
         )
     env.update({f"JANUS_BATCH_{name.upper()}": value for name, value in settings.items()})
     return env
+
+
+def wait_inserting_items(database_url: str, timeout: float = 60.0) -> bool:
+    """Wait until a session of this PostgreSQL database is inside a transaction that inserts
+    items (running the INSERT, or between two pages of it); True once seen, False after
+    `timeout`. Fault tests kill the API at that moment."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url)
+    dsn = f"host={url.host} port={url.port} user={url.username} dbname={url.database}"
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND xact_start IS NOT NULL "
+                "AND query ILIKE 'INSERT INTO items%%'"
+            ).fetchone()
+            if row and row[0]:
+                return True
+            time.sleep(0.002)
+    return False

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 from janus_batch import lifecycle
 from janus_batch.constants import DISPATCH_JOB_TASK, FINALIZE_JOB_TASK
 from janus_batch.db import session_scope
-from janus_batch.items import dispatch, window_for
+from janus_batch.items import dispatch_next
 from janus_batch.lifecycle import Claimed, Outcome
 from janus_batch.models import Job
 from janus_batch.queue import send_control
@@ -290,15 +290,7 @@ def _after(ctx: Context, job: Job, later: float = 0.0) -> None:
         log.info("job=%s all items final: finalize enqueued", job.id)
         send_control(ctx.app, FINALIZE_JOB_TASK, job.id)
         return
-    settings = ctx.settings
-    dispatch(
-        ctx.database_url,
-        ctx.app,
-        job.id,
-        job.kind,
-        chunk_size=settings.chunk_size,
-        window=window_for(settings, job.kind),
-    )
+    dispatch_next(ctx.settings, ctx.app, job.id, job.kind)
     if later > 0:
         send_control(ctx.app, DISPATCH_JOB_TASK, job.id, countdown=later + 0.1)
 
@@ -310,15 +302,7 @@ def dispatch_job(ctx: Context, job_id: str) -> int:
         job = session.get(Job, job_id)
     if job is None or job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
         return 0
-    settings = ctx.settings
-    return dispatch(
-        ctx.database_url,
-        ctx.app,
-        job.id,
-        job.kind,
-        chunk_size=settings.chunk_size,
-        window=window_for(settings, job.kind),
-    )
+    return dispatch_next(ctx.settings, ctx.app, job.id, job.kind)
 
 
 def _describe(exc: BaseException) -> str:

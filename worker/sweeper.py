@@ -20,7 +20,7 @@ from janus_batch.constants import (
     GENERATE_QUEUE,
 )
 from janus_batch.db import session_scope
-from janus_batch.items import dispatch, window_for
+from janus_batch.items import dispatch_next
 from janus_batch.lifecycle import MAX_ATTEMPTS
 from janus_batch.models import Item, Job, utcnow
 from janus_batch.queue import CHUNK_QUEUES, chunked, send_chunk, send_control
@@ -250,14 +250,7 @@ def reopen_windows(ctx: Context) -> int:
         ).all()
     sent = 0
     for job_id, kind in stalled:
-        n = dispatch(
-            ctx.database_url,
-            ctx.app,
-            job_id,
-            kind,
-            chunk_size=ctx.settings.chunk_size,
-            window=window_for(ctx.settings, kind),
-        )
+        n = dispatch_next(ctx.settings, ctx.app, job_id, kind)
         if n:
             log.info("job=%s no chunk open: its window of %d items dispatched again", job_id, n)
             sent += 1

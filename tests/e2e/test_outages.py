@@ -12,10 +12,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.engine import make_url
 
 from janus_batch.db import session_scope
 from janus_batch.migrate import upgrade
@@ -30,26 +28,7 @@ BIG = 10_000
 GENERATED = 24
 
 
-def _inserting_items(pg_url: str, timeout: float = 60.0) -> bool:
-    """Wait until a session of the test database is inside a transaction that inserts items
-    (active, or between two pages): True once seen."""
-    url = make_url(pg_url)
-    dsn = f"host={url.host} port={url.port} user={url.username} dbname={url.database}"
-    deadline = time.monotonic() + timeout
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        while time.monotonic() < deadline:
-            row = conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND pid <> pg_backend_pid() AND xact_start IS NOT NULL "
-                "AND query ILIKE 'INSERT INTO items%%'"
-            ).fetchone()
-            if row and row[0]:
-                return True
-            time.sleep(0.002)
-    return False
-
-
-def _counts(pg_url: str) -> list[tuple[int, int]]:
+def _counts(pg_url: str) -> list[tuple[int, int | None]]:
     """(total, items stored) of every job."""
     with session_scope(pg_url) as session:
         jobs = session.scalars(select(Job)).all()
@@ -94,7 +73,7 @@ def test_api_killed_inside_a_large_submit_leaves_the_whole_job_or_nothing(
 
     sender = threading.Thread(target=submit)
     sender.start()
-    assert _inserting_items(pg_url), "the API never inserted the items"
+    assert services.wait_inserting_items(pg_url), "the API never inserted the items"
     os.kill(api.proc.pid, signal.SIGKILL)
     sender.join(30)
     assert answered == [0]  # the client saw the connection die, not an answer
