@@ -1,5 +1,6 @@
 """Opening untrusted images with bounded memory: one guard for the worker's inputs and the
-API's thumbnails.
+API's thumbnails; and `to_rgb`, the model runtime's input normalisation (janus.images) in
+Pillow alone, so a thumbnail shows what the model sees (a 16-bit grey scan is not white).
 
     image = open_bounded(data, max_pixels=settings.max_image_pixels, size=384)
 
@@ -17,12 +18,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from io import BytesIO
 
-from PIL import Image
+from PIL import Image, ImageOps
 
-__all__ = ["ImageTooLarge", "open_bounded"]
+__all__ = ["ImageTooLarge", "open_bounded", "to_rgb"]
 
 LIMIT_SETTING = "JANUS_BATCH_MAX_IMAGE_PIXELS"
 _AVERAGED = frozenset({"L", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "I", "F"})
@@ -102,3 +103,63 @@ def open_bounded(data: bytes, *, max_pixels: int, size: int | None = None) -> Im
     with _BUDGET.hold(width * height, max_pixels):
         image.load()
         return _reduced(image, size) if size else image
+
+
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+_WHITE = (255, 255, 255, 255)
+
+
+def _extrema(image: Image.Image) -> tuple[float, float]:
+    """The lowest and highest sample of a one-band image."""
+    low, high = image.getextrema()
+    assert isinstance(low, int | float) and isinstance(high, int | float), image.mode
+    return float(low), float(high)
+
+
+def _full_scale(image: Image.Image) -> float | None:
+    """What the deepest sample of a deep grey image stands for; None: stretch its range."""
+    if image.mode.startswith("I;16"):
+        return 65535.0
+    low, high = _extrema(image)
+    if image.mode == "F" and low >= 0.0 and high <= 1.0:
+        return 1.0
+    if low >= 0 and high <= 255:
+        return 255.0
+    if low >= 0 and high <= 65535:
+        return 65535.0
+    return None
+
+
+def _deep_grey_to_rgb(image: Image.Image) -> Image.Image:
+    """Modes I;16*, I and F to 8 bits by their value range, not clipped (as the model does)."""
+    samples = image.convert("F")
+    full = _full_scale(image)
+    if full is None:
+        low, high = _extrema(samples)
+        span = high - low
+        scale, offset = (255.0 / span, -low * 255.0 / span) if span > 0 else (0.0, 0.0)
+    else:
+        scale, offset = 255.0 / full, 0.0
+    grey = samples.point(lambda v: v * scale + offset + 0.5).convert("L")
+    return grey.convert("RGB")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """`image` as an upright 8-bit RGB image, as the model runtime normalises its inputs
+    (janus/images.py; tests/ui/test_thumbs.py checks they agree): the first frame, EXIF
+    orientation, alpha composited on white, 16-bit / 32-bit / float grey scaled to 8 bits
+    from its value range. Raises what Pillow raises for an image it cannot read."""
+    if getattr(image, "n_frames", 1) > 1:
+        image.seek(0)
+    image.load()
+    with suppress(Exception):  # broad on purpose: a broken EXIF block must not lose the image
+        image = ImageOps.exif_transpose(image)
+    mode = image.mode
+    if mode in _ALPHA_MODES or (mode in {"P", "L", "RGB"} and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, _WHITE), rgba).convert("RGB")
+    if mode == "RGB":
+        return image
+    if mode.startswith("I") or mode == "F":
+        return _deep_grey_to_rgb(image)
+    return image.convert("RGB")

@@ -33,14 +33,17 @@ def eta(job: JobPublic) -> str:
 
 
 def rate(value: float | None) -> str:
-    """Items per second, with precision that suits the size."""
+    """Items per second (one unit everywhere, as the API and the CLI give it), with precision
+    that suits the size: `1,234/s`, `12.5/s`, `0.42/s`, `0.0031/s`."""
     if value is None:
         return "—"
     if value >= 100:
         return f"{value:,.0f}/s"
-    if value >= 1:
+    if value >= 10:
         return f"{value:.1f}/s"
-    return f"{value * 60:.1f}/min"
+    if value >= 0.01 or value <= 0:
+        return f"{value:.2f}/s"
+    return f"{value:.2g}/s"
 
 
 def when(value: datetime | None, seconds: bool = False, zone: bool = True) -> str:
@@ -75,9 +78,28 @@ def segments(job: JobPublic) -> list[tuple[str, int, int]]:
 
 
 def done_percent(job: JobPublic) -> int:
-    """Final items over total, as a whole percent (0 while the total is unknown)."""
+    """Items done (succeeded or failed) over total, as a whole percent (0 while the total is
+    unknown); cancelled items are not done."""
     c = job.counts
-    return int(100 * (c.succeeded + c.failed + c.cancelled) / c.total) if c.total else 0
+    return int(100 * (c.succeeded + c.failed) / c.total) if c.total else 0
+
+
+def no_results(job: JobPublic) -> str:
+    """What an empty gallery or caption table says: `yet` only while the job may still
+    produce some; once it is over, why there are none."""
+    what = "images" if job.kind == "generate" else "captions"
+    c = job.counts
+    if job.status not in JOB_FINAL:
+        return f"No {what} yet."
+    if c.succeeded:
+        return f"No more {what}."
+    if c.total == 0:
+        return f"No {what}: the job had no items."
+    if c.cancelled and not c.failed:
+        return f"No {what}: the job was cancelled before any item succeeded."
+    if c.cancelled:
+        return f"No {what}: no item succeeded (the failed ones are below, the rest cancelled)."
+    return f"No {what}: every item failed (see the errors below)."
 
 
 def short_json(value: Any, limit: int = 160) -> str:
@@ -102,6 +124,7 @@ FILTERS = {
     "elapsed": elapsed,
     "segments": segments,
     "done_percent": done_percent,
+    "no_results": no_results,
     "short_json": short_json,
 }
 

@@ -26,7 +26,7 @@ from janus_batch.storage import Storage
 
 HERE = FilePath(__file__).parent
 STATIC = {p.name: p for p in (HERE / "static").iterdir() if p.is_file()}
-ASSET_VERSION = "3"
+ASSET_VERSION = "4"
 
 templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.filters.update(FILTERS)

@@ -8,7 +8,9 @@
 
 Images are opened by the workers' guard (`janus_batch.images.open_bounded`): one over
 JANUS_BATCH_MAX_IMAGE_PIXELS is never decoded (422 naming the limit), a JPEG decodes at a
-reduced scale and a large image is reduced before it is resized.
+reduced scale and a large image is reduced before it is resized; its pixels are then
+normalised as the model's inputs are (`janus_batch.images.to_rgb`: EXIF orientation, alpha
+on white, 16-bit and float grey scaled from their range).
 
 Sizes are clamped to 32..512 and snapped down to a few steps, so the cache
 (`<job prefix>/thumbs/<size>/<key>.jpg`) holds at most a few variants of each image.
@@ -21,13 +23,13 @@ from io import BytesIO
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from api.deps import DatabaseUrl, Owner, SettingsDep, StorageDep
 from api.downloads import job_output_key
 from api.errors import HttpError
 from janus_batch import jobs
-from janus_batch.images import ImageTooLarge, open_bounded
+from janus_batch.images import ImageTooLarge, open_bounded, to_rgb
 from janus_batch.models import Job
 from janus_batch.states import JobKind
 from janus_batch.storage import NotFoundError, Storage, StorageError
@@ -61,15 +63,10 @@ def make_thumbnail(data: bytes, size: int, max_pixels: int) -> bytes:
     most `max_pixels` pixels (checked before decoding; NotAnImage otherwise)."""
     try:
         with open_bounded(data, max_pixels=max_pixels, size=size) as source:
-            img = ImageOps.exif_transpose(source)
+            img = to_rgb(source)  # what the model sees: a 16-bit grey scan is not white
             img.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
-            if img.mode in ("RGBA", "LA", "PA", "P"):
-                rgba = img.convert("RGBA")
-                flat = Image.new("RGB", rgba.size, (255, 255, 255))
-                flat.paste(rgba, mask=rgba.getchannel("A"))
-                img = flat
             out = BytesIO()
-            img.convert("RGB").save(out, "JPEG", quality=JPEG_QUALITY, optimize=True)
+            img.save(out, "JPEG", quality=JPEG_QUALITY, optimize=True)
             return out.getvalue()
     except ImageTooLarge as exc:
         raise NotAnImage(f"is too large to preview: {exc}") from exc

@@ -165,9 +165,101 @@ def test_job_list_updates_live_and_cancel_works(server: Server, page: Page, tmp_
     page.once("dialog", lambda dialog: dialog.accept())
     page.locator("button[data-cancel]").click()
     summary = page.locator("#summary")
+    expect(page.locator("#cancel-message")).to_have_text(
+        "3 pending items cancelled; 1 succeeded and 0 failed kept."
+    )
     expect(summary.locator("dd.count-cancelled")).to_have_text("3", timeout=10_000)
     expect(summary.locator(".badge")).to_have_text("finalizing")  # no worker runs finalize
     expect(page.locator("button[data-cancel]")).to_have_count(0)
+    expect(summary.locator(".counts-line")).to_contain_text("1 done, 3 cancelled of 4")
+    expect(page.locator("#cancel-message")).to_be_visible()  # outlives the summary's refresh
+
+
+def test_cancel_says_running_items_finish_or_are_cancelled(
+    server: Server, page: Page, tmp_path: Path
+):
+    items = [
+        ItemSpec({"prompt": "done"}),
+        ItemSpec({"prompt": "busy"}, status=ItemStatus.RUNNING),
+        ItemSpec({"prompt": "waiting"}, status=ItemStatus.PENDING),
+    ]
+    job = insert_job(server.db, "generate", items, status=JobStatus.RUNNING)
+    page.goto(f"{server.url}/ui/jobs/{job.id}")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("button[data-cancel]").click()
+    expect(page.locator("#cancel-message")).to_have_text(
+        "1 pending items cancelled; 1 running items will finish or be cancelled before their "
+        "next pass; 1 succeeded and 0 failed kept."
+    )
+    summary = page.locator("#summary")
+    expect(summary.locator(".badge")).to_have_text("cancelling", timeout=10_000)
+    expect(summary).to_contain_text(
+        "1 running item will finish or be cancelled before its next pass"
+    )
+
+
+OVERFLOW = """() => {
+  const out = [];
+  for (const tile of document.querySelectorAll('.gallery .tile')) {
+    const box = tile.getBoundingClientRect();
+    for (const el of tile.querySelectorAll('.meta span')) {
+      const r = el.getBoundingClientRect();
+      const out_of_tile = r.right > box.right + 0.5 || r.left < box.left - 0.5;
+      if (out_of_tile || el.scrollWidth > el.clientWidth + 1)
+        out.push(el.textContent.trim());
+    }
+  }
+  return out;
+}"""
+"""The gallery tiles' seed and item-number texts that stick out of their tile (clipped)."""
+
+
+def test_gallery_numbers_and_long_seeds_are_never_clipped(
+    server: Server, page: Page, tmp_path: Path
+):
+    job_id = "job_" + "0" * 24
+    items = []
+    for idx in range(12):
+        key = f"jobs/{job_id}/images/{idx:08d}_0.png"
+        (server.storage / key).parent.mkdir(parents=True, exist_ok=True)
+        (server.storage / key).write_bytes(png(paint("dunes", idx, size=64)))
+        seed = 9_223_372_036_854_775_807 - idx  # 19 digits
+        image = {"key": key, "seed": seed, "index": 0}
+        items.append(ItemSpec({"prompt": f"dunes {idx}"}, result={"images": [image]}))
+    insert_job(server.db, "generate", items, job_id=job_id)
+    for width in (1280, 420):
+        page.set_viewport_size({"width": width, "height": 900})
+        page.goto(f"{server.url}/ui/jobs/{job_id}")
+        for idx in (10, 11):
+            number = page.locator(".gallery .item-no", has_text=f"#{idx}")
+            expect(number).to_have_text(f"#{idx}")
+            expect(number).to_be_visible()
+        expect(page.get_by_text("seed 9223372036854775797")).to_be_visible()
+        assert page.evaluate(OVERFLOW) == [], width
+    page.screenshot(path=str(shots_dir(tmp_path) / "gallery-narrow.png"), full_page=True)
+
+
+def test_a_long_caption_token_wraps_inside_the_table(server: Server, page: Page, tmp_path: Path):
+    token = "https://example.com/" + "x" * 400
+    items = [
+        ItemSpec({"image": "https://127.0.0.1:9/a.jpg"}, result={"caption": f"See {token}"}),
+        ItemSpec(
+            {"image": "https://127.0.0.1:9/b.jpg"},
+            status=ItemStatus.FAILED,
+            error="cannot fetch " + token,
+        ),
+    ]
+    job = insert_job(server.db, "caption", items)
+    page.goto(f"{server.url}/ui/jobs/{job.id}")
+    expect(page.locator("table.captions")).to_contain_text("xxxxxxxx")
+    widths = page.evaluate(
+        "() => ({page: document.documentElement.scrollWidth, view: window.innerWidth,"
+        " tables: Array.from(document.querySelectorAll('table')).map(t =>"
+        " [t.getBoundingClientRect().right, t.parentElement.getBoundingClientRect().right])})"
+    )
+    assert widths["page"] <= widths["view"], widths
+    for right, parent in widths["tables"]:
+        assert right <= parent + 0.5, widths
 
 
 def test_caption_table_shows_inputs_and_a_placeholder(server: Server, page: Page, tmp_path: Path):

@@ -6,6 +6,9 @@ from __future__ import annotations
 import html
 import re
 
+import pytest
+
+from api.ui.format import rate
 from api.ui.routes import ERROR_ITEMS, GALLERY_ITEMS, LIST_LIMIT
 from janus_batch.states import ItemStatus, JobStatus
 from tests.ui.helpers import ItemSpec, generated_job, insert_job
@@ -45,7 +48,7 @@ def test_job_list_shows_progress_counts_and_filters(client, database_url):
     assert "4 / 6 (66%) 1 failed" in body  # 3 succeeded + 1 failed of 6
     assert "2 / 2 (100%)" in body
     assert "running" in body and "succeeded" in body
-    assert "/s" in body or "/min" in body  # a rate is shown for the started jobs
+    assert "/s" in body and "/min" not in body  # a rate, in items per second, for each
     assert 'class="seg seg-succeeded w50"' in page.text
     assert 'data-poll="/ui/partials/jobs"' in page.text
 
@@ -214,3 +217,84 @@ def test_a_job_waiting_on_storage_says_so_on_its_page(client, database_url, sett
         shown = text(client.get(url).text)
         assert "Waiting since" in shown and "storage unreachable from 1 of 1 workers" in shown
         assert "ETA -" in shown or "ETA —" in shown
+
+
+def test_a_cancelled_job_shows_done_and_cancelled_apart(client, database_url):
+    """Not "6 / 6 (100%)": cancelled items are not done."""
+    items = [
+        *prompts(2),
+        ItemSpec({"prompt": "x"}, status=ItemStatus.FAILED, error="boom"),
+        *[ItemSpec({"prompt": f"c{i}"}, status=ItemStatus.CANCELLED) for i in range(3)],
+    ]
+    job = insert_job(database_url, "generate", items, status=JobStatus.CANCELLED)
+    listed = text(client.get("/ui").text)
+    assert "3 done, 3 cancelled of 6 1 failed" in listed
+    assert "6 / 6" not in listed and "(100%)" not in listed
+    page = text(client.get(f"/ui/jobs/{job.id}").text)
+    assert "3 done, 3 cancelled of 6" in page and "6 / 6" not in page
+
+
+def test_a_cancelling_job_says_what_its_running_items_will_do(client, database_url):
+    items = [
+        *prompts(1),
+        ItemSpec({"prompt": "r"}, status=ItemStatus.RUNNING),
+        ItemSpec({"prompt": "c"}, status=ItemStatus.CANCELLED),
+    ]
+    job = insert_job(database_url, "generate", items, status=JobStatus.CANCELLING)
+    summary = text(client.get(f"/ui/partials/jobs/{job.id}").text)
+    assert "1 running item will finish or be cancelled before its next pass" in summary
+    assert 'id="cancel-message"' in client.get(f"/ui/jobs/{job.id}").text
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "items", "message"),
+    [
+        ("caption", JobStatus.RUNNING, [ItemStatus.PENDING], "No captions yet."),
+        (
+            "caption",
+            JobStatus.FAILED,
+            [ItemStatus.FAILED] * 2,
+            "No captions: every item failed (see the errors below).",
+        ),
+        (
+            "generate",
+            JobStatus.CANCELLED,
+            [ItemStatus.CANCELLED] * 2,
+            "No images: the job was cancelled before any item succeeded.",
+        ),
+        (
+            "caption",
+            JobStatus.CANCELLED,
+            [ItemStatus.FAILED, ItemStatus.CANCELLED],
+            "No captions: no item succeeded (the failed ones are below, the rest cancelled).",
+        ),
+    ],
+)
+def test_an_empty_result_table_says_why(client, database_url, kind, status, items, message):
+    """`No captions yet` only while some may come: a finished job says why there are none."""
+    specs = [
+        ItemSpec(
+            {"image": "s3://b/k.jpg"} if kind == "caption" else {"prompt": "p"},
+            status=s,
+            error="cannot fetch s3://b/k.jpg: NoSuchKey" if s == ItemStatus.FAILED else None,
+        )
+        for s in items
+    ]
+    job = insert_job(database_url, kind, specs, status=status)
+    page = text(client.get(f"/ui/jobs/{job.id}").text)
+    assert message in page
+    if status != JobStatus.RUNNING:
+        assert " yet." not in page.split("Errors")[0]
+
+
+def test_rates_are_items_per_second_at_every_size():
+    assert [rate(v) for v in (1234.5, 42.25, 2.5, 0.5, 0.05, 0.004, 0.0)] == [
+        "1,234/s",
+        "42.2/s",
+        "2.50/s",
+        "0.50/s",
+        "0.05/s",
+        "0.004/s",
+        "0.00/s",
+    ]
+    assert rate(None) == "—"

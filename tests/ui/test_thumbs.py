@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from api.ui.thumbs import NotAnImage, make_thumbnail, snap_size
+from janus_batch.images import to_rgb
 from janus_batch.states import ItemStatus
 from tests.security.images import header_only_png
 from tests.ui.art import paint, png
@@ -132,6 +133,65 @@ def test_make_thumbnail_handles_modes_and_orientation():
     with pytest.raises(NotAnImage):
         make_thumbnail(b"not an image", 64, LIMIT)
     assert [snap_size(s) for s in (1, 32, 100, 256, 300, 9999)] == [32, 32, 96, 256, 256, 512]
+
+
+def _sample_images() -> dict[str, Image.Image]:
+    """An image of each mode a user may send whose normalisation is not a plain convert."""
+    ramp = [[(x * 211 + y * 97) % 1000 for x in range(48)] for y in range(32)]
+
+    def grey(mode: str, scale: float, offset: float = 0.0) -> Image.Image:
+        img = Image.new(mode, (48, 32))
+        img.putdata([v * scale + offset for row in ramp for v in row])
+        return img
+
+    p_transparent = Image.new("P", (48, 32), 3)
+    p_transparent.putpalette([0, 0, 0, 200, 10, 10, 10, 200, 10, 10, 10, 200] * 64)
+    p_transparent.paste(1, (0, 0, 20, 32))
+    p_transparent.info["transparency"] = 3
+    la = Image.merge("LA", (grey("L", 0.25), grey("L", 0.2)))
+    rgba = Image.new("RGBA", (48, 32), (255, 0, 0, 90))
+    return {
+        "I;16 dark": grey("I;16", 20),  # 0..20,000 of 65,535: a dark scan, not white
+        "I;16 full": grey("I;16", 65.5),
+        "I 8-bit range": grey("I", 0.25),
+        "I negative": grey("I", 300, -100_000),
+        "F 0..1": grey("F", 0.001),
+        "F wide": grey("F", 3.7, -12.5),
+        "P transparent": p_transparent,
+        "LA": la,
+        "RGBA": rgba,
+        "CMYK": Image.new("CMYK", (48, 32), (10, 200, 30, 40)),
+        "1": grey("L", 0.25).convert("1"),
+    }
+
+
+@pytest.mark.parametrize("name", list(_sample_images()))
+def test_thumbnails_normalise_images_as_the_model_does(name: str):
+    """janus_batch.images.to_rgb (Pillow only, the API's) gives the pixels of
+    janus.images.normalize_image (the model runtime's, with numpy) to within rounding."""
+    import numpy as np
+
+    from janus.images import normalize_image
+
+    image = _sample_images()[name]
+    ours = np.asarray(to_rgb(image.copy()), dtype=np.int16)
+    model = np.asarray(normalize_image(image.copy()), dtype=np.int16)
+    assert ours.shape == model.shape
+    assert int(np.abs(ours - model).max()) <= 1, name
+
+
+def test_a_16_bit_grey_thumbnail_is_not_white():
+    """A 16-bit grey PNG whose samples stay under a third of the range: its thumbnail is as
+    dark as the model's view of it (converting it as 8 bits clipped it all to white)."""
+    dark = Image.new("I;16", (200, 100))
+    dark.putdata([(x * 100) for _ in range(100) for x in range(200)])  # 0..19,900
+    data = png(dark)
+    assert Image.open(BytesIO(data)).mode.startswith("I;16")
+    thumb = decode(make_thumbnail(data, 64, LIMIT))
+    assert thumb.mode == "RGB" and thumb.size == (64, 32)
+    left, right = thumb.getpixel((2, 16)), thumb.getpixel((61, 16))
+    assert max(left) < 10, left
+    assert min(right) > 60 and max(right) < 90, right  # ~19,900 / 65,535 of 255 = 77
 
 
 def test_images_over_the_pixel_limit_are_never_decoded(client, database_url, storage_root):

@@ -37,17 +37,32 @@
     setTimeout(tick, POLL_MS);
   }
 
+  // What a cancel did and what happens next, from the job the API answered with (the CLI's
+  // `janus-batch cancel` says the same): running items whose pass has not started are
+  // cancelled before it, the others finish.
+  function cancelled(job) {
+    var c = job.counts;
+    var parts = [c.cancelled + " pending items cancelled"];
+    if (c.running) {
+      parts.push(c.running + " running items will finish or be cancelled before their next pass");
+    }
+    parts.push(c.succeeded + " succeeded and " + c.failed + " failed kept");
+    return parts.join("; ") + ".";
+  }
+
   function cancel(button) {
-    if (!window.confirm("Cancel this job? Pending items are cancelled; finished ones are kept.")) return;
-    var message = button.parentNode.querySelector(".cancel-message");
+    if (!window.confirm("Cancel this job? Pending items are cancelled; running ones finish or are " +
+                        "cancelled before their next pass; finished ones are kept.")) return;
+    var message = document.getElementById("cancel-message");
     button.disabled = true;
     fetch(button.getAttribute("data-cancel"), {
       method: "POST", headers: HEADERS, credentials: "same-origin"
     })
       .then(function (r) {
         if (r.ok) {
-          if (message) message.textContent = "Cancelling…";
-          return;
+          return r.json().then(function (job) {
+            if (message) message.textContent = cancelled(job);
+          });
         }
         return r.json().then(function (body) {
           button.disabled = false;

@@ -55,6 +55,15 @@ def _params(params: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in params.items() if v is not None)
 
 
+def progress_text(counts: dict) -> str:
+    """Items done (succeeded or failed) of the total, `284/300`; with cancelled items said
+    apart, `284 done, 16 cancelled of 300` (a cancelled job is not "300/300")."""
+    done = counts["succeeded"] + counts["failed"]
+    if counts.get("cancelled"):
+        return f"{done} done, {counts['cancelled']} cancelled of {counts['total']}"
+    return f"{done}/{counts['total']}"
+
+
 def webhook_line(hook: dict[str, Any]) -> str:
     """`https://... : delivered (HTTP 204, 1 attempt)`, or what the last attempt met."""
     state = hook.get("state") or "not sent yet (the job has not ended)"
@@ -178,15 +187,13 @@ def list_jobs(
             name, overflow="fold", justify="right" if name in ("done", "failed") else "left"
         )
     for job in page["data"]:
-        counts = job["counts"]
-        finished = counts["succeeded"] + counts["failed"] + counts["cancelled"]
         table.add_row(
             job["id"],
             escape(job.get("label") or ""),
             job["kind"],
             colored(job["status"]),
-            f"{finished}/{counts['total']}",
-            str(counts["failed"]),
+            progress_text(job["counts"]),
+            str(job["counts"]["failed"]),
             when(job["created_at"], "%m-%d %H:%M"),
         )
     out.print(table)
@@ -196,18 +203,27 @@ def list_jobs(
         err.print(f"more: --after {page['next_cursor']}", soft_wrap=True)
 
 
+def cancel_message(job: dict) -> str:
+    """What a cancel did and what happens next (rich markup): pending items are cancelled
+    now; a running item finishes if its pass has started, else it is cancelled before its
+    next pass; finished items are kept."""
+    counts = job["counts"]
+    parts = [f"{counts['cancelled']} pending items cancelled"]
+    if counts["running"]:
+        parts.append(
+            f"{counts['running']} running items will finish or be cancelled before their next pass"
+        )
+    kept = f"{counts['succeeded']} succeeded and {counts['failed']} failed kept"
+    return f"{job['id']} {colored(job['status'])}: " + "; ".join([*parts, kept])
+
+
 @handle_errors
 def cancel(job_id: JobId, api_url: ApiUrl = DEFAULT_API_URL, api_key: ApiKey = None) -> None:
-    """Cancel a job: pending items are cancelled, running ones finish, results are kept."""
+    """Cancel a job: pending items are cancelled; a running item finishes if its pass has
+    started, else it is cancelled before its next pass; finished results are kept."""
     with make_client(api_url, api_key) as client:
         job = client.cancel_job(job_id)
-    counts = job["counts"]
-    out.print(
-        f"{job['id']} {colored(job['status'])}: {counts['cancelled']} items cancelled, "
-        f"{counts['running']} running items finishing, {counts['succeeded']} succeeded "
-        f"and {counts['failed']} failed kept",
-        soft_wrap=True,
-    )
+    out.print(cancel_message(job), soft_wrap=True)
 
 
 @with_exit_codes

@@ -1,7 +1,8 @@
 """Live progress of jobs in the terminal (rich), shared by `watch`, `--wait` and the demo.
 
-The bar counts finished items (succeeded + failed + cancelled) of the total; the text beside
-it shows the split, the API's rate (items/s) and ETA. `exit_code` maps a final job to the
+The bar counts done items (succeeded + failed) of the total, so a cancelled job's bar stops
+short of full; the text beside it shows the split (cancelled apart), the API's rate (items/s)
+and ETA. `exit_code` maps a final job to the
 CLI's exit status.
 """
 
@@ -148,7 +149,7 @@ class _Display:
 
     def show(self, job: dict) -> None:
         counts = job["counts"]
-        done = counts["succeeded"] + counts["failed"] + counts["cancelled"]
+        done = counts["succeeded"] + counts["failed"]  # cancelled items are not done
         if self.live:
             task = self.tasks[job["id"]]
             self.progress.update(
@@ -161,7 +162,7 @@ class _Display:
             if job["status"] in FINAL_STATUSES:
                 self.progress.stop_task(task)
             return
-        state = f"{job['status']} {done}/{counts['total']} {counts['failed']}"
+        state = f"{job['status']} {done}/{counts['total']} {counts['failed']} {counts['cancelled']}"
         if self.last.get(job["id"]) != state:
             self.last[job["id"]] = state
             self.console.print(

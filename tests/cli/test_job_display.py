@@ -1,0 +1,103 @@
+"""How `cancel`, `list` and `watch` describe a cancelled job: what the cancel did and what
+happens next, and done items told apart from cancelled ones (never "300/300")."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from io import StringIO
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from janus_batch.client.cli import jobs as jobs_cli
+from janus_batch.client.cli.jobs import progress_text
+from janus_batch.client.cli.watch import watch_jobs
+from tests.cli.conftest import invoke
+
+
+def job(status: str, **counts: int) -> dict[str, Any]:
+    base = {"pending": 0, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0}
+    base.update(counts)
+    base["total"] = sum(base.values())
+    return {
+        "id": "job_1",
+        "kind": "caption",
+        "status": status,
+        "label": None,
+        "counts": base,
+        "created_at": "2026-11-03T14:05:09+00:00",
+    }
+
+
+class FakeClient:
+    """What `make_client` returns, answering with fixed jobs."""
+
+    def __init__(self, answer: dict[str, Any]) -> None:
+        self.answer = answer
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        return self.answer
+
+    def list_jobs(self, **_: Any) -> dict[str, Any]:
+        return {"data": [self.answer], "has_more": False}
+
+
+@pytest.fixture
+def answer(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    reply: dict[str, Any] = {}
+
+    @contextmanager
+    def make_client(*_: Any) -> Any:
+        yield FakeClient(reply)
+
+    monkeypatch.setattr(jobs_cli, "make_client", make_client)
+    return reply
+
+
+def test_cancel_says_what_will_happen_to_running_items(answer: dict[str, Any]) -> None:
+    answer.update(job("cancelling", succeeded=260, failed=2, cancelled=14, running=24))
+    run = invoke({}, "cancel", "job_1")
+    assert run.exit_code == 0, run.stderr
+    text = " ".join(run.stdout.split())
+    assert (
+        "job_1 cancelling: 14 pending items cancelled; 24 running items will finish or be "
+        "cancelled before their next pass; 260 succeeded and 2 failed kept"
+    ) in text
+    assert "finishing" not in text
+
+
+def test_cancel_with_nothing_running_names_no_running_items(answer: dict[str, Any]) -> None:
+    answer.update(job("finalizing", succeeded=1, cancelled=3))
+    run = invoke({}, "cancel", "job_1")
+    text = " ".join(run.stdout.split())
+    assert "job_1 finalizing: 3 pending items cancelled; 1 succeeded and 0 failed kept" in text
+    assert "running" not in text
+
+
+def test_list_shows_done_and_cancelled_apart(answer: dict[str, Any]) -> None:
+    answer.update(job("cancelled", succeeded=280, failed=4, cancelled=16))
+    run = invoke({"COLUMNS": "200"}, "list")
+    assert run.exit_code == 0, run.stderr
+    assert "284 done, 16 cancelled of 300" in run.stdout
+    assert "300/300" not in run.stdout
+
+
+def test_progress_text() -> None:
+    assert progress_text(job("running", succeeded=3, failed=1, pending=4)["counts"]) == "4/8"
+    cancelled = job("cancelled", succeeded=284, cancelled=16)["counts"]
+    assert progress_text(cancelled) == "284 done, 16 cancelled of 300"
+
+
+def test_watch_counts_cancelled_items_apart() -> None:
+    """`watch` off a terminal: `284/300 ... 16 cancelled`, not `300/300`."""
+
+    class Jobs:
+        def get_job(self, job_id: str) -> dict[str, Any]:
+            return job("cancelled", succeeded=280, failed=4, cancelled=16)
+
+    log = StringIO()
+    watch_jobs(Jobs(), ["job_1"], Console(file=log, width=200), interval=0)  # type: ignore[arg-type]
+    line = " ".join(log.getvalue().split())
+    assert line.startswith("job_1 284/300 cancelled 280 ok 4 failed 16 cancelled"), line
+    assert "300/300" not in line
