@@ -207,7 +207,10 @@ def test_results_of_a_caption_job_make_a_trainer_folder(
     with (tmp_path / "captions.csv").open(encoding="utf-8", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert {r["custom_id"]: r["caption"] for r in rows} == captions
-    assert all(r["image"].startswith("file_") for r in rows)
+    assert all(r["source"].startswith("file_") for r in rows)  # what was captioned
+    assert {r["custom_id"]: r["image"] for r in rows} == {  # the user's names, not file ids
+        rel: f"images/{rel}" for rel in captions
+    }
     for rel, caption in captions.items():
         copy = tmp_path / "images" / rel
         assert copy.read_bytes() == (photos / rel).read_bytes()

@@ -2,7 +2,9 @@
 
     DIR/results.jsonl             every succeeded item (as the API serves it)
     DIR/errors.jsonl              failed and cancelled items (--errors)
-    DIR/captions.csv              caption jobs: custom_id, image, caption
+    DIR/captions.csv              caption jobs: custom_id, image (its name under images/:
+                                  the path under the captioned folder, renamed _<idx> on a
+                                  clash), source (the file id or URL captioned), caption
     DIR/images.csv                generate jobs: custom_id, prompt, seed, index, image
     DIR/images/<name>             generate jobs: every image; caption jobs with --sidecars:
     DIR/images/<stem>.txt         a copy of each input image next to its caption (--sidecars;
@@ -151,16 +153,22 @@ def caption_outputs(
 ) -> int:
     """captions.csv, and with sidecars the input images with their captions; returns how
     many files could not be had."""
+    names = InputNames(job.get("source"))
+    named = [(line, names.name(line)) for line in lines]
     rows = [
-        [line.get("custom_id") or "", line["input"]["image"], line.get("caption") or ""]
-        for line in lines
+        [
+            line.get("custom_id") or "",
+            f"{IMAGES_DIR}/{name.as_posix()}",
+            line["input"]["image"],
+            line.get("caption") or "",
+        ]
+        for line, name in named
     ]
-    write_csv(out_dir / "captions.csv", ["custom_id", "image", "caption"], rows)
+    write_csv(out_dir / "captions.csv", ["custom_id", "image", "source", "caption"], rows)
     err.print(f"captions.csv: {len(rows)} captions", soft_wrap=True)
     if not sidecars:
         return 0
-    names = InputNames(job.get("source"))
-    placed = [(line, out_dir / IMAGES_DIR / names.name(line)) for line in lines]
+    placed = [(line, out_dir / IMAGES_DIR / name) for line, name in named]
     tasks = [input_fetch(line, dest, images_dir) for line, dest in placed]
     probed = check_uploads_served(client, tasks)
     rest = [task for task in tasks if task is not probed]
