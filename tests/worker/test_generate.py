@@ -54,7 +54,15 @@ def test_generate_chunk_uploads_images(make_ctx: Any, s3_env: Any, where: str) -
             assert meta["Software"] == "janus-batch" and meta["model"]
     results = read_jsonl(ctx.storage.get_bytes(f"jobs/{job_id}/results.jsonl"))
     assert [line["custom_id"] for line in results] == ["fox", None, None]
-    assert results[0]["images"] == rows[0].result["images"]
+    # result lines carry each image as recorded, plus (on S3) a presigned download URL
+    shown = [{k: v for k, v in img.items() if k != "url"} for img in results[0]["images"]]
+    assert shown == rows[0].result["images"]
+    urls = [img.get("url") for img in results[0]["images"]]
+    if where == "s3":
+        assert all(u and "X-Amz-Signature=" in u and img["key"] in u
+                   for u, img in zip(urls, shown, strict=True))  # fmt: skip
+    else:
+        assert urls == [None] * len(urls)
     assert results[0]["input"]["seed"] == 11 and results[0]["status"] == "succeeded"
 
 
