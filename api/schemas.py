@@ -29,20 +29,28 @@ class SourceIn(BaseModel):
         description="CSV files, one item per row: s3:// objects, prefixes (ending in /), globs, "
         "{0000..0099} patterns or ids of uploaded files (purpose=dataset).",
     )
+    parquet: str | list[str] | None = Field(
+        default=None,
+        description="Parquet files, one item per row, named like csv files; the image column "
+        "holds URLs, image bytes or Hugging Face {bytes, path} structs (read from the file).",
+    )
     webdataset: str | list[str] | None = Field(
         default=None,
         description="WebDataset .tar shards (caption only), named like csv files; a sample's "
         "image is read from inside its shard, its json/txt kept as metadata.",
     )
     image_column: str | None = Field(
-        default=None, description="csv, caption: the column of image URLs (default url)."
+        default=None,
+        description="csv/parquet, caption: the column of images (URLs; in parquet also bytes "
+        "or {bytes, path}; default url).",
     )
     key_column: str | None = Field(
-        default=None, description="csv: the column kept as each item's custom_id (default key)."
+        default=None,
+        description="csv/parquet: the column kept as each item's custom_id (default key).",
     )
     prompt_column: str | None = Field(
         default=None,
-        description="csv: each row's prompt (generate: default prompt; caption: optional).",
+        description="csv/parquet: each row's prompt (generate: default prompt; caption: optional).",
     )
 
 

@@ -1,15 +1,17 @@
-"""Dataset sources: which files a job reads (CSV lists, WebDataset shards) and how they are named.
+"""Dataset sources: which files a job reads (CSV and parquet tables, WebDataset shards) and how
+they are named.
 
     {"csv": "s3://b/lists/urls.csv", "image_column": "url", "key_column": "key"}
+    {"parquet": "s3://b/hf/data/", "image_column": "image", "key_column": "id"}
     {"csv": ["s3://b/lists/", "file_..."], "prompt_column": "prompt"}        # generate jobs
     {"webdataset": "s3://b/shards/{00000..00999}.tar"}
 
 A file reference is an `s3://` object, an `s3://` prefix (ending in `/`: every file under it
 with the format's extension), an `s3://` glob (`*`, `?`, `[...]` in the key), a brace pattern
 (`{00000..00999}` zero-padded ranges and `{a,b}` alternatives) or the id of a file uploaded
-with purpose `dataset`. The API checks the shape here (`check_dataset_source`); the worker
-lists and reads the files (`worker.datasets`). No reference may reach into the service's own
-storage.
+with purpose `dataset`. The API checks the shape here (`check_dataset_source`) without reading
+any file (so the API needs no pyarrow); the worker lists and reads the files
+(`worker.datasets`, `worker.parquet`). No reference may reach into the service's own storage.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from typing import Any
 
 from janus_batch.states import JobKind
 
-FORMATS = ("csv", "webdataset")
+FORMATS = ("csv", "parquet", "webdataset")
 OPTIONS = ("image_column", "key_column", "prompt_column")
-EXTENSIONS = {"csv": (".csv", ".tsv"), "webdataset": (".tar",)}
+EXTENSIONS = {"csv": (".csv", ".tsv"), "parquet": (".parquet",), "webdataset": (".tar",)}
 DEFAULT_IMAGE_COLUMN = "url"
 """img2dataset's name for the image URL column."""
 DEFAULT_KEY_COLUMN = "key"
@@ -48,7 +50,7 @@ class DatasetSourceError(ValueError):
 
 
 def source_format(source: dict[str, Any]) -> str | None:
-    """The dataset format a stored source names (`csv`, `webdataset`), or None."""
+    """The dataset format a stored source names (`csv`, `parquet`, `webdataset`), or None."""
     return next((name for name in FORMATS if name in source), None)
 
 

@@ -31,7 +31,7 @@ from janus_batch.storage import Storage
 log = logging.getLogger(__name__)
 
 PURPOSES = ("image", "manifest", "dataset")
-"""`dataset`: a CSV file or a WebDataset shard, read as it is by a dataset source."""
+"""`dataset`: a CSV or parquet file or a WebDataset shard, read as it is by a dataset source."""
 FILE_ID_RE = re.compile(r"file_[0-9a-f]{24}")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 STORAGE_SCHEME = "storage:"

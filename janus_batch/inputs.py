@@ -521,7 +521,7 @@ def check_source(
     `{"manifest": "s3://...|https://...|file_..."}` (JSONL, one item per line). An uploaded
     file id is stored resolved, with the id kept: `{"manifest": "storage:<key>", "file_id": id}`.
     With `storage_url` (the service's storage) an `s3://` reference into it is refused.
-    A dataset source (`csv`, `webdataset`) is checked by `janus_batch.datasets`.
+    A dataset source (`csv`, `parquet`, `webdataset`) is checked by `janus_batch.datasets`.
     """
     if not isinstance(raw, dict):
         raise InvalidInput("source", 'must be an object like {"manifest": "s3://bucket/key"}')

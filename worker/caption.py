@@ -10,7 +10,9 @@ the item's recorded `seed`, so resubmitting the same image, question and seed gi
 caption. Result of an item: `{"caption": text}`, or `{"captions": {name: text}}` for an item
 asked several prompts (`prompts` in its input: each prompt of the image is its own request,
 batched with everything else). A WebDataset sample's image is read from inside its shard: its
-input's `range` ([offset, size]) is fetched alone with a ranged GET.
+input's `range` ([offset, size]) is fetched alone with a ranged GET. A parquet row's image
+bytes (`parquet`: [row group, index, column]) are read from its file's row group, the image
+column alone, once for all the chunk's items in that row group (`worker.parquet`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from janus_batch.states import ItemStatus, JobKind
 from worker import metrics
 from worker.chunk import Handler, Work, deferred, failed
 from worker.context import Context
-from worker.fetch import FetchError, fetch_many, fetch_uri
+from worker.datasets import DataFile, Opener
+from worker.fetch import MAX_BYTES, FetchError, fetch_many, fetch_uri
 from worker.scheduler import Ticket
 
 DEFAULTS = {"temperature": 0.0, "top_p": 1.0}
@@ -63,16 +66,7 @@ class CaptionHandler(Handler):
 
         settings = ctx.settings
         with metrics.FETCH_SECONDS.time():
-            fetched = fetch_many(
-                [item.input["uri"] for item in items],
-                ranges=[_range(item.input) for item in items],
-                concurrency=settings.fetch_concurrency,
-                storage=ctx.storage,
-                endpoint_url=settings.s3_endpoint_url,
-                region=settings.s3_region,
-                max_retries=settings.max_retries,
-                egress=EgressPolicy.from_settings(settings),
-            )
+            fetched = _fetch(ctx, items)
         size = int(getattr(ctx.pipeline().engine(), "image_size", 384))
         params: dict[str, Any] = {**DEFAULTS, **(job.params or {})}
         work: list[Work] = []
@@ -137,6 +131,44 @@ class CaptionHandler(Handler):
             return Outcome(work.item, ItemStatus.SUCCEEDED, result={"captions": captions})
         [text] = ticket.outputs
         return Outcome(work.item, ItemStatus.SUCCEEDED, result={"caption": text})
+
+
+def _fetch(ctx: Context, items: list[Claimed]) -> list[bytes | FetchError]:
+    """The bytes of each item's image, in order: parquet cells (`parquet` in the input) from
+    their row groups, the rest by URI (ranges of shards included), concurrently."""
+    settings = ctx.settings
+    cells = [i for i, item in enumerate(items) if item.input.get("parquet")]
+    others = [i for i, item in enumerate(items) if not item.input.get("parquet")]
+    out: list[bytes | FetchError] = [b""] * len(items)
+    fetched = fetch_many(
+        [items[i].input["uri"] for i in others],
+        ranges=[_range(items[i].input) for i in others],
+        concurrency=settings.fetch_concurrency,
+        storage=ctx.storage,
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        max_retries=settings.max_retries,
+        egress=EgressPolicy.from_settings(settings),
+    )
+    for i, data in zip(others, fetched, strict=True):
+        out[i] = data
+    if cells:
+        from worker import parquet  # pyarrow: only for jobs that read parquet
+
+        opener = Opener(settings, ctx.storage)
+        refs = []
+        for i in cells:
+            value = items[i].input
+            group, index, column = value["parquet"]
+            data_file = DataFile(value["file"], value["uri"])
+            refs.append((data_file, int(group), int(index), str(column), value["image"]))
+        try:
+            read = parquet.read_cells(opener, refs, MAX_BYTES)
+        finally:
+            opener.close()
+        for i, data in zip(cells, read, strict=True):
+            out[i] = data
+    return out
 
 
 def _questions(value: dict[str, Any]) -> dict[str, str]:

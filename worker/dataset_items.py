@@ -41,7 +41,7 @@ from janus_batch.items import NewItem
 from janus_batch.models import Job
 from janus_batch.storage import StorageError, TransientStorageError
 from janus_batch.templates import Template, TemplateError
-from worker import tables, webdataset
+from worker import parquet, tables, webdataset
 from worker.context import Context
 from worker.datasets import ChunkReader, DataFile, Opener, list_files, resume
 from worker.sources import SourceError
@@ -110,6 +110,8 @@ def dataset_items(
     if fmt == "webdataset":
         assert isinstance(params, CaptionParams)
         rows: _Rows = _Shards(ctx, Prompts.of(params, settings.max_prompt_chars))
+    elif fmt == "parquet":
+        rows = _ParquetFiles(ctx, source, params)
     else:
         rows = _CsvFiles(ctx, source, params)
     opener = Opener(settings, ctx.storage)
@@ -143,8 +145,9 @@ def _unreadable(data_file: DataFile, what: str, exc: StorageError, position: str
     )
 
 
-class _CsvFiles(_Rows):
-    """CSV rows: an image (caption) or a prompt (generate) per row."""
+class _Tables(_Rows):
+    """Table rows (a CSV's, a parquet file's): an image (caption) or a prompt (generate) per
+    row, the other columns kept in `meta`."""
 
     position = "row"
 
@@ -164,47 +167,38 @@ class _CsvFiles(_Rows):
         self.egress = EgressPolicy.from_settings(settings)
         self.storage_url = settings.resolved_storage_url()
 
-    def of_file(self, opener: Opener, data_file: DataFile, start: Any) -> Iterator[NewItem]:
-        try:
-            stream = opener.open(data_file)
-        except StorageError as exc:
-            yield _unreadable(data_file, "file", exc, self.position)
-            return
-        with closing(stream):
-            rows = tables.csv_rows(
-                stream,
-                data_file.name,
-                max_row_bytes=self.settings.max_manifest_line_bytes,
-                skip=start or 0,
-            )
-            for row, values in rows:
-                yield self._item(data_file, row, values)
-
-    def _needs(self, data_file: DataFile, values: dict[str, str], column: str | None) -> None:
+    def _needs(self, data_file: DataFile, values: Any, column: str | None) -> None:
         if column is not None and column not in values:
             shown = ", ".join(list(values)[:20])
             raise SourceError(f"{data_file.name} has no column '{column}' (it has: {shown})")
 
     def _item(
-        self, data_file: DataFile, row: int, values: dict[str, str] | tables.BadRow
+        self,
+        data_file: DataFile,
+        row: int,
+        values: dict[str, Any] | tables.BadRow,
+        embedded: dict[str, Any] | None = None,
     ) -> NewItem:
+        """The item of one row; `embedded` is where its image lies inside the file (a
+        parquet cell), instead of the image column's reference."""
         origin = {"file": data_file.name, "row": row}
         where = f"{data_file.name} row {row}"
         if isinstance(values, tables.BadRow):
             return NewItem(input=origin, error=f"{where}: {values.message}")
         image_column = self.image_column if self.caption else None
         prompt_column = self.prompt_column
-        self._needs(data_file, values, image_column)
+        if embedded is None:
+            self._needs(data_file, values, image_column)
         self._needs(data_file, values, prompt_column)
         key = values.get(self.key_column) if self.key_column else None
-        key = key or None
+        key = str(key) if key is not None and key != "" else None
         meta = {k: v for k, v in values.items() if k != image_column}
         custom_id = _custom_id(key)
         try:
             if key is not None and custom_id is None:
                 raise InvalidInput(where, f"its key is over {MAX_CUSTOM_ID} characters")
             if self.caption:
-                return self._caption(values, key, custom_id, meta, origin, where)
+                return self._caption(values, key, custom_id, meta, origin, where, embedded)
             made = generate_item(
                 {"prompt": values[prompt_column or ""], "custom_id": custom_id},
                 self.params,
@@ -228,28 +222,105 @@ class _CsvFiles(_Rows):
         meta: dict[str, str],
         origin: dict[str, Any],
         where: str,
+        embedded: dict[str, Any] | None = None,
     ) -> NewItem:
         assert self.prompts is not None and self.image_column is not None
         own = values.get(self.prompt_column) if self.prompt_column else None
         prompts = self.prompts.render({**meta, "key": key}, own)
-        made = caption_item(
-            {"image": values[self.image_column], "custom_id": custom_id},
-            self.params,
-            where=f"{where} {self.image_column}",
-            max_prompt_chars=self.settings.max_prompt_chars,
-            storage_url=self.storage_url,
-            egress=self.egress,
-        )
+        if embedded is None:
+            made = caption_item(
+                {"image": values[self.image_column], "custom_id": custom_id},
+                self.params,
+                where=f"{where} {self.image_column}",
+                max_prompt_chars=self.settings.max_prompt_chars,
+                storage_url=self.storage_url,
+                egress=self.egress,
+            )
+            image = {"image": made.input["image"], "uri": made.input["uri"]}
+            seed = made.input["seed"]
+        else:
+            image, seed = embedded, draw_seed()
         value = {
-            "image": made.input["image"],
-            "uri": made.input["uri"],
+            **image,
             **prompts,
-            "seed": made.input["seed"],
+            "seed": seed,
             "key": key,
             "meta": meta,
             **origin,
         }
         return NewItem(input=value, custom_id=custom_id)
+
+
+class _CsvFiles(_Tables):
+    """CSV rows."""
+
+    def of_file(self, opener: Opener, data_file: DataFile, start: Any) -> Iterator[NewItem]:
+        try:
+            stream = opener.open(data_file)
+        except StorageError as exc:
+            yield _unreadable(data_file, "file", exc, self.position)
+            return
+        with closing(stream):
+            rows = tables.csv_rows(
+                stream,
+                data_file.name,
+                max_row_bytes=self.settings.max_manifest_line_bytes,
+                skip=start or 0,
+            )
+            for row, values in rows:
+                yield self._item(data_file, row, values)
+
+
+class _ParquetFiles(_Tables):
+    """Parquet rows, a batch at a time; an image held in the file (bytes, an HF struct) is
+    not read here: the item records its row group and index (`worker.parquet`)."""
+
+    def of_file(self, opener: Opener, data_file: DataFile, start: Any) -> Iterator[NewItem]:
+        try:
+            pf = parquet.open_parquet(opener, data_file)
+        except StorageError as exc:
+            yield _unreadable(data_file, "file", exc, self.position)
+            return
+        except parquet.NotParquet as exc:
+            yield NewItem(input={"file": data_file.name, self.position: None}, error=str(exc))
+            return
+        done = start or 0
+        try:
+            for item in self._rows(pf, data_file, done):
+                done = item.input.get("row") or done
+                yield item
+        except StorageError as exc:
+            yield _unreadable(data_file, "file", exc, self.position)
+        except parquet.BROKEN as exc:  # a row group that cannot be decoded: the rest of it
+            log.warning("%s broken after row %d: %s", data_file.name, done, exc)
+            yield NewItem(
+                input={"file": data_file.name, self.position: None},
+                error=f"parquet file {data_file.name} cannot be read after row {done:,}: {exc}",
+            )
+
+    def _rows(self, pf: Any, data_file: DataFile, skip: int) -> Iterator[NewItem]:
+        schema = pf.schema_arrow
+        names = schema.names
+        image_column = self.image_column if self.caption else None
+        self._needs(data_file, names, image_column)
+        self._needs(data_file, names, self.prompt_column)
+        kind = parquet.URL
+        if image_column is not None:
+            try:
+                kind = parquet.image_kind(schema, image_column)
+            except ValueError as exc:
+                raise SourceError(f"{data_file.name}: {exc}") from None
+        inside = kind != parquet.URL
+        columns = parquet.kept_columns(schema, image_column if inside else None)
+        for row, values, (group, index) in parquet.parquet_rows(pf, columns, skip):
+            embedded = None
+            if inside:
+                embedded = {
+                    "image": f"{data_file.name}#row={row}",
+                    "uri": data_file.uri,
+                    "parquet": [group, index, image_column],
+                }
+            yield self._item(data_file, row, values, embedded)
 
 
 class _Shards(_Rows):

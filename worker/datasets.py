@@ -25,7 +25,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 from janus_batch import datasets
 from janus_batch.inputs import STORAGE_REF_HINT, InvalidInput, points_into_storage
 from janus_batch.settings import Settings
-from janus_batch.storage import Storage, StorageError, TransientStorageError, parse_s3_uri
+from janus_batch.storage import (
+    NotFoundError,
+    Storage,
+    StorageError,
+    TransientStorageError,
+    parse_s3_uri,
+)
 from janus_batch.storage.s3 import byte_range, translate_error
 from worker import sources
 from worker.fetch import retry_transient
@@ -94,23 +100,45 @@ class Opener:
         self.storage = storage
         self._client: Any = None
 
-    def open(self, data_file: DataFile, start: int = 0) -> BinaryIO:
-        """A stream of `data_file` from byte `start` (a start past its end reads nothing).
-        NotFoundError / StorageError for a file that cannot be read, TransientStorageError
-        after retries."""
+    def open(self, data_file: DataFile, start: int = 0, length: int | None = None) -> BinaryIO:
+        """A stream of `data_file` from byte `start` (a start past its end reads nothing), of
+        at most `length` bytes when given. NotFoundError / StorageError for a file that
+        cannot be read, TransientStorageError after retries."""
         return retry_transient(
-            lambda: self._open(data_file, start), attempts=self.settings.max_retries + 1
+            lambda: self._open(data_file, start, length), attempts=self.settings.max_retries + 1
         )
 
-    def _open(self, data_file: DataFile, start: int) -> BinaryIO:
+    def size(self, data_file: DataFile) -> int:
+        """The size of `data_file` in bytes; NotFoundError if it is missing."""
+        return retry_transient(
+            lambda: self._size(data_file), attempts=self.settings.max_retries + 1
+        )
+
+    def _size(self, data_file: DataFile) -> int:
         if data_file.uri.startswith("storage:"):
-            return self.storage.open_read(data_file.uri[len("storage:") :], start)
+            size = self.storage.size(data_file.uri[len("storage:") :])
+            if size is None:
+                raise NotFoundError(f"cannot read {data_file.name}: no such file")
+            return size
         bucket, key = parse_s3_uri(data_file.uri)
-        request: dict[str, Any] = {"Bucket": bucket, "Key": key}
-        if header := byte_range(start):
-            request["Range"] = header
+        try:
+            return int(self._s3().head_object(Bucket=bucket, Key=key)["ContentLength"])
+        except (ClientError, BotoCoreError) as exc:
+            raise translate_error(exc, "read", data_file.name) from exc
+
+    def _s3(self) -> Any:
         if self._client is None:
             self._client = sources.s3_client(self.settings)
+        return self._client
+
+    def _open(self, data_file: DataFile, start: int, length: int | None) -> BinaryIO:
+        if data_file.uri.startswith("storage:"):
+            return self.storage.open_read(data_file.uri[len("storage:") :], start, length)
+        bucket, key = parse_s3_uri(data_file.uri)
+        request: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if header := byte_range(start, length):
+            request["Range"] = header
+        self._s3()
         try:
             return cast(BinaryIO, self._client.get_object(**request)["Body"])
         except ClientError as exc:

@@ -4,13 +4,16 @@ end, its manifests rewritten from the rows.
 
 `results.jsonl` has one self-contained line per succeeded item (custom_id, idx, input, the
 caption or images, model, params, status); `errors.jsonl` one line per failed or cancelled
-item (custom_id, idx, input, error, status). Both are written (even when empty) to temporary
-files, streamed from the items in idx order a page at a time (flat memory), then uploaded
-under `<output_prefix>/`. Their content depends only on the rows, so a second run writes the
-same bytes (on S3 but for the signatures of the images' presigned `url`s, valid
-JANUS_BATCH_RESULT_URL_EXPIRES seconds). A WebDataset job also gets one captions sidecar per
-input shard (`worker.sidecars`). The lines come from `janus_batch.results`, the same
-functions the API uses to stream a running job's partial results, so both always agree.
+item (custom_id, idx, input, error, status); `results.parquet` one row per item, whatever its
+status, in row groups (`worker.results_table`: key, custom_id, the caption columns or image
+keys and seeds, model, params, status, error), for a trainer to read. All three are written
+(even when empty) to temporary files, streamed from the items in idx order a page at a time
+(flat memory), in one pass, then uploaded under `<output_prefix>/`. Their content depends
+only on the rows, so a second run writes the same bytes (on S3 but for the signatures of the
+images' presigned `url`s, valid JANUS_BATCH_RESULT_URL_EXPIRES seconds). A WebDataset job
+also gets one captions sidecar per input shard (`worker.sidecars`). The lines come from
+`janus_batch.results`, the same functions the API uses to stream a running job's partial
+results, so both always agree.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from janus_batch.results import (
     result_line,
 )
 from janus_batch.states import JobStatus
+from worker import results_table
 from worker.context import Context
 from worker.sidecars import write_sidecars
 
@@ -126,19 +130,23 @@ def _touch_finalizing(job_id: str) -> Callable[[Session], None]:
 
 
 def write_manifests(ctx: Context, job: Job) -> tuple[int, int]:
-    """Write results.jsonl and errors.jsonl of `job` to storage; returns their line counts."""
+    """Write results.jsonl, errors.jsonl and results.parquet of `job` to storage; returns
+    the line counts of the first two."""
     prefix = job.output_prefix.rstrip("/")
     counts = {"results": 0, "errors": 0}
     presign = presigner(ctx.storage, ctx.settings.result_url_expires)
     with tempfile.TemporaryDirectory(prefix="janus-finalize-") as tmp:
         results_path, errors_path = Path(tmp) / RESULTS_NAME, Path(tmp) / ERRORS_NAME
+        table_path = Path(tmp) / results_table.NAME
         with (
             open(results_path, "wb") as results,
             open(errors_path, "wb") as errors,
+            results_table.ResultsTable(table_path, job, row_group=PAGE) as table,
         ):
             for item in iter_items(
                 ctx.database_url, job.id, page_size=PAGE, on_page=_touch_finalizing(job.id)
             ):
+                table.add(item)
                 if item.status in RESULT_STATUSES:
                     results.write(encode_line(result_line(job, item, presign)))
                     counts["results"] += 1
@@ -149,6 +157,9 @@ def write_manifests(ctx: Context, job: Job) -> tuple[int, int]:
                     log.warning("job=%s idx=%d is %s at finalize", job.id, item.idx, item.status)
         ctx.storage.put_file(f"{prefix}/{RESULTS_NAME}", results_path, CONTENT_TYPE)
         ctx.storage.put_file(f"{prefix}/{ERRORS_NAME}", errors_path, CONTENT_TYPE)
+        ctx.storage.put_file(
+            f"{prefix}/{results_table.NAME}", table_path, results_table.CONTENT_TYPE
+        )
     log.info(
         "job=%s wrote %s (%d lines) and %s (%d lines)",
         job.id,

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -177,12 +179,19 @@ def test_missing_template_field_and_bad_template(ctx: Any, s3_env: Any) -> None:
     assert "'{caption.__class__}' is not a field name" in job.error
 
 
-def test_csv_of_urls_over_loopback_http(make_ctx: Any, s3_env: Any) -> None:
-    images = {f"/img/{i}.jpg": jpeg(i) for i in range(4)}
-    client = s3_env.client()
-    client.put_object(Bucket=s3_env.bucket, Key="pics/s3.jpg", Body=jpeg(9))
+@contextmanager
+def served_images(make_ctx: Any, s3_env: Any, count: int) -> Iterator[tuple[Any, str]]:
+    """(ctx, base URL): `count` images at <base>/img/<i>.jpg on a loopback HTTP server the
+    egress policy allows, and one at s3://<bucket>/pics/s3.jpg."""
+    images = {f"/img/{i}.jpg": jpeg(i) for i in range(count)}
+    s3_env.client().put_object(Bucket=s3_env.bucket, Key="pics/s3.jpg", Body=jpeg(9))
     with image_server(images) as base:
-        ctx = make_ctx(egress_allow_http="true", egress_allow=base.removeprefix("http://"))
+        yield make_ctx(egress_allow_http="true", egress_allow=base.removeprefix("http://")), base
+
+
+def test_csv_of_urls_over_loopback_http(make_ctx: Any, s3_env: Any) -> None:
+    client = s3_env.client()
+    with served_images(make_ctx, s3_env, 4) as (ctx, base):
         rows = [{"key": f"k{i}", "url": f"{base}/img/{i}.jpg", "caption": f"alt {i}",
                  "width": "40"} for i in range(4)]  # fmt: skip
         rows.append({"key": "k4", "url": f"{base}/img/missing.jpg", "caption": "", "width": ""})
