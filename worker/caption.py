@@ -115,6 +115,7 @@ class CaptionHandler(Handler):
                 str(error),
                 probe=lambda: fetch_uri(
                     uri,
+                    byte_range=_range(item.input) or _first_byte(item.input),
                     storage=ctx.storage,
                     endpoint_url=settings.s3_endpoint_url,
                     region=settings.s3_region,
@@ -169,6 +170,11 @@ def _fetch(ctx: Context, items: list[Claimed]) -> list[bytes | FetchError]:
         for i, data in zip(cells, read, strict=True):
             out[i] = data
     return out
+
+
+def _first_byte(value: dict[str, Any]) -> tuple[int, int] | None:
+    """What a storage probe reads of a parquet file (not all of it): its first byte."""
+    return (0, 1) if value.get("parquet") else None
 
 
 def _questions(value: dict[str, Any]) -> dict[str, str]:

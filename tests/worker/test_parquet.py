@@ -235,3 +235,41 @@ def test_inline_jobs_get_results_parquet_too(ctx: Any) -> None:
     [row] = results_table(ctx, job_id)
     assert row["status"] == "failed" and row["caption"] is None and row["error"]
     assert get_items(ctx, job_id)[0].status == ItemStatus.FAILED
+
+
+def test_a_hugging_face_parquet_through_the_api(make_ctx: Any) -> None:
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    ctx = make_ctx()
+    data = parquet_bytes(hf_table(3))
+    with TestClient(create_app()) as client:
+        upload = client.post("/v1/files", files={"file": ("train-00000.parquet", data)},
+                             data={"purpose": "dataset"})  # fmt: skip
+        assert upload.status_code == 201, upload.text
+        body = {
+            "kind": "caption",
+            "source": {
+                "parquet": [upload.json()["id"]],
+                "image_column": "image",
+                "key_column": "id",
+            },
+        }
+        created = client.post("/v1/jobs", json=body)
+        assert created.status_code == 202, created.text
+        assert created.json()["source"]["parquet"] == [upload.json()["id"]]
+        drain(ctx)
+        job_id = created.json()["id"]
+        got = client.get(f"/v1/jobs/{job_id}/files/results.parquet")
+        assert got.status_code == 200, got.text
+        wrong = {"kind": "caption", "source": {"parquet": "https://h/a.parquet"}}
+        refused = client.post("/v1/jobs", json=wrong)
+        assert refused.status_code == 422 and refused.json()["error"]["field"] == "source.parquet"
+    rows = pq.read_table(io.BytesIO(got.content)).to_pylist()
+    assert [(r["key"], r["status"]) for r in rows] == [
+        ("hf0", "succeeded"),
+        ("hf1", "succeeded"),
+        ("hf2", "failed"),
+    ]
+    assert isinstance(rows[0]["caption"], str) and "#row=3" in rows[2]["error"]
