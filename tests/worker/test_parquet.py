@@ -273,3 +273,33 @@ def test_a_hugging_face_parquet_through_the_api(make_ctx: Any) -> None:
         ("hf2", "failed"),
     ]
     assert isinstance(rows[0]["caption"], str) and "#row=3" in rows[2]["error"]
+
+
+def test_results_parquet_is_written_in_row_groups(tmp_path: Any) -> None:
+    from janus_batch.models import Item, Job
+    from worker.results_table import ResultsTable
+
+    job = Job(kind=JobKind.GENERATE, model="m", params={"n": 1, "seed": None})
+    path = tmp_path / "results.parquet"
+    with ResultsTable(path, job, row_group=2) as table:
+        for idx in range(5):
+            ok = idx != 3
+            table.add(
+                Item(
+                    idx=idx,
+                    custom_id=f"p{idx}",
+                    input={"prompt": f"prompt {idx}", "key": idx},
+                    status=ItemStatus.SUCCEEDED if ok else ItemStatus.FAILED,
+                    result={"images": [{"key": f"k{idx}", "seed": idx, "uri": "u"}]}
+                    if ok
+                    else None,
+                    error=None if ok else "model error: boom",
+                )
+            )
+    pf = pq.ParquetFile(path)
+    assert pf.metadata.num_row_groups == 3 and pf.metadata.num_rows == 5
+    rows = pf.read().to_pylist()
+    assert rows[3] == {"idx": 3, "custom_id": "p3", "key": "3", "prompt": "prompt 3",
+                       "images": [], "model": "m", "params": '{"n":1,"seed":null}',
+                       "status": "failed", "error": "model error: boom"}  # fmt: skip
+    assert rows[4]["images"] == [{"key": "k4", "seed": 4}]
