@@ -1,8 +1,8 @@
 """Benchmark of dataset-scale source expansion (worker.expand.expand_source), end to end.
 
     PYTHONPATH=. python bench/expand.py [--lines 100000] [--small 10000] [--s3-keys 20000]
-        [--csv-rows 1000000] [--shards 200 --per-shard 1000]
-        [--cases manifest,s3-prefix,csv,webdataset] [--dbs postgresql,sqlite]
+        [--csv-rows 1000000] [--parquet-rows 1000000] [--shards 200 --per-shard 1000]
+        [--cases manifest,s3-prefix,csv,parquet,webdataset] [--dbs postgresql,sqlite]
 
 The expand task function is called directly (no Celery worker), on real services: a throwaway
 PostgreSQL database (dropped after) and a SQLite file, the machine's Redis under a private key
@@ -13,14 +13,17 @@ prefix (chunk messages are really enqueued; counted, then deleted), and moto's S
       storage) of --small and --lines lines, on PostgreSQL and SQLite;
   (b) an S3 prefix of up to --s3-keys zero-byte objects (created with a thread pool; fewer
       if --s3-fill-budget seconds run out), listed page by page by the expand task;
-  (c) a dataset source: an uploaded CSV of --csv-rows image URLs (key, url, caption), and
+  (c) a dataset source: an uploaded CSV of --csv-rows image URLs (key, url, caption), the
+      same as an uploaded parquet file of --parquet-rows rows (img2dataset's parquet output,
+      row groups of 100,000), and
       --shards uploaded WebDataset shards of --per-shard samples each (jpg + json members, as
       img2dataset writes them), with a prompt template over the json's caption.
 
 Streaming is the worker's path: keys listed / lines read a page at a time, each page of
 2,000 items inserted with one Core INSERT ... RETURNING and its chunks enqueued at once.
 The baseline is the naive path: read the whole manifest (or list the whole prefix with the
-boto3 paginator, or read every CSV file / shard whole and parse it in memory) into memory,
+boto3 paginator, or read every CSV / parquet file or shard whole and parse it in memory) into
+memory,
 validate every line the same way, insert all rows with the ORM's add_all in one transaction,
 then enqueue the chunks.
 
@@ -58,6 +61,8 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import pyarrow as pa
+import pyarrow.parquet as pq
 import redis
 from botocore.config import Config
 from sqlalchemy import text, update
@@ -203,17 +208,26 @@ def _read_whole(ctx: Context, job: Job, refs: list[str]) -> list[bytes]:
     return [ctx.storage.get_bytes(found[ref].storage_key) for ref in refs]
 
 
+def _url_row(row: dict[str, Any], params: Any, limit: int) -> dict[str, Any]:
+    """The item input of a table row of (key, url, caption), validated like the worker's."""
+    value = {"image": row["url"], "custom_id": row["key"]}
+    item = caption_item(value, params, where="row", max_prompt_chars=limit)
+    return {**item.input, "key": row["key"], "meta": row}
+
+
 def _naive_dataset(ctx: Context, job: Job, params: Any) -> list[dict[str, Any]]:
     """Baseline of a dataset source: each file read whole, parsed in memory."""
     source, settings = job.source, ctx.settings
     inputs: list[dict[str, Any]] = []
     if "csv" in source:
         for data in _read_whole(ctx, job, source["csv"]):
-            for row in csv.DictReader(io.StringIO(data.decode("utf-8"))):
-                value = {"image": row["url"], "custom_id": row["key"]}
-                limit = settings.max_prompt_chars
-                item = caption_item(value, params, where="row", max_prompt_chars=limit)
-                inputs.append({**item.input, "key": row["key"], "meta": row})
+            rows = csv.DictReader(io.StringIO(data.decode("utf-8")))
+            inputs += (_url_row(row, params, settings.max_prompt_chars) for row in rows)
+        return inputs
+    if "parquet" in source:
+        for data in _read_whole(ctx, job, source["parquet"]):
+            rows = pq.read_table(io.BytesIO(data)).to_pylist()
+            inputs += (_url_row(row, params, settings.max_prompt_chars) for row in rows)
         return inputs
     template = params.prompt
     for ref, data in zip(source["webdataset"], _read_whole(ctx, job, source["webdataset"]),
@@ -239,7 +253,7 @@ def naive(ctx: Context, job_id: str) -> int:
     settings = ctx.settings
     params = parse_params(job.kind, job.params, max_n=settings.max_n)
     source = job.source
-    if "csv" in source or "webdataset" in source:
+    if "csv" in source or "parquet" in source or "webdataset" in source:
         return _insert_all_then_enqueue(ctx, job, _naive_dataset(ctx, job, params))
     if "manifest" in source:
         data = ctx.storage.get_bytes(source["manifest"].removeprefix("storage:"))
@@ -335,6 +349,21 @@ def write_csv(ctx: Context, rows: int) -> dict[str, Any]:
     buffer.writelines(f"{i:09d},https://img.example/{i}.jpg,picture {i}\n" for i in range(rows))
     file_id = _upload(ctx, buffer.getvalue().encode(), f"urls-{rows}.csv")
     return {"csv": [file_id], "image_column": "url", "key_column": "key", "prompt_column": None}
+
+
+def write_parquet(ctx: Context, rows: int) -> dict[str, Any]:
+    """An uploaded parquet file of `rows` image URLs (key, url, caption); its source."""
+    table = pa.table(
+        {
+            "key": [f"{i:09d}" for i in range(rows)],
+            "url": [f"https://img.example/{i}.jpg" for i in range(rows)],
+            "caption": [f"picture {i}" for i in range(rows)],
+        }
+    )
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, row_group_size=100_000)
+    file_id = _upload(ctx, buffer.getvalue(), f"urls-{rows}.parquet")
+    return {"parquet": [file_id], "image_column": "url", "key_column": "key", "prompt_column": None}
 
 
 def _shard(first: int, count: int) -> bytes:
@@ -504,6 +533,8 @@ def dataset_sources(setup: Setup, args: Any, cases: list[str]) -> dict[str, Any]
     t = time.perf_counter()
     if "csv" in cases:
         out["csv"] = (write_csv(ctx, args.csv_rows), args.csv_rows)
+    if "parquet" in cases:
+        out["parquet"] = (write_parquet(ctx, args.parquet_rows), args.parquet_rows)
     if "webdataset" in cases:
         n = args.shards * args.per_shard
         out["webdataset"] = (write_shards(ctx, args.shards, args.per_shard), n)
@@ -573,9 +604,10 @@ def main(argv: list[str] | None = None) -> int:
         "--trace-db", default="sqlite", help="database whose manifest runs are also traced"
     )
     parser.add_argument("--csv-rows", type=int, default=1_000_000, help="rows of the CSV")
+    parser.add_argument("--parquet-rows", type=int, default=1_000_000, help="rows of the parquet")
     parser.add_argument("--shards", type=int, default=200, help="WebDataset shards")
     parser.add_argument("--per-shard", type=int, default=1000, help="samples per shard")
-    parser.add_argument("--cases", default="manifest,s3-prefix,csv,webdataset")
+    parser.add_argument("--cases", default="manifest,s3-prefix,csv,parquet,webdataset")
     args = parser.parse_args(argv)
     cases = args.cases.split(",")
 
