@@ -1,19 +1,19 @@
 """Parquet files of a dataset source, read by ranges: rows streamed at expansion, image cells
 read back by the chunk that captions them.
 
-    pf = open_parquet(opener, data_file)                    # the footer: two small ranged reads
-    for row, values, (group, index) in parquet_rows(pf, name, columns, skip=0): ...
-    cells = read_cells(opener, refs)                          # bytes or FetchError, in order
+    pf = open_parquet(opener, data_file)        # its size (a HEAD), its footer (a ranged GET)
+    for row, values, (group, index) in parquet_rows(pf, columns, skip=0): ...
+    cells = read_cells(opener, refs, max_bytes)   # bytes or FetchError, in order
 
 A parquet file is opened over `RangeFile`, a seekable file whose reads are ranged GETs through
 `worker.datasets.Opener` (the storage layer for uploads, the workers' S3 client for `s3://`),
 so nothing is downloaded whole: pyarrow reads the footer, then only the column chunks asked
-for. At expansion the image column is left out when it holds bytes (`binary`, or a Hugging
-Face `{bytes, path}` struct): an item records the file, its row group and its index in it
-(`parquet: [group, index, column]`), and the chunk that captions it reads that row group's
-image column alone (`column.bytes` of a struct), once for all of its items in the chunk.
-Rows are numbered from 1, like a CSV's, and `skip` resumes after a row without reading the
-row groups before it (their sizes are in the footer).
+for (each whole: pyarrow has no page-level reads). At expansion the image column is left out
+when it holds bytes (`binary`, or a Hugging Face `{bytes, path}` struct): an item records the
+file, its row group and its index in it (`parquet: [group, index, column]`), and the chunk
+that captions it reads that row group's image column alone (`column.bytes` of a struct), once
+for all of its items in the chunk. Rows are numbered from 1, like a CSV's, and `skip` resumes
+after a row without reading the row groups before it (their sizes are in the footer).
 """
 
 from __future__ import annotations
