@@ -52,3 +52,39 @@ def test_an_api_without_the_content_route_asks_for_images_once(tmp_path: Path) -
     assert calls == ["/v1/files/file_a/content"]
     assert (tmp_path / "captions.csv").is_file()
     assert not (tmp_path / "images" / "a.txt").exists()
+
+
+def test_generated_images_come_straight_from_storage_by_their_presigned_urls(
+    tmp_path: Path,
+) -> None:
+    """A result line's presigned url is used (the API is not in the download path); one
+    that no longer works (expired: 403) falls back to the API's route for that output."""
+    from janus_batch.client.cli.results import generate_outputs
+
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(f"{request.url.host}{request.url.path}")
+        if request.url.host == "s3.test":
+            ok = "expired" not in request.url.path
+            return httpx.Response(200 if ok else 403, content=b"png from s3" if ok else b"no")
+        return httpx.Response(200, content=b"png from the api")
+
+    images = [
+        {"key": "jobs/j/images/00000000_0.png", "seed": 1, "index": 0,
+         "url": "http://s3.test/b/jobs/j/images/00000000_0.png?X-Amz-Signature=x"},
+        {"key": "jobs/j/images/00000000_1.png", "seed": 2, "index": 1,
+         "url": "http://s3.test/b/expired/00000000_1.png?X-Amz-Signature=y"},
+        {"key": "jobs/j/images/00000000_2.png", "seed": 3, "index": 2},  # local storage: no url
+    ]  # fmt: skip
+    lines = [{"idx": 0, "input": {"prompt": "a fox"}, "images": images}]
+    with Client("http://api.test", transport=httpx.MockTransport(handler)) as client:
+        failed = generate_outputs(client, {"id": "j"}, lines, tmp_path, sidecars=False, workers=1)
+    assert failed == 0
+    got = {p.name: p.read_bytes() for p in (tmp_path / "images").iterdir()}
+    assert got == {
+        "00000000_0.png": b"png from s3",
+        "00000000_1.png": b"png from the api",  # the expired URL's fallback
+        "00000000_2.png": b"png from the api",
+    }
+    assert "api.test/v1/jobs/j/files/jobs/j/images/00000000_0.png" not in calls

@@ -26,7 +26,9 @@ from janus_batch.client.http import ApiError, Client, one_line
 
 @dataclass(frozen=True)
 class Fetch:
-    """One file to bring to `dest`: exactly one of the sources is set."""
+    """One file to bring to `dest`: one of the sources is set, or a presigned `url` with the
+    API's `job_key` to fall back on (the URL expired, or the storage is not reachable from
+    here)."""
 
     dest: Path
     job_key: tuple[str, str] | None = None
@@ -94,10 +96,15 @@ def fetch_one(client: Client, s3: S3Reader | None, task: Fetch) -> bool:
     if task.dest.is_file():
         return False
     task.dest.parent.mkdir(parents=True, exist_ok=True)
+    if task.url:
+        try:
+            client.download_url(task.url, task.dest)
+            return True
+        except ApiError:
+            if task.job_key is None:
+                raise
     if task.job_key:
         client.download(task.job_key[0], task.job_key[1], task.dest)
-    elif task.url:
-        client.download_url(task.url, task.dest)
     elif task.file_id:
         client.download_file(task.file_id, task.dest)
     elif task.s3_uri:

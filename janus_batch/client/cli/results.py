@@ -193,7 +193,8 @@ def generate_outputs(
         for image in line.get("images") or []:
             name = PurePosixPath(image["key"]).name
             dest = out_dir / IMAGES_DIR / name
-            tasks.append(Fetch(dest, job_key=(job["id"], image["key"])))
+            # straight from storage by the presigned URL (S3), through the API otherwise
+            tasks.append(Fetch(dest, job_key=(job["id"], image["key"]), url=image.get("url")))
             rows.append(
                 [
                     line.get("custom_id") or "",
