@@ -265,3 +265,14 @@ class FilesPublic(BaseModel):
     """Uploaded files."""
 
     data: list[FilePublic]
+
+
+class Deleted(BaseModel):
+    """What a DELETE removed."""
+
+    id: str
+    object: str = Field(description="job.deleted or file.deleted")
+    deleted: bool = True
+    objects_removed: int = Field(
+        default=0, description="Stored objects removed (results, images, manifests, the upload)."
+    )

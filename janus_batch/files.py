@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from janus_batch import quotas
 from janus_batch.db import session_scope
@@ -98,6 +98,22 @@ def get_file(database_url: str, owner: str, file_id: str) -> File | None:
         return None
     with session_scope(database_url) as session:
         return session.scalar(select(File).where(File.id == file_id, File.owner == owner))
+
+
+def delete_file(database_url: str, storage: Storage, owner: str, file_id: str) -> int | None:
+    """Delete one of the owner's uploads: its row, and its stored object unless another row
+    holds the same bytes (uploads are content-addressed). Returns the objects removed (0 or
+    1), None if there is no such file. Items that still name it fail when fetched."""
+    row = get_file(database_url, owner, file_id)
+    if row is None:
+        return None
+    with session_scope(database_url) as session:
+        session.execute(delete(File).where(File.id == file_id, File.owner == owner))
+        shared = session.scalar(select(File.id).where(File.storage_key == row.storage_key).limit(1))
+    if shared is None:
+        storage.delete(row.storage_key)
+    log.info("file=%s deleted (%s)", file_id, "object kept: shared" if shared else "object too")
+    return 0 if shared else 1
 
 
 def save_upload(

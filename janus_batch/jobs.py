@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
 import logging
 import re
@@ -40,6 +41,7 @@ from janus_batch.models import Item, Job, as_utc, new_id, utcnow
 from janus_batch.queue import send_control
 from janus_batch.settings import Settings
 from janus_batch.states import JOB_FINAL, JOB_RETRYABLE, ItemStatus, JobKind, JobStatus
+from janus_batch.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -435,6 +437,42 @@ def list_items(
     with session_scope(database_url) as session:
         items = list(session.scalars(query))
     return items[:limit], len(items) > limit
+
+
+def delete_job(database_url: str, storage: Storage, owner: str, job_id: str) -> int:
+    """Delete a finished job: every object under its output prefix (results, images,
+    manifests), then its rows. JobConflict while it is not final (cancel it first). Returns
+    how many objects were removed."""
+    job = get_job(database_url, owner, job_id)
+    if job.status not in JOB_FINAL:
+        raise JobConflict(
+            f"job {job_id} is {job.status}: it can be deleted once it ends (cancel it first)"
+        )
+    removed = purge_objects(storage, job.output_prefix)
+    with session_scope(database_url) as session:
+        if not lifecycle.delete_job(session, job_id):
+            raise JobConflict(f"job {job_id} changed while it was deleted: try again")
+    log.info("job=%s deleted: %d objects and its rows", job_id, removed)
+    return removed
+
+
+PURGE_PAGE = 1000
+
+
+def purge_objects(storage: Storage, prefix: str, limit: int | None = None) -> int:
+    """Delete the objects under `prefix/`, a listed page at a time (memory flat for millions),
+    at most `limit`; returns how many."""
+    removed = 0
+    folder = prefix.rstrip("/") + "/"
+    while limit is None or removed < limit:
+        page = PURGE_PAGE if limit is None else min(PURGE_PAGE, limit - removed)
+        keys = list(itertools.islice(storage.iter_keys(folder), page))
+        for key in keys:
+            storage.delete(key)
+        removed += len(keys)
+        if len(keys) < page:
+            break
+    return removed
 
 
 def cancel_job(database_url: str, app: Celery, owner: str, job_id: str) -> Job:

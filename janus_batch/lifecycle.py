@@ -33,6 +33,7 @@ from sqlalchemy import (
     and_,
     case,
     column,
+    delete,
     func,
     insert,
     or_,
@@ -236,6 +237,23 @@ def finish(session: Session, job_id: str, status: JobStatus, error: str | None) 
         .execution_options(synchronize_session=False)
     )
     return _rowcount(moved) == 1
+
+
+def delete_job(session: Session, job_id: str) -> bool:
+    """Remove a final job and all its items (their rows: the caller removed the stored
+    objects first). True if the job was final and is gone."""
+    final = [status.value for status in JOB_FINAL]
+    gone = session.execute(
+        delete(Job)
+        .where(Job.id == job_id, Job.status.in_(final))
+        .execution_options(synchronize_session=False)
+    )
+    if _rowcount(gone) != 1:
+        return False
+    session.execute(
+        delete(Item).where(Item.job_id == job_id).execution_options(synchronize_session=False)
+    )
+    return True
 
 
 def request_cancel(session: Session, job_id: str) -> tuple[bool, int]:

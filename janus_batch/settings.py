@@ -227,6 +227,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Wait after a failed webhook attempt, doubling with each (at most 10 min).",
     )
+    retention_days: float = Field(
+        default=0,
+        ge=0,
+        description="Delete finished jobs (their results, images and rows) and uploaded files "
+        "older than this many days, in bounded batches each sweep; 0 keeps everything.",
+    )
     flower_url: str = Field(
         default="http://127.0.0.1:5555", description="Flower address linked from the dashboard."
     )

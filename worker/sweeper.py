@@ -11,7 +11,7 @@ from typing import Any, cast
 import redis
 from sqlalchemy import and_, or_, select
 
-from janus_batch import fleet, lifecycle
+from janus_batch import fleet, jobs, lifecycle
 from janus_batch.constants import (
     CAPTION_QUEUE,
     CONTROL_QUEUE,
@@ -20,11 +20,13 @@ from janus_batch.constants import (
     GENERATE_QUEUE,
 )
 from janus_batch.db import session_scope
+from janus_batch.files import delete_file
 from janus_batch.items import dispatch_next
+from janus_batch.jobs import purge_objects
 from janus_batch.lifecycle import MAX_ATTEMPTS
-from janus_batch.models import Item, Job, utcnow
+from janus_batch.models import File, Item, Job, utcnow
 from janus_batch.queue import CHUNK_QUEUES, chunked, send_chunk, send_control
-from janus_batch.states import ItemStatus, JobKind, JobStatus
+from janus_batch.states import JOB_FINAL, ItemStatus, JobKind, JobStatus
 from worker import metrics
 from worker.context import Context
 
@@ -48,6 +50,7 @@ def sweep(ctx: Context, now: datetime | None = None) -> dict[str, int]:
         "reexpanded": resend_expand(ctx, now),
         "finalizing_started": start_finalizing(ctx),
         "cancel_finished": finish_cancelled(ctx, now),
+        **purge_retained(ctx, now),
     }
     if any(counts.values()):
         log.info("sweep: %s", counts)
@@ -332,3 +335,46 @@ def finish_cancelled(ctx: Context, now: datetime) -> int:
         if won:
             send_control(ctx.app, FINALIZE_JOB_TASK, job_id)
     return finished
+
+
+PURGE_JOBS = 20
+"""Most finished jobs one sweep deletes for retention (their objects and rows)."""
+PURGE_OBJECTS = 5000
+"""Most stored objects one sweep deletes for retention (a big job takes several sweeps)."""
+PURGE_FILES = 200
+"""Most uploaded files one sweep deletes for retention."""
+
+
+def purge_retained(ctx: Context, now: datetime) -> dict[str, int]:
+    """Step 7: with JANUS_BATCH_RETENTION_DAYS, finished jobs and uploads older than that are
+    deleted, in bounded batches (PURGE_*): a job's objects first (over several sweeps for a
+    big one), then its rows; an upload's row, then its object if no row shares it."""
+    days = ctx.settings.retention_days
+    if not days:
+        return {}
+    cutoff = now - timedelta(days=days)
+    with session_scope(ctx.database_url) as session:
+        old_jobs = session.execute(
+            select(Job.id, Job.owner, Job.output_prefix)
+            .where(Job.status.in_([s.value for s in JOB_FINAL]), Job.finished_at < cutoff)
+            .order_by(Job.finished_at)
+            .limit(PURGE_JOBS)
+        ).all()
+        old_files = session.execute(
+            select(File.id, File.owner).where(File.created_at < cutoff).limit(PURGE_FILES)
+        ).all()
+    budget, jobs_deleted = PURGE_OBJECTS, 0
+    for job_id, owner, prefix in old_jobs:
+        removed = purge_objects(ctx.storage, prefix, limit=budget)
+        budget -= removed
+        if budget <= 0:
+            break  # objects left: the next sweep goes on with this job
+        jobs.delete_job(ctx.database_url, ctx.storage, owner, job_id)
+        jobs_deleted += 1
+    files_deleted = sum(
+        1 for file_id, owner in old_files
+        if delete_file(ctx.database_url, ctx.storage, owner, file_id) is not None
+    )  # fmt: skip
+    if jobs_deleted or files_deleted:
+        log.info("retention: %d jobs and %d uploads deleted", jobs_deleted, files_deleted)
+    return {"retention_jobs": jobs_deleted, "retention_files": files_deleted}

@@ -11,7 +11,7 @@ from api.deps import DatabaseUrl, Owner, SettingsDep, StorageDep
 from api.downloads import object_response
 from api.errors import HttpError, Responses, error_responses
 from api.metrics import MetricsDep
-from api.schemas import FilePublic, FilesPublic
+from api.schemas import Deleted, FilePublic, FilesPublic
 from api.views import file_public
 from janus_batch import files
 
@@ -87,6 +87,18 @@ def get_file(
     if row is None:
         raise HttpError(404, f"no file {file_id!r}", "file_id")
     return file_public(row)
+
+
+@router.delete("/{file_id}", response_model=Deleted, responses=ERRORS)
+def delete_file(
+    file_id: Annotated[str, Path(max_length=64)], db: DatabaseUrl, owner: Owner, storage: StorageDep
+) -> Deleted:
+    """Delete one of your uploads (its bytes too, unless another of your uploads holds the
+    same bytes). Items that still name it fail when a worker fetches them."""
+    removed = files.delete_file(db, storage, owner, file_id)
+    if removed is None:
+        raise HttpError(404, f"no file {file_id!r}", "file_id")
+    return Deleted(id=file_id, object="file.deleted", objects_removed=removed)
 
 
 @router.get("/{file_id}/content", responses={200: {"content": {"*/*": {}}}, **ERRORS})

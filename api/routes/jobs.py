@@ -12,7 +12,7 @@ from api.deps import CeleryDep, DatabaseUrl, Owner, SettingsDep, StorageDep
 from api.downloads import iter_body, job_output_key, object_response
 from api.errors import HttpError, Responses, error_responses
 from api.metrics import MetricsDep
-from api.schemas import ItemsPublic, JobCreate, JobPublic, JobRetry, JobsPublic
+from api.schemas import Deleted, ItemsPublic, JobCreate, JobPublic, JobRetry, JobsPublic
 from api.views import item_public, job_public, live_view
 from janus_batch import jobs
 from janus_batch.constants import ERRORS_NAME, RESULTS_NAME
@@ -129,6 +129,14 @@ def cancel_job(
     """Cancel pending items (finished ones are kept); running chunks drain, then the job
     is finalized. 409 if the job is already final."""
     return _view(jobs.cancel_job(db, app, owner, job_id), db, storage, request)
+
+
+@router.delete("/{job_id}", response_model=Deleted, responses=ERRORS)
+def delete_job(job_id: JobId, db: DatabaseUrl, owner: Owner, storage: StorageDep) -> Deleted:
+    """Delete a finished job: its results, images and manifests in storage, then its rows.
+    409 while it runs (cancel it first)."""
+    removed = jobs.delete_job(db, storage, owner, job_id)
+    return Deleted(id=job_id, object="job.deleted", objects_removed=removed)
 
 
 @router.post("/{job_id}/retry", response_model=JobPublic, responses={**ERRORS, **QUOTA})

@@ -197,6 +197,14 @@ class Client:
     def cancel_job(self, job_id: str) -> dict:
         return self._request("POST", f"/v1/jobs/{job_id}/cancel").json()
 
+    def delete_job(self, job_id: str) -> dict:
+        """Delete a finished job (its outputs and rows); what was removed."""
+        return self._request("DELETE", f"/v1/jobs/{job_id}").json()
+
+    def delete_file(self, file_id: str) -> dict:
+        """Delete an uploaded file; what was removed."""
+        return self._request("DELETE", f"/v1/files/{file_id}").json()
+
     def retry_job(self, job_id: str, errors: list[str] | None = None) -> dict:
         """Retry the job's failed items (of these error classes, or all); the job."""
         body = {"errors": errors} if errors is not None else None

@@ -404,3 +404,15 @@ def test_unknown_job_is_one_line_404(cli: Cli) -> None:
     run = cli("status", "job_000000000000000000000000")
     assert run.exit_code == 4
     assert one_error_line(run) == "error: not found (404): no job 'job_000000000000000000000000'"
+
+
+def test_delete_a_finished_job_and_refuse_a_running_one(cli: Cli, tmp_path: Path) -> None:
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a fox\n")
+    done = cli("generate", prompts, "--wait", "--interval", "0.2", "--timeout", TIMEOUT)
+    assert done.exit_code == 0, done.stderr
+    gone = cli("delete", done.job_id)
+    assert gone.exit_code == 0, gone.stderr
+    assert f"{done.job_id} deleted (" in gone.stdout and "stored objects removed" in gone.stdout
+    again = cli("status", done.job_id)
+    assert again.exit_code == 4 and "404" in again.stderr

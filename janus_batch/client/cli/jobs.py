@@ -226,6 +226,28 @@ def cancel(job_id: JobId, api_url: ApiUrl = DEFAULT_API_URL, api_key: ApiKey = N
     out.print(cancel_message(job), soft_wrap=True)
 
 
+@handle_errors
+def delete(
+    ids: Annotated[
+        list[str],
+        typer.Argument(
+            help="Finished job ids (job_...) or uploaded file ids (file_...).", show_default=False
+        ),
+    ],
+    api_url: ApiUrl = DEFAULT_API_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Delete finished jobs (their results, images and manifests, then their records) or
+    uploaded files. A running job is refused: cancel it first."""
+    with make_client(api_url, api_key) as client:
+        for one in ids:
+            gone = client.delete_file(one) if one.startswith("file_") else client.delete_job(one)
+            out.print(
+                f"{gone['id']} deleted ({gone.get('objects_removed', 0)} stored objects removed)",
+                soft_wrap=True,
+            )
+
+
 @with_exit_codes
 @handle_errors
 def retry(

@@ -1,7 +1,7 @@
 """The `janus-batch` command.
 
-Job commands (caption, generate, watch, status, list, cancel, retry, results, webhook-secret)
-are clients of the HTTP API: --api-url / JANUS_BATCH_API_URL and --api-key /
+Job commands (caption, generate, watch, status, list, cancel, retry, delete, results,
+webhook-secret) are clients of the HTTP API: --api-url / JANUS_BATCH_API_URL and --api-key /
 JANUS_BATCH_API_KEY say which one.
 Operator commands (db, keys, model, serve, demo) work on the local configuration directly: they
 live in `janus_batch.ops` and need the server extra, so a client-only install lists them with a
@@ -18,7 +18,15 @@ import typer
 from rich.markup import escape
 
 from janus_batch.client.cli.common import CliGroup, err
-from janus_batch.client.cli.jobs import cancel, list_jobs, retry, status, watch, webhook_secret
+from janus_batch.client.cli.jobs import (
+    cancel,
+    delete,
+    list_jobs,
+    retry,
+    status,
+    watch,
+    webhook_secret,
+)
 from janus_batch.client.cli.results import results
 from janus_batch.client.cli.submit import caption, generate
 
@@ -39,6 +47,7 @@ app.command("status", rich_help_panel=JOBS)(status)
 app.command("list", rich_help_panel=JOBS)(list_jobs)
 app.command("cancel", rich_help_panel=JOBS)(cancel)
 app.command("retry", rich_help_panel=JOBS)(retry)
+app.command("delete", rich_help_panel=JOBS)(delete)
 app.command("results", rich_help_panel=JOBS)(results)
 app.command("webhook-secret", rich_help_panel=JOBS)(webhook_secret)
 
