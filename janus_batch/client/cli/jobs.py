@@ -184,7 +184,10 @@ def list_jobs(
     table.add_column("id", no_wrap=True)
     for name in ("label", "kind", "status", "done", "failed", "created"):
         table.add_column(
-            name, overflow="fold", justify="right" if name in ("done", "failed") else "left"
+            name,
+            overflow="fold",
+            justify="right" if name in ("done", "failed") else "left",
+            no_wrap=name == "done",  # "284 done, 16 cancelled of 300" stays one line
         )
     for job in page["data"]:
         table.add_row(
