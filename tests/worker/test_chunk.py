@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from janus import JanusRuntimeError
 from janus_batch.states import ItemStatus, JobKind
 from tests.worker.helpers import EngineDouble, create_job, get_items, get_job, pop_message
@@ -14,6 +16,14 @@ from worker.context import Context
 from worker.generate import GenerateHandler
 
 OOM = "out of memory on cpu: tried to allocate 2.00 GiB"
+
+
+@pytest.fixture
+def ctx(make_ctx: Callable[..., Context]) -> Context:
+    """Every pass here is full (8 prompts, 4 rows each): a long pass wait keeps them full
+    however slowly a busy machine prepares the chunk's requests one by one (a 30 ms wait let
+    a part-full pass go once under load)."""
+    return make_ctx(pass_wait_ms="3000")
 
 
 class OomEngine(EngineDouble):

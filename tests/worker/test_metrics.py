@@ -88,8 +88,10 @@ def test_caption_chunk_records_items_fetch_batch_and_fill(make_ctx: Any, s3_env:
     assert job_id
 
 
-def test_generate_chunk_records_batches_uploads_and_fill(ctx: Context) -> None:
+def test_generate_chunk_records_batches_uploads_and_fill(make_ctx: Any) -> None:
     # guided (cfg_weight 5): 2 rows per image; 4 rows per pass -> micro-batches of 2 and 1 items
+    # (a long pass wait keeps the first pass full however slowly a busy machine prepares)
+    ctx = make_ctx(pass_wait_ms="3000")
     job_id = create_job(ctx, JobKind.GENERATE, ["a fox", "a cat", "a dog"])
     seen = Samples()
 
