@@ -62,6 +62,7 @@ class Job(Base):
         Index("ix_jobs_owner_created", "owner", "created_at"),
         Index("ix_jobs_status", "status"),
         Index("ix_jobs_owner_label", "owner", "label"),
+        Index("ix_jobs_expires_at", "expires_at"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -90,6 +91,8 @@ class Job(Base):
     processed_before: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     """Items processed before the last retry, left out of the rate since started_at."""
     webhook_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    """End of the job's completion window: items not finished by then become expired."""
     webhook_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
     """pending | retrying | delivered | failed: the delivery of the last terminal status."""
     webhook_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
@@ -101,6 +104,7 @@ class Job(Base):
     succeeded: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
     cancelled: Mapped[int] = mapped_column(Integer, default=0)
+    expired: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)
@@ -162,6 +166,8 @@ class ApiKey(Base):
     """Quotas (`janus_batch.quotas`): NULL takes the setting's default, 0 is unlimited."""
     jobs_per_minute: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     upload_bytes_per_day: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    webhook_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    """Where this key's jobs are POSTed on each terminal status when a job names no URL."""
 
 
 class File(Base):
