@@ -251,7 +251,7 @@ class _SlotsLayer(StaticLayer):
         self.dtype, self.device = dtype, device
         self.batch_size, self.num_heads = rows, heads
         self.k_head_dim = self.v_head_dim = head_dim
-        self.cumulative_length = self.cumulative_length.to(device)
+        self.cumulative_length: torch.Tensor = self.cumulative_length.to(device)
         self.is_initialized = True
         self.written = 0
 
