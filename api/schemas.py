@@ -97,7 +97,8 @@ class JobCreate(BaseModel):
         default=None,
         description="Inline items. caption: {image, prompt?, seed?, custom_id?} (image = s3://, "
         "https:// or a file id); generate: {prompt, n?, seed?, cfg_weight?, temperature?, "
-        "custom_id?}.",
+        "custom_id?}. Either kind: {custom_id, error} for an input the client could not send "
+        "(an empty file): recorded as a failed item, never run.",
     )
     source: SourceIn | None = None
     label: str | None = Field(

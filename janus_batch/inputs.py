@@ -6,6 +6,11 @@ Every error names the field it is about, e.g. `items[3].n: must be <= 16`. An ht
 reference is held to the egress policy as far as it can be told without DNS (the scheme, a
 literal address, a loopback name): `items[0].image: 'http://...' is refused by the egress
 policy: only https URLs are fetched`; the worker checks the rest when it connects.
+
+An item may also stand for an input the client could not send (an empty or unreadable file of
+a folder it uploads): `{"custom_id": "sub/empty.jpg", "error": "empty file (0 bytes)"}`. It
+becomes a failed item (`not sent by the client: empty file (0 bytes)`) that never runs, so the
+job's counts and `errors.jsonl` name every input the user gave (`not_sent_item`).
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ FILE_ID_PREFIX = "file_"
 MAX_SEED = 2**63 - 1
 MAX_INT32 = 2**31 - 1
 """Upper bound of top_k: the engine turns it into a tensor (n is bounded by max_n)."""
+MAX_NOT_SENT_ERROR = 500
+"""Longest reason a client gives for an input it could not send."""
 
 
 class InvalidInput(ValueError):
@@ -93,7 +100,20 @@ Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 TopK = Annotated[int, Field(ge=1, le=MAX_INT32)]
-CustomId = Annotated[str, Field(min_length=1, max_length=512)]
+MAX_CUSTOM_ID = 512
+CustomId = Annotated[str, Field(min_length=1, max_length=MAX_CUSTOM_ID)]
+
+
+def custom_id_of(raw: Any) -> str | None:
+    """The custom_id a raw item gives if it is a valid one, else None: a refused manifest line
+    keeps it, so `errors.jsonl` and `--resume` name the failed item as the user did."""
+    custom_id = raw.get("custom_id") if isinstance(raw, dict) else None
+    if not isinstance(custom_id, str):
+        return None
+    custom_id = custom_id.strip()
+    if not 0 < len(custom_id) <= MAX_CUSTOM_ID or _text_problem(custom_id):
+        return None
+    return custom_id
 
 
 class CaptionParams(_Strict):
@@ -169,6 +189,35 @@ class GenerateItemIn(_Strict):
     top_k: TopK | None = None
     top_p: TopP | None = None
     custom_id: CustomId | None = None
+
+
+class NotSentItemIn(_Strict):
+    """An input the client could not send, named by its custom id, with the reason."""
+
+    custom_id: CustomId
+    error: str = Field(min_length=1, max_length=MAX_NOT_SENT_ERROR)
+
+
+NOT_SENT_PREFIX = "not sent by the client: "
+"""How the error of a not-sent item starts (its class is `input`: it never ran)."""
+
+
+def not_sent_item(raw: Any, where: str) -> NewItem | None:
+    """The failed item of a raw item that carries `error` (an input the client could not
+    send: `{"custom_id": ..., "error": ...}`, nothing else); None for any other raw item."""
+    if not isinstance(raw, dict) or "error" not in raw:
+        return None
+    if extra := sorted(set(raw) - set(NotSentItemIn.model_fields)):
+        raise InvalidInput(
+            f"{where}.{extra[0]}",
+            "an item with `error` stands for an input the client could not send: it takes "
+            "only custom_id and error",
+        )
+    try:
+        item = NotSentItemIn.model_validate(raw)
+    except ValidationError as err:
+        raise _first_error(err, where) from None
+    return NewItem(input={}, custom_id=item.custom_id, error=NOT_SENT_PREFIX + item.error)
 
 
 def _first_error(err: ValidationError, where: str) -> InvalidInput:
@@ -355,6 +404,8 @@ def caption_item(
         raw = {"image": raw}
     if not isinstance(raw, dict):
         raise InvalidInput(where, 'must be an object like {"image": "s3://..."}')
+    if (not_sent := not_sent_item(raw, where)) is not None:
+        return not_sent
     try:
         item = CaptionItemIn.model_validate(raw)
     except ValidationError as err:
@@ -397,6 +448,8 @@ def generate_item(
         raw = {"prompt": raw}
     if not isinstance(raw, dict):
         raise InvalidInput(where, 'must be an object like {"prompt": "a red fox"}')
+    if (not_sent := not_sent_item(raw, where)) is not None:
+        return not_sent
     try:
         item = GenerateItemIn.model_validate(raw)
     except ValidationError as err:

@@ -12,8 +12,11 @@ the CLI does for folders over the inline limit): ids are resolved to `storage:<k
 the job owner's files, one query per page of lines. A malformed line, a line over
 JANUS_BATCH_MAX_MANIFEST_LINE_BYTES (never held whole), or an unknown or
 foreign file id, becomes a failed item (`manifest line 7: invalid JSON (...)`), not a failed
-job. A line naming an `s3://` object inside the service's own storage fails alone too (it
-would read other users' data; uploads are named by file id). A source inside that storage,
+job; it keeps the line's custom_id when the line gives a valid one. A line
+`{"custom_id": ..., "error": ...}` is an input the client could not send (an empty file of an
+uploaded folder): a failed item too (`janus_batch.inputs.not_sent_item`). A line naming an
+`s3://` object inside the service's own storage fails alone too (it would read other users'
+data; uploads are named by file id). A source inside that storage,
 or one that cannot be read, fails the job with a readable error; a transient
 error (after retries) raises, and the sweeper sends expand again later. Redelivery resumes:
 after the last listed key (S3) or the lines already turned into items (manifest). A job
@@ -37,6 +40,7 @@ from janus_batch.files import file_resolver, referenced_file_ids
 from janus_batch.inputs import (
     InvalidInput,
     caption_item,
+    custom_id_of,
     generate_item,
     parse_json_line,
     parse_params,
@@ -268,7 +272,11 @@ def _manifest_item(
     except InvalidInput as exc:
         head = raw.head if isinstance(raw, sources.LongLine) else raw
         text = head.decode("utf-8", errors="replace")
-        return NewItem(input={"line": lineno, "raw": text.strip()[:RAW_CHARS]}, error=str(exc))
+        return NewItem(
+            input={"line": lineno, "raw": text.strip()[:RAW_CHARS]},
+            custom_id=custom_id_of(value),
+            error=str(exc),
+        )
 
 
 def _guard(ctx: Context, job_id: str) -> Callable[[], None]:

@@ -14,6 +14,7 @@ from janus_batch.constants import (
     CAPTION_QUEUE,
     CONTROL_QUEUE,
     EXPAND_SOURCE_TASK,
+    FINALIZE_JOB_TASK,
     GENERATE_QUEUE,
     LOCAL_OWNER,
 )
@@ -356,3 +357,46 @@ def test_priority_is_recorded_and_bounded(client):
     refused = client.post("/v1/jobs", json={"kind": "generate", "priority": 101, "items": ["a"]})
     assert refused.status_code == 422
     assert refused.json()["error"]["field"] == "priority"
+
+
+def test_an_input_the_client_could_not_send_is_a_failed_item(client, database_url, queue_messages):
+    """`{custom_id, error}` items (an empty file the CLI drops) are born failed, never run,
+    and named by their custom id; the others run as usual."""
+    items = [
+        {"image": "s3://bucket/a.jpg", "custom_id": "a.jpg"},
+        {"custom_id": "sub/empty.jpg", "error": "empty file (0 bytes)"},
+    ]
+    job = client.post("/v1/jobs", json={"kind": "caption", "items": items}).json()
+    assert (job["counts"]["total"], job["counts"]["pending"], job["counts"]["failed"]) == (2, 1, 1)
+    [(_, args)] = queue_messages(CAPTION_QUEUE)
+    rows = _items(database_url, job["id"])
+    assert args[1] == [rows[0].id]  # only the sent image is enqueued
+    assert (rows[1].custom_id, rows[1].status, rows[1].input, rows[1].attempts) == (
+        "sub/empty.jpg",
+        "failed",
+        {},
+        0,
+    )
+    assert rows[1].error == "not sent by the client: empty file (0 bytes)"
+    [shown] = client.get(f"/v1/jobs/{job['id']}/items?status=failed").json()["data"]
+    assert shown["error_class"] == "input"  # never retried
+
+    only = client.post(
+        "/v1/jobs", json={"kind": "generate", "items": [{"custom_id": "3", "error": "unreadable"}]}
+    ).json()
+    assert only["counts"]["failed"] == 1
+    assert (EXPAND_SOURCE_TASK, [only["id"]]) not in queue_messages(CONTROL_QUEUE)
+    assert (FINALIZE_JOB_TASK, [only["id"]]) in queue_messages(CONTROL_QUEUE)
+
+
+def test_a_not_sent_item_takes_only_custom_id_and_error(client):
+    cases = [
+        ({"image": "s3://bucket/a.jpg", "custom_id": "a", "error": "x"}, "items[0].image"),
+        ({"error": "empty file"}, "items[0].custom_id"),
+        ({"custom_id": "a", "error": ""}, "items[0].error"),
+        ({"custom_id": "a", "error": "x" * 501}, "items[0].error"),
+    ]
+    for item, field in cases:
+        response = client.post("/v1/jobs", json={"kind": "caption", "items": [item]})
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["field"] == field

@@ -147,6 +147,56 @@ def test_a_refused_line_is_named_and_skip_invalid_records_it(
     )
 
 
+@pytest.mark.parametrize("inline_limit", ["100", "1"], ids=["inline", "manifest"])
+def test_files_the_client_drops_are_failed_items_of_the_job(
+    cli: Cli, api: Client, tmp_path: Path, inline_limit: str
+) -> None:
+    """An empty image file and a broken link are the user's inputs the client cannot send:
+    printed, and recorded as failed items named by their path (errors.jsonl complete),
+    whether the items go inline or as a manifest; notes.txt and .DS_Store are no inputs."""
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    Image.new("RGB", (32, 32), "red").save(folder / "red.png")
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "sub" / "gone.png").symlink_to(folder / "nowhere.png")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    run = cli(
+        "caption", folder, "--max-new-tokens", "4", "--inline-limit", inline_limit,
+        "--wait", "--interval", "0.2", "--timeout", TIMEOUT,
+    )  # fmt: skip
+    assert run.exit_code == 1, run.stderr  # two items failed
+    said = " ".join(run.stderr.split())
+    assert "not sent empty.jpg: empty file (0 bytes) (recorded as a failed item)" in said
+    assert "not sent sub/gone.png: broken symbolic link (recorded as a failed item)" in said
+    assert f"(1 image from {folder}, 2 not sent)" in said
+    job = api.get_job(run.job_id)
+    assert (job["counts"]["succeeded"], job["counts"]["failed"]) == (1, 2)
+    items = api.items(run.job_id)["data"]
+    assert [(i["custom_id"], i["status"], i["error"]) for i in items] == [
+        ("empty.jpg", "failed", "not sent by the client: empty file (0 bytes)"),
+        ("red.png", "succeeded", None),
+        ("sub/gone.png", "failed", "not sent by the client: broken symbolic link"),
+    ]
+    out = tmp_path / "out"
+    got = cli("results", run.job_id, "--out", out, "--errors")
+    assert got.exit_code == 0, got.stderr
+    errors = [json.loads(x) for x in (out / "errors.jsonl").read_text().splitlines()]
+    assert [(e["custom_id"], e["error"]) for e in errors] == [
+        ("empty.jpg", "not sent by the client: empty file (0 bytes)"),
+        ("sub/gone.png", "not sent by the client: broken symbolic link"),
+    ]
+
+
+def test_a_folder_of_only_empty_images_submits_nothing(cli: Cli, tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(b"")
+    run = cli("caption", tmp_path)
+    assert run.exit_code == 4 and run.stdout == ""
+    said = " ".join(run.stderr.split())
+    assert "not sent a.png: empty file (0 bytes)" in said
+    assert "error: no image could be uploaded" in said
+
+
 def test_generate_with_seed_exits_0_and_records_seeds(generate_run: Run, api: Client) -> None:
     assert generate_run.exit_code == 0, generate_run.stderr
     job = api.get_job(generate_run.job_id)

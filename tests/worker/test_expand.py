@@ -179,6 +179,32 @@ def test_manifest_with_bad_lines(ctx: Any, s3_env: Any) -> None:
     assert [e["input"].get("line") for e in errors] == [4, 5, 6]
 
 
+def test_refused_lines_keep_their_custom_id_and_not_sent_lines_fail(ctx: Any) -> None:
+    """A refused line keeps the custom_id it gives (errors.jsonl and --resume name it);
+    `{custom_id, error}` is an input the client could not send: failed, never run."""
+    lines = [
+        json.dumps({"prompt": "a fox", "custom_id": "1"}),
+        json.dumps({"prompt": "x" * 5000, "custom_id": "2"}),
+        json.dumps({"custom_id": "3", "error": "cannot read (Permission denied)"}),
+        json.dumps({"prompt": "a boat", "n": 0, "custom_id": 4}),  # not a string: none kept
+    ]
+    ctx.storage.put_bytes("inputs/file_m8/manifest.jsonl", "\n".join(lines).encode())
+    job_id = create_job(
+        ctx, JobKind.GENERATE, source={"manifest": "storage:inputs/file_m8/manifest.jsonl"}
+    )
+    assert expand_source(ctx, job_id) == 4
+    rows = get_items(ctx, job_id)
+    assert [(r.custom_id, r.status) for r in rows] == [
+        ("1", "pending"),
+        ("2", "failed"),
+        ("3", "failed"),
+        (None, "failed"),
+    ]
+    assert rows[1].error.startswith("manifest line 2.prompt: is 5000 characters")
+    assert rows[2].error == "not sent by the client: cannot read (Permission denied)"
+    assert rows[2].input == {}
+
+
 def test_hostile_manifest_lines_fail_alone_and_the_job_finishes(ctx: Any, s3_env: Any) -> None:
     """Deep nesting and giant integers make json.loads raise RecursionError / ValueError;
     they must become failed items, not an expand task that crashes on every delivery."""

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from janus_batch.client.cli.common import (
@@ -28,7 +29,13 @@ from janus_batch.client.cli.inputs import (
     with_seeds,
     write_jsonl,
 )
-from janus_batch.client.cli.upload import Uploaded, UploadFailure, find_images, upload_folder
+from janus_batch.client.cli.upload import (
+    Uploaded,
+    UploadFailure,
+    find_images,
+    unsendable,
+    upload_folder,
+)
 from janus_batch.client.cli.watch import wait_for
 from janus_batch.client.http import ApiError, Client
 from janus_batch.formats import IMAGE_EXTENSIONS, ImageFormat
@@ -173,7 +180,9 @@ def _submit(client: Client, body: dict[str, Any], idempotency_key: str | None, w
     return job
 
 
-def _upload_images(client: Client, root: Path, paths: list[Path], workers: int) -> list[Uploaded]:
+def _upload_images(
+    client: Client, root: Path, paths: list[Path], workers: int
+) -> tuple[list[Uploaded], list[UploadFailure]]:
     """Upload with a progress bar on stderr; print what was sent and what was known."""
     total_bytes = sum(p.stat().st_size for p in paths)
     err.print(f"{_count(len(paths), 'image')} ({_size(total_bytes)}) under {root}", soft_wrap=True)
@@ -196,11 +205,37 @@ def _upload_images(client: Client, root: Path, paths: list[Path], workers: int) 
         f"{len(uploads) - len(sent)} already on the server",
         soft_wrap=True,
     )
-    for failure in failures:
-        err.print(f"[yellow]skipped {failure.rel}[/]: {failure.message}", soft_wrap=True)
+    return uploads, failures
+
+
+def folder_items(
+    client: Client, root: Path, paths: list[Path], workers: int
+) -> tuple[list[dict[str, Any]], int]:
+    """The caption items of image files under `root`, in the order of `paths`: an uploaded
+    one by its file id, one the client drops (empty, unreadable, refused by the API) as a
+    not-sent item `{custom_id, error}` that the job records as failed, so its counts and
+    errors.jsonl name every input. Each drop is printed. Returns (items, images uploaded);
+    UsageError when no image could be uploaded."""
+    rels = {p: p.relative_to(root).as_posix() for p in paths}
+    dropped = {rels[p]: why for p in paths if (why := unsendable(p)) is not None}
+    sendable = [p for p in paths if rels[p] not in dropped]
+    uploads, failures = _upload_images(client, root, sendable, workers) if sendable else ([], [])
+    dropped.update({failure.rel: failure.message for failure in failures})
+    for rel, why in sorted(dropped.items()):
+        err.print(
+            f"[yellow]not sent {escape(rel)}[/]: {escape(why)} (recorded as a failed item)",
+            soft_wrap=True,
+        )
     if not uploads:
         raise UsageError("no image could be uploaded")
-    return uploads
+    by_rel = {u.rel: u for u in uploads}
+    items = [
+        {"image": by_rel[rel].file_id, "custom_id": rel}
+        if rel in by_rel
+        else {"custom_id": rel, "error": dropped[rel]}
+        for rel in rels.values()
+    ]
+    return items, len(uploads)
 
 
 def _upload_manifest(client: Client, path: Path) -> str:
@@ -288,8 +323,10 @@ def caption(
 
     A local folder is uploaded concurrently, skipping files the API already holds (so an
     interrupted upload resumes and a second run sends nothing); each image's custom_id is
-    its path relative to the folder. Running it again submits a new job of every image; with
-    --resume JOB only the images without a caption in JOB. Prints the job id on stdout.
+    its path relative to the folder. An image file that cannot be sent (empty, unreadable)
+    is reported and recorded as a failed item of the job. Running it again submits a new
+    job of every image; with --resume JOB only the images without a caption in JOB. Prints
+    the job id on stdout.
     """
     where = caption_target(target)
     params = {
@@ -323,8 +360,8 @@ def caption(
                 if not paths:
                     err.print("nothing to submit", soft_wrap=True)
                     return
-            uploads = _upload_images(client, root, paths, concurrency)
-            items = [{"image": u.file_id, "custom_id": u.rel} for u in uploads]
+            items, uploaded = folder_items(client, root, paths, concurrency)
+            not_sent = len(items) - uploaded
             job = _submit_items(
                 client,
                 body,
@@ -332,7 +369,8 @@ def caption(
                 inline_limit=inline_limit,
                 stem=path.stem or "images",
                 idempotency_key=idempotency_key,
-                what=f"{_count(len(uploads), 'image')} from {path}",
+                what=f"{_count(uploaded, 'image')} from {path}"
+                + (f", {not_sent} not sent" if not_sent else ""),
             )
         else:
             if resume is not None:

@@ -23,15 +23,36 @@ def is_image(path: Path) -> bool:
 
 
 def find_images(folder: Path) -> list[Path]:
-    """Every image file under `folder` (recursive, hidden files and folders skipped), sorted."""
+    """Every file under `folder` named as an image (recursive, hidden files and folders
+    skipped), sorted: the user's inputs, a broken link among them (`unsendable` says why it
+    cannot be sent). Other files (`notes.txt`, `.DS_Store`) are not inputs."""
     found = []
     for path in folder.rglob("*"):
         rel = path.relative_to(folder)
         if any(part.startswith(".") for part in rel.parts):
             continue
-        if path.is_file() and is_image(path):
+        if (path.is_file() or _broken_link(path)) and is_image(path):
             found.append(path)
     return sorted(found)
+
+
+def _broken_link(path: Path) -> bool:
+    return path.is_symlink() and not path.exists()
+
+
+def unsendable(path: Path) -> str | None:
+    """Why the image file at `path` cannot be uploaded (`empty file (0 bytes)`, `cannot read
+    (Permission denied)`, `broken symbolic link`), or None when it can: the error the job
+    records for an input the client drops."""
+    if _broken_link(path):
+        return "broken symbolic link"
+    try:
+        size = path.stat().st_size
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        return f"cannot read ({exc.strerror or exc})"
+    return "empty file (0 bytes)" if size == 0 else None
 
 
 @dataclass(frozen=True)
@@ -48,7 +69,7 @@ class Uploaded:
 
 @dataclass(frozen=True)
 class UploadFailure:
-    """A file the API refused (too large, empty...)."""
+    """A file that was not uploaded: the API refused it (too large...) or it could not be read."""
 
     rel: str
     message: str
@@ -73,7 +94,8 @@ def upload_folder(
     on_done: Callable[[Uploaded | UploadFailure], None] | None = None,
 ) -> tuple[list[Uploaded], list[UploadFailure]]:
     """Upload `paths` (files under `root`) with `workers` threads; returns the uploads in
-    the order of `paths`, and the files the API refused. A connection error stops it all."""
+    the order of `paths`, and the files not uploaded (refused by the API, unreadable). A
+    connection error stops it all."""
     done: dict[Path, Uploaded] = {}
     failures: list[UploadFailure] = []
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="upload") as pool:
@@ -90,6 +112,9 @@ def upload_folder(
                     if exc.status is None or exc.status in (401, 403) or exc.status >= 500:
                         raise  # the API is unreachable or refuses us: nothing else will work
                     result = UploadFailure(path.relative_to(root).as_posix(), str(exc))
+                except OSError as exc:  # gone or unreadable since it was looked at
+                    message = f"cannot read ({exc.strerror or exc})"
+                    result = UploadFailure(path.relative_to(root).as_posix(), message)
                 if isinstance(result, Uploaded):
                     done[path] = result
                 else:
