@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from janus_batch import failures, lifecycle, quotas, webhooks
+from janus_batch import failures, keys, lifecycle, quotas, webhooks
 from janus_batch.constants import EXPAND_SOURCE_TASK, FINALIZE_JOB_TASK
 from janus_batch.db import session_scope
 from janus_batch.files import file_resolver, referenced_file_ids
@@ -77,7 +77,8 @@ def create_job(
     Every rule about a job is applied here, whatever the transport: parameters, items or a
     source (never both), limits, no `s3://` reference into the service's own storage, the
     label and metadata (`check_label`, `check_metadata`), a webhook URL the egress policy
-    allows (`webhooks.check_url`) and the owner's quotas (`quotas.check_new_job`, in the
+    allows (`webhooks.check_url`; without one, the owner key's URL, `keys.default_webhook_url`)
+    and the owner's quotas (`quotas.check_new_job`, in the
     transaction that writes the job; an idempotent replay is free).
     The job and all its inline items are committed in one transaction (a crash leaves the
     whole job or nothing), then their first chunks are dispatched; a source is stored on the
@@ -106,6 +107,8 @@ def create_job(
         with session_scope(database_url) as session:
             n_items = len(request.items) if request.items is not None else 0
             quotas.check_new_job(session, settings, owner, n_items)
+            if webhook_url is None:  # the key's own, if it has one (kept on the job)
+                webhook_url = keys.default_webhook_url(session, owner)
             job = lifecycle.create_job(
                 session,
                 id=job_id,

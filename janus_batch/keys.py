@@ -4,8 +4,13 @@
     verify_key(db_url, plaintext)                 # -> ApiKey, or None if unknown or revoked
     revoke_key(db_url, row.id)                    # or by its display prefix, e.g. "jb_Xy3abcd"
     update_key(db_url, row.id, {"jobs_per_minute": 10})   # quotas: None = the default, 0 = none
+    update_key(db_url, row.id, webhook_url="https://hooks.example.com/ci")   # "" clears it
 
-The key id (`key_...`) is the owner of every job and file created with the key.
+The key id (`key_...`) is the owner of every job and file created with the key. A key's
+webhook URL is checked as a job's is (`webhooks.check_url`, the egress policy); a job
+submitted with the key and no `webhook_url` of its own takes it at creation
+(`default_webhook_url`): it is recorded on the job, so a later change of the key's URL
+leaves existing jobs as they are.
 """
 
 from __future__ import annotations
@@ -15,18 +20,18 @@ import logging
 import secrets
 from collections.abc import Mapping
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from janus_batch.db import session_scope
 from janus_batch.models import ApiKey, new_id, utcnow
 from janus_batch.quotas import LIMITS
+from janus_batch.settings import Settings, get_settings
+from janus_batch.webhooks import check_url
 
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "jb_"
-SECRET_PREFIX = "whsec_"
-"""Webhook signing secrets start with it."""
 DISPLAY_CHARS = 10
 """Characters of the plaintext kept for display (`jb_` + 7), enough to tell keys apart."""
 
@@ -69,12 +74,30 @@ def hash_key(plaintext: str) -> str:
     return hashlib.sha256(plaintext.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def create_key(database_url: str, name: str, limits: Limits | None = None) -> tuple[ApiKey, str]:
+def check_webhook_url(url: str, settings: Settings | None = None) -> str | None:
+    """A key's webhook URL as given, checked as a job's is (`webhooks.check_url`: the egress
+    policy of `settings`, default the process's); empty (or blank) means none: None.
+    InvalidInput naming `webhook_url` otherwise."""
+    if not url.strip():
+        return None
+    return check_url(settings or get_settings(), url.strip())
+
+
+def create_key(
+    database_url: str,
+    name: str,
+    limits: Limits | None = None,
+    *,
+    webhook_url: str | None = None,
+    settings: Settings | None = None,
+) -> tuple[ApiKey, str]:
     """Create a key named `name` (surrounding spaces dropped) with these quotas (the rest take
-    the settings' defaults); returns the row and the plaintext (never stored). KeyNameError if
-    the name is empty, too long, or an active key has it already (names tell keys apart; a
-    revoked key's name may be used again); KeyLimitError for a bad limit."""
+    the settings' defaults) and `webhook_url` (`check_webhook_url`); returns the row and the
+    plaintext (never stored). KeyNameError if the name is empty, too long, or an active key
+    has it already (names tell keys apart; a revoked key's name may be used again);
+    KeyLimitError for a bad limit, InvalidInput for a refused webhook URL."""
     quotas = check_limits(limits or {})
+    hook = check_webhook_url(webhook_url, settings) if webhook_url is not None else None
     name = name.strip()
     if not name:
         raise KeyNameError("a key needs a name (who or what uses it, e.g. alice or ci)")
@@ -89,6 +112,7 @@ def create_key(database_url: str, name: str, limits: Limits | None = None) -> tu
         key_hash=hash_key(plaintext),
         prefix=plaintext[:DISPLAY_CHARS],
         created_at=utcnow(),
+        webhook_url=hook,
         **quotas,
     )
     with session_scope(database_url) as session:
@@ -141,19 +165,40 @@ def revoke_key(database_url: str, id_or_prefix: str) -> ApiKey | None:
     return row
 
 
-def update_key(database_url: str, id_or_prefix: str, limits: Limits) -> ApiKey | None:
+def update_key(
+    database_url: str,
+    id_or_prefix: str,
+    limits: Limits | None = None,
+    *,
+    webhook_url: str | None = None,
+    settings: Settings | None = None,
+) -> ApiKey | None:
     """Set the quotas named in `limits` of the key with this id or display prefix (None: back
-    to the setting's default; others unchanged); returns it, or None if there is no such key.
-    AmbiguousKey as for `revoke_key`; KeyLimitError for a bad limit."""
-    quotas = check_limits(limits)
+    to the setting's default; others unchanged) and, unless None, its webhook URL (`""`
+    clears it; the key's existing jobs keep theirs); returns it, or None if there is no such
+    key. AmbiguousKey as for `revoke_key`; KeyLimitError for a bad limit, InvalidInput for a
+    refused webhook URL."""
+    quotas = check_limits(limits or {})
+    hook = check_webhook_url(webhook_url, settings) if webhook_url is not None else None
     with session_scope(database_url) as session:
         row = _find(session, id_or_prefix)
         if row is None:
             return None
         for name, value in quotas.items():
             setattr(row, name, value)
-    log.info("API key %s quotas set: %s", row.id, quotas)
+        if webhook_url is not None:
+            row.webhook_url = hook
+    if quotas:
+        log.info("API key %s quotas set: %s", row.id, quotas)
+    if webhook_url is not None:
+        log.info("API key %s webhook URL %s", row.id, f"set to {hook}" if hook else "cleared")
     return row
+
+
+def default_webhook_url(session: Session, owner: str) -> str | None:
+    """The webhook URL of the key `owner` (None for none, or an owner that is no key): what
+    a job the key submits without a `webhook_url` of its own takes."""
+    return session.scalar(select(ApiKey.webhook_url).where(ApiKey.id == owner))
 
 
 def _find(session: Session, id_or_prefix: str) -> ApiKey | None:
@@ -166,21 +211,3 @@ def _find(session: Session, id_or_prefix: str) -> ApiKey | None:
     if len(rows) > 1:
         raise AmbiguousKey(f"{id_or_prefix!r} matches {len(rows)} keys; use the key id")
     return rows[0] if rows else None
-
-
-def new_webhook_secret() -> str:
-    """A fresh webhook signing secret (`whsec_` + 43 URL-safe characters)."""
-    return SECRET_PREFIX + secrets.token_urlsafe(32)
-
-
-def webhook_secret(database_url: str, key_id: str) -> str | None:
-    """The secret that signs the webhooks of the key's jobs, made on its first use (the first
-    of concurrent callers wins, every one returns it); None if there is no such key."""
-    with session_scope(database_url) as session:
-        session.execute(
-            update(ApiKey)
-            .where(ApiKey.id == key_id, ApiKey.webhook_secret.is_(None))
-            .values(webhook_secret=new_webhook_secret())
-        )
-    with session_scope(database_url) as session:
-        return session.scalar(select(ApiKey.webhook_secret).where(ApiKey.id == key_id))

@@ -1,5 +1,6 @@
 """Webhooks: each terminal status of a job POSTed, signed, to the `webhook_url` it was
-submitted with.
+submitted with (or, without one, its API key's, taken when the job was created:
+`keys.default_webhook_url`).
 
     POST <webhook_url>
     Content-Type: application/json
@@ -31,6 +32,7 @@ import hashlib
 import hmac
 import logging
 import os
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,6 +42,7 @@ from typing import Any
 
 import httpx
 from pydantic_core import to_json
+from sqlalchemy import select, update
 
 from janus_batch import lifecycle
 from janus_batch.constants import ERRORS_NAME, LOCAL_OWNER, RESULTS_NAME
@@ -47,8 +50,7 @@ from janus_batch.db import session_scope
 from janus_batch.egress import EgressPolicy, EgressRefused, make_client
 from janus_batch.inputs import InvalidInput, check_text
 from janus_batch.jobview import job_object
-from janus_batch.keys import new_webhook_secret, webhook_secret
-from janus_batch.models import Job
+from janus_batch.models import ApiKey, Job
 from janus_batch.settings import Settings
 from janus_batch.states import JOB_FINAL
 from janus_batch.storage import Storage
@@ -57,6 +59,8 @@ log = logging.getLogger(__name__)
 
 MAX_URL = 2048
 SECRET_FILE = "webhook-secret"
+SECRET_PREFIX = "whsec_"
+"""Webhook signing secrets start with it."""
 SIGNATURE_VERSION = "v1"
 RETRY_DELAY_MAX = 600.0
 """Longest wait between two attempts (seconds)."""
@@ -95,6 +99,24 @@ def server_secret(settings: Settings) -> str:
         f.write(secret + "\n")
     log.info("created the webhook signing secret %s", path)
     return secret
+
+
+def new_webhook_secret() -> str:
+    """A fresh webhook signing secret (`whsec_` + 43 URL-safe characters)."""
+    return SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
+def webhook_secret(database_url: str, key_id: str) -> str | None:
+    """The secret that signs the webhooks of the key's jobs, made on its first use (the first
+    of concurrent callers wins, every one returns it); None if there is no such key."""
+    with session_scope(database_url) as session:
+        session.execute(
+            update(ApiKey)
+            .where(ApiKey.id == key_id, ApiKey.webhook_secret.is_(None))
+            .values(webhook_secret=new_webhook_secret())
+        )
+    with session_scope(database_url) as session:
+        return session.scalar(select(ApiKey.webhook_secret).where(ApiKey.id == key_id))
 
 
 def signing_secret(settings: Settings, owner: str) -> str:

@@ -58,6 +58,18 @@ UploadPerDay = Annotated[
 ]
 
 
+WebhookUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--webhook-url",
+        help="Where the key's jobs are POSTed on each terminal status when they name no "
+        "webhook_url (checked by the egress policy; '' clears it). A job keeps the URL it "
+        "was submitted with.",
+        show_default=False,
+    ),
+]
+
+
 def _limits(**given: str | None) -> dict[str, int | None]:
     """The limit options given, as numbers (None for `default`); exits 2 on a bad one."""
     limits: dict[str, int | None] = {}
@@ -84,10 +96,12 @@ def keys_create(
     max_outstanding_items: MaxOutstanding = None,
     jobs_per_minute: JobsPerMinute = None,
     upload_bytes_per_day: UploadPerDay = None,
+    webhook_url: WebhookUrl = None,
 ) -> None:
-    """Create a key, with its own quotas if given (else the settings' defaults). Its secret
-    alone goes to stdout (`KEY=$(janus-batch keys create ci)`), the rest to stderr; it is shown
-    once and stored only as a hash."""
+    """Create a key, with its own quotas if given (else the settings' defaults) and a webhook
+    URL for its jobs. Its secret alone goes to stdout (`KEY=$(janus-batch keys create ci)`),
+    the rest to stderr; it is shown once and stored only as a hash."""
+    from janus_batch.inputs import InvalidInput
     from janus_batch.keys import KeyNameError, create_key
 
     limits = _limits(
@@ -95,15 +109,26 @@ def keys_create(
         jobs_per_minute=jobs_per_minute,
         upload_bytes_per_day=upload_bytes_per_day,
     )
+    settings = get_settings()
     try:
-        row, secret = create_key(get_settings().resolved_database_url(), name, limits)
+        row, secret = create_key(
+            settings.resolved_database_url(),
+            name,
+            limits,
+            webhook_url=webhook_url,
+            settings=settings,
+        )
     except KeyNameError as exc:
         raise fail(str(exc), 1) from None
+    except InvalidInput as exc:
+        raise fail(f"--webhook-url: {exc.message}", 2) from None
     err.print(
         f"created key [bold]{row.id}[/] ({escape(row.name)}); its secret, shown once: store it now",
         soft_wrap=True,
     )
     err.print(f"quotas: {_quota_text(row)}", soft_wrap=True)
+    if row.webhook_url:
+        err.print(f"webhook: {escape(row.webhook_url)}", soft_wrap=True)
     print(secret)
 
 
@@ -115,9 +140,12 @@ def keys_update(
     max_outstanding_items: MaxOutstanding = None,
     jobs_per_minute: JobsPerMinute = None,
     upload_bytes_per_day: UploadPerDay = None,
+    webhook_url: WebhookUrl = None,
 ) -> None:
-    """Set a key's quotas (those given; `default` returns one to its setting). They apply to
-    its next request."""
+    """Set a key's quotas (those given; `default` returns one to its setting) and its webhook
+    URL (`--webhook-url ''` clears it). They apply to its next request; jobs already
+    submitted keep the webhook URL they were created with."""
+    from janus_batch.inputs import InvalidInput
     from janus_batch.keys import AmbiguousKey, update_key
 
     limits = _limits(
@@ -125,19 +153,31 @@ def keys_update(
         jobs_per_minute=jobs_per_minute,
         upload_bytes_per_day=upload_bytes_per_day,
     )
-    if not limits:
+    if not limits and webhook_url is None:
         raise fail(
-            "nothing to update: give --max-outstanding-items, --jobs-per-minute or "
-            "--upload-bytes-per-day",
+            "nothing to update: give --max-outstanding-items, --jobs-per-minute, "
+            "--upload-bytes-per-day or --webhook-url",
             2,
         )
+    settings = get_settings()
     try:
-        row = update_key(get_settings().resolved_database_url(), key_id, limits)
+        row = update_key(
+            settings.resolved_database_url(),
+            key_id,
+            limits,
+            webhook_url=webhook_url,
+            settings=settings,
+        )
     except AmbiguousKey as exc:
         raise fail(f"{exc}. {REVOKE_TAKES.replace('revoke', 'update', 1)}", 1) from None
+    except InvalidInput as exc:
+        raise fail(f"--webhook-url: {exc.message}", 2) from None
     if row is None:
         raise fail(f"no key {key_id!r}: {REVOKE_TAKES.replace('revoke', 'update', 1)}", 1)
     err.print(f"updated {row.id} ({escape(row.name)}): {_quota_text(row)}", soft_wrap=True)
+    if webhook_url is not None:
+        hook = escape(row.webhook_url) if row.webhook_url else "none"
+        err.print(f"webhook: {hook} (the key's jobs already submitted keep theirs)", soft_wrap=True)
 
 
 def _limit_text(key: ApiKey, name: str) -> str:
@@ -163,6 +203,7 @@ KEY_COLUMNS = (
     "max_outstanding_items",
     "jobs_per_minute",
     "upload_bytes_per_day",
+    "webhook_url",
 )
 
 
@@ -177,6 +218,7 @@ def _key_rows(keys: list[ApiKey]) -> list[tuple[str, ...]]:
             _limit_text(key, "max_outstanding_items"),
             _limit_text(key, "jobs_per_minute"),
             _limit_text(key, "upload_bytes_per_day"),
+            key.webhook_url or "",
         )
         for key in keys
     ]
@@ -200,8 +242,8 @@ def keys_table(keys: list[ApiKey]) -> Table:
 
 @keys_app.command("list")
 def keys_list() -> None:
-    """List keys (never their secrets) with their quotas: a table on a terminal, tab-separated
-    lines with a header when piped (`janus-batch keys list | cut -f1`)."""
+    """List keys (never their secrets) with their quotas and webhook URLs: a table on a
+    terminal, tab-separated lines with a header when piped (`janus-batch keys list | cut -f1`)."""
     from janus_batch.keys import list_keys
 
     keys = list_keys(get_settings().resolved_database_url())

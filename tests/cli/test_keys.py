@@ -172,8 +172,13 @@ def test_create_and_update_set_and_show_quotas(env: dict[str, str]) -> None:
     )
     listed = invoke(env, "keys", "list")
     lines = [line.split("\t") for line in listed.stdout.splitlines()]
-    assert lines[0][5:] == ["max_outstanding_items", "jobs_per_minute", "upload_bytes_per_day"]
-    assert lines[1][5:] == ["500", "default (unlimited)", "unlimited"]
+    assert lines[0][5:] == [
+        "max_outstanding_items",
+        "jobs_per_minute",
+        "upload_bytes_per_day",
+        "webhook_url",
+    ]
+    assert lines[1][5:] == ["500", "default (unlimited)", "unlimited", ""]
 
 
 def test_quota_options_refuse_bad_values(env: dict[str, str]) -> None:
@@ -190,3 +195,46 @@ def test_quota_options_refuse_bad_values(env: dict[str, str]) -> None:
     assert unknown.exit_code == 1 and "no key 'key_nope': update takes" in unknown.stderr
     with pytest.raises(keys.KeyLimitError):
         keys.update_key(url, row.id, {"jobs_per_hour": 1})
+
+
+def test_create_and_update_set_a_webhook_url_checked_like_a_jobs(env: dict[str, str]) -> None:
+    """--webhook-url on create and update (the egress policy, as for a job's webhook_url;
+    '' clears it), shown by list."""
+    url = env["JANUS_BATCH_DATABASE_URL"]
+    run = invoke(env, "keys", "create", "ci", "--webhook-url", "https://hooks.example.com/ci")
+    assert run.exit_code == 0, run.stderr
+    assert run.stdout.strip().startswith("jb_") and len(run.stdout.splitlines()) == 1
+    assert "webhook: https://hooks.example.com/ci" in run.stderr
+    [row] = keys.list_keys(url)
+    assert row.webhook_url == "https://hooks.example.com/ci"
+    listed = [line.split("\t") for line in invoke(env, "keys", "list").stdout.splitlines()]
+    assert (listed[0][-1], listed[1][-1]) == ("webhook_url", "https://hooks.example.com/ci")
+
+    moved = invoke(env, "keys", "update", row.prefix, "--webhook-url", "https://b.example.com/h")
+    assert moved.exit_code == 0, moved.stderr
+    assert "webhook: https://b.example.com/h" in moved.stderr
+    assert keys.list_keys(url)[0].webhook_url == "https://b.example.com/h"
+    assert keys.list_keys(url)[0].jobs_per_minute is None  # quotas untouched
+
+    for bad, message in [
+        ("http://hooks.example.com/ci", "refused by the egress policy: only https URLs"),
+        ("https://127.0.0.1/hook", "refused by the egress policy"),
+        ("https://example.com/" + "x" * 2048, "longer than 2048"),
+    ]:
+        refused = invoke(env, "keys", "update", row.id, "--webhook-url", bad)
+        assert refused.exit_code == 2, refused.stderr
+        said = " ".join(refused.stderr.split())
+        assert said.startswith("error: --webhook-url: ") and message in said
+        created = invoke(env, "keys", "create", "other", "--webhook-url", bad)
+        assert created.exit_code == 2 and created.stdout == ""
+    assert [k.webhook_url for k in keys.list_keys(url)] == ["https://b.example.com/h"]
+
+    allowed = {**env, "JANUS_BATCH_EGRESS_ALLOW_HTTP": "true",
+               "JANUS_BATCH_EGRESS_ALLOW": "10.20.0.0/16"}  # fmt: skip
+    internal = invoke(allowed, "keys", "update", row.id, "--webhook-url", "http://10.20.1.2/h")
+    assert internal.exit_code == 0, internal.stderr
+
+    cleared = invoke(env, "keys", "update", row.id, "--webhook-url", "")
+    assert cleared.exit_code == 0, cleared.stderr
+    assert "webhook: none" in cleared.stderr
+    assert keys.list_keys(url)[0].webhook_url is None

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from janus_batch import constants, webhooks
-from janus_batch.keys import create_key
+from janus_batch.keys import create_key, update_key
 from tests.fixtures.webhooks import Receiver
 from tests.worker.helpers import dispatch, drain, peek_messages, png_bytes, pop_message
 from worker.context import Context
@@ -231,3 +231,45 @@ def test_each_key_signs_its_own_jobs(
         assert receiver.verify(delivery.headers, delivery.body)
         receiver.secret = other
         assert not receiver.verify(delivery.headers, delivery.body)
+
+
+def test_a_keys_webhook_url_is_taken_by_its_jobs_at_creation(
+    hook_ctx: Context,
+    api: TestClient,
+    s3_env: Any,
+    receiver: Receiver,
+    make_ctx: Callable[..., Context],
+) -> None:
+    """A job the key submits without a webhook_url takes the key's (recorded on the job, so a
+    later change of the key's URL leaves it alone) and is POSTed there, signed with the key's
+    secret; a job's own URL wins over the key's."""
+    ctx = make_ctx(auth_mode="keys")
+    row, key = create_key(ctx.database_url, "ci", webhook_url=receiver.url, settings=ctx.settings)
+    assert row.webhook_url == receiver.url
+    auth = {"Authorization": f"Bearer {key}"}
+    receiver.secret = api.get("/v1/webhooks/secret", headers=auth).json()["secret"]
+    s3_env.client().put_object(Bucket=s3_env.bucket, Key="k.png", Body=png_bytes())
+    items = [{"image": f"s3://{s3_env.bucket}/k.png"}]
+
+    def post(**extra: str) -> dict[str, Any]:
+        body = {"kind": "caption", "items": items, **extra}
+        response = api.post("/v1/jobs", json=body, headers=auth)
+        assert response.status_code == 202, response.text
+        return dict(response.json())
+
+    job = post()
+    assert job["webhook"]["url"] == receiver.url
+    own = post(webhook_url=f"{receiver.url}/own")
+    assert own["webhook"]["url"] == f"{receiver.url}/own"
+    update_key(ctx.database_url, row.id, webhook_url="", settings=ctx.settings)
+    assert post()["webhook"] is None  # cleared: the key's next jobs have none
+    drain(ctx)
+
+    by_job = {d.headers["x-janus-delivery"]: d for d in receiver.deliveries}
+    assert set(by_job) == {f"{job['id']}.0", f"{own['id']}.0"}
+    delivery = by_job[f"{job['id']}.0"]
+    assert delivery.verified and delivery.path == "/hook"
+    assert delivery.json["data"]["webhook"]["url"] == receiver.url
+    assert by_job[f"{own['id']}.0"].path == "/hook/own"
+    shown = api.get(f"/v1/jobs/{job['id']}", headers=auth).json()["webhook"]
+    assert (shown["url"], shown["state"]) == (receiver.url, "delivered")  # kept after clearing
