@@ -27,3 +27,13 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
 
 def test_readme_has_no_unfilled_placeholders() -> None:
     assert not re.search(r"\b[A-Z]+_(SECTION|TABLE|OUTPUT)\b", README)
+
+
+def test_readmes_worker_commands_log_each_task_and_compose_names_its_plugin() -> None:
+    """A worker started as README says logs a line per task (without `--loglevel INFO`
+    Celery's default logs none); `docker compose` is said to need the Compose plugin."""
+    text = " ".join(README.split())  # commands wrapped over lines are read whole
+    commands = re.findall(r"celery -A worker\.app worker .*?@%h", text)
+    assert len(commands) >= 3
+    assert all("--loglevel INFO" in command for command in commands), commands
+    assert "docker-compose-plugin" in README and "`docker compose version`" in text

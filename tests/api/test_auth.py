@@ -118,3 +118,20 @@ def test_a_key_sees_only_its_own_jobs_and_files(client, set_env, database_url):
     assert steal.status_code == 422
     assert steal.json()["error"]["field"] == "items[0].image"
     assert "unknown file id" in steal.json()["error"]["message"]
+
+
+def test_jobs_made_in_open_mode_are_reached_by_no_key_after_the_switch(
+    client, set_env, database_url
+):
+    """As README says: open-mode jobs belong to the owner `local`, which no key is; after
+    switching to keys mode they stay in the table, unreachable (404), and open mode reads
+    them again."""
+    job_id = client.post("/v1/jobs", json={"kind": "generate", "items": ["a fox"]}).json()["id"]
+    set_env(auth_mode="keys")
+    _, key = keys.create_key(database_url, "admin")
+    assert client.get(f"/v1/jobs/{job_id}", headers=_auth(key)).status_code == 404
+    assert client.get("/v1/jobs", headers=_auth(key)).json()["data"] == []
+    with session_scope(database_url) as session:
+        assert session.get(Job, job_id) is not None
+    set_env(auth_mode="open")
+    assert client.get(f"/v1/jobs/{job_id}").json()["id"] == job_id

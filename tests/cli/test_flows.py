@@ -141,6 +141,7 @@ def test_a_refused_line_is_named_and_skip_invalid_records_it(
     assert (job["counts"]["succeeded"], job["counts"]["failed"]) == (2, 1)
     [bad] = api.items(run.job_id, status="failed")["data"]
     assert "4000" in bad["error"] or "characters" in bad["error"]
+    assert bad["custom_id"] == "3"  # its line number, as errors.jsonl names it
     resumed = cli("generate", prompts, "--resume", run.job_id, "--skip-invalid")
     assert "2 of 3 items already have a result there; 1 item to submit" in " ".join(
         resumed.stderr.split()

@@ -188,3 +188,21 @@ def test_serve_stops_cleanly_and_a_second_serve_resumes(
     manifest = data / "results" / "jobs" / job["id"] / "results.jsonl"
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
     assert sorted(row["custom_id"] for row in rows) == sorted(i["custom_id"] for i in items)
+
+
+def test_a_shared_redis_keeps_the_stacks_keys_under_its_data_dirs_prefix(tmp_path: Path) -> None:
+    """On a Redis the stack does not own (JANUS_BATCH_REDIS_URL answered) an embedded stack
+    puts its queues under a prefix named after its data dir: no kombu keys left bare in a
+    shared DB 0, the same prefix after a restart, and two data dirs never take each other's
+    chunks. The bundled Redis is the stack's own (no prefix); a configured prefix wins."""
+    from janus_batch.ops.serve import queue_prefix
+    from janus_batch.settings import Settings
+
+    shared = Settings(queue_prefix="", database_url=None)
+    first = queue_prefix(shared, tmp_path / "a", bundled=False)
+    assert first.startswith("janus-batch-") and first.endswith(":")
+    assert queue_prefix(shared, tmp_path / "a", bundled=False) == first
+    assert queue_prefix(shared, tmp_path / "b", bundled=False) not in ("", first)
+    assert queue_prefix(shared, tmp_path / "a", bundled=True) == ""
+    mine = Settings(queue_prefix="mine:", database_url=None)
+    assert queue_prefix(mine, tmp_path / "a", bundled=False) == "mine:"
