@@ -19,7 +19,7 @@ import json
 import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
 from pydantic import (
@@ -32,7 +32,7 @@ from pydantic import (
     model_serializer,
 )
 
-from janus_batch import datasets
+from janus_batch import datasets, shards
 from janus_batch.egress import EgressPolicy, EgressRefused
 from janus_batch.formats import ImageFormat
 from janus_batch.items import NewItem
@@ -155,6 +155,17 @@ class CaptionParams(_Strict):
         return value
 
 
+class OutputParams(_Strict):
+    """How a generate job stores its images (`params.output`): WebDataset shards of
+    `images_per_shard` images (`<key>.<ext>` + `<key>.json` per image) instead of one object
+    per image (`janus_batch.shards`)."""
+
+    format: Literal["webdataset"]
+    images_per_shard: int = Field(
+        default=shards.DEFAULT_IMAGES_PER_SHARD, ge=1, le=shards.MAX_IMAGES_PER_SHARD
+    )
+
+
 class GenerateParams(_Strict):
     """Job-wide defaults of a generate job."""
 
@@ -166,6 +177,15 @@ class GenerateParams(_Strict):
     top_k: TopK | None = None
     top_p: TopP | None = None
     format: ImageFormat = Field(default=ImageFormat.PNG, validate_default=True)
+    output: OutputParams | None = None
+
+    @model_serializer(mode="wrap")
+    def _output_when_set(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """Stored and shown with `output` only when the job asks for shards."""
+        data = handler(self)
+        if self.output is None:
+            data.pop("output", None)
+        return data
 
 
 class CaptionItemIn(_Strict):
@@ -240,6 +260,10 @@ def parse_params(
     JANUS_BATCH_MAX_NEW_TOKENS setting) when given, else DEFAULT_MAX_NEW_TOKENS; the value
     is recorded in the job's params, so re-parsing stored params never changes it.
     """
+    if kind == JobKind.CAPTION and isinstance(raw, dict) and "output" in raw:
+        raise InvalidInput(
+            "params.output", "only a generate job writes images (WebDataset shards or objects)"
+        )
     try:
         params = (CaptionParams if kind == JobKind.CAPTION else GenerateParams).model_validate(
             raw or {}
@@ -248,6 +272,15 @@ def parse_params(
         raise _first_error(err, "params") from None
     if isinstance(params, GenerateParams) and params.n > max_n:
         raise InvalidInput("params.n", f"must be between 1 and {max_n}")
+    if (
+        isinstance(params, GenerateParams)
+        and params.output is not None
+        and params.output.images_per_shard < params.n
+    ):
+        raise InvalidInput(
+            "params.output.images_per_shard",
+            f"must be at least params.n ({params.n}): a shard holds whole items",
+        )
     if isinstance(params, CaptionParams) and params.prompts and "prompt" in params.model_fields_set:
         raise InvalidInput("params.prompts", "give prompt or prompts, not both")
     if (

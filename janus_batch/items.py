@@ -19,7 +19,7 @@ from celery import Celery
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from janus_batch import fleet, lifecycle
+from janus_batch import fleet, lifecycle, shards
 from janus_batch.db import session_scope
 from janus_batch.models import Item, Job
 from janus_batch.queue import CHUNK_QUEUES, chunked, send_chunk
@@ -120,8 +120,12 @@ def dispatch(
 ) -> int:
     """Send the job's next chunks, so that `window` of them are open (in the broker or
     running): the fair-share rule. Called when items are added and when a chunk ends.
-    Flower names each after the job's label. Returns how many items were sent."""
+    A job writing WebDataset shards sends a shard's worth of items per chunk instead of
+    `chunk_size` (`shards.chunk_items`). Flower names each after the job's label. Returns
+    how many items were sent."""
     with session_scope(database_url) as session:
+        params = session.scalar(select(Job.params).where(Job.id == job_id))
+        chunk_size = shards.chunk_items(params, chunk_size)
         chunks = lifecycle.take_dispatch(session, job_id, chunk_size=chunk_size, window=window)
         label = session.scalar(select(Job.label).where(Job.id == job_id)) if chunks else None
     for n, chunk in enumerate(chunks):

@@ -14,7 +14,10 @@ This module owns the order of state changes, the same for both kinds:
    pool and recorded by the recorder (one transaction for everything that arrived together);
    a ticket of a job being cancelled is dropped before its pass and its item cancelled;
 4. the task waits until every claimed item is recorded (or its lease was taken back: a
-   lease heartbeat keeps the others), so Celery acknowledges the message only then; then
+   lease heartbeat keeps the others), so Celery acknowledges the message only then. A chunk
+   whose items share one output object (a `Sink`: a generate job's WebDataset shard) holds
+   its succeeded outcomes (their leases still beaten) until every item is done, has the
+   sink store the object, and records them only then; then
    the move to `finalizing` is tried (the winner enqueues `janus.finalize_job`) and the job's
    next chunk is dispatched (fair share: `items.dispatch`).
 """
@@ -51,14 +54,28 @@ WAIT_STEP = 1.0
 """Seconds between two looks at lost leases while a chunk waits for its items."""
 
 
+class Sink(Protocol):
+    """One output object that all the items of a chunk are written into (a shard)."""
+
+    def commit(self, held: list[Outcome]) -> list[Outcome]:
+        """Store the object; the outcomes to record instead of the `held` succeeded ones."""
+        ...
+
+    def discard(self) -> None:
+        """Free what the object holds locally."""
+        ...
+
+
 @dataclass(frozen=True)
 class Work:
     """A claimed item made ready for the engine: `request` is a CaptionRequest or a
     GenerateRequest, or a tuple of them (an image asked several prompts): their units form
-    one ticket, its outputs in the tuple's order."""
+    one ticket, its outputs in the tuple's order. `sink`: the chunk's shared output object,
+    if its items' outputs go into one (the same for every item of the chunk)."""
 
     item: Claimed
     request: Any
+    sink: Sink | None = None
 
 
 class Handler(Protocol):
@@ -177,14 +194,21 @@ def _run_claimed(
     items it deferred)."""
     pipeline = ctx.pipeline()
     tracker = Tracker({item.id for item in claimed})
+    held: list[Outcome] = []
+    sinks: list[Sink] = []
     pipeline.watch.enter(job.id)
     try:
         with LeaseHeartbeat(ctx, job.id, {c.id: c.attempts for c in claimed}) as heartbeat:
 
-            def record(outcomes: list[Outcome]) -> None:
+            def record(outcomes: list[Outcome], into: Tracker = tracker) -> None:
+                if sinks and into is tracker:  # succeeded: recorded once the sink is stored
+                    keep = [o for o in outcomes if o.status == ItemStatus.SUCCEEDED]
+                    outcomes = [o for o in outcomes if o.status != ItemStatus.SUCCEEDED]
+                    held.extend(keep)
+                    tracker.settle((o.item.id for o in keep), {})
                 later.extend(o.delay for o in outcomes if o.status == ItemStatus.PENDING)
                 heartbeat.release(o.item.id for o in outcomes)  # finished: no more beats
-                pipeline.recorder.add(handler.kind, outcomes, tracker)
+                pipeline.recorder.add(handler.kind, outcomes, into)
 
             pipeline.wait_for_room()
             try:
@@ -192,21 +216,50 @@ def _run_claimed(
             except Exception as exc:  # a bug in preparation must not strand the claimed items
                 log.exception("job=%s preparing the chunk failed", job.id)
                 work, early = [], [failed(c, f"worker error: {_describe(exc)}") for c in claimed]
+            sinks.extend({id(w.sink): w.sink for w in work if w.sink is not None}.values())
             record(early)
             for w in work:
                 _submit(ctx, pipeline, handler, job, w, heartbeat, record, tracker)
-            while not tracker.wait(WAIT_STEP):
-                if not pipeline.engine_loop.alive():  # leases lapse; the sweeper hands them out
-                    raise RuntimeError("the engine thread stopped: chunk abandoned")
-                lost = heartbeat.taken_back() & set(tracker.left)
-                if lost:
-                    log.warning(
-                        "job=%s lease of %d items taken back: not recorded here", job.id, len(lost)
-                    )
-                    tracker.settle(lost, {})
+            _wait(pipeline, job, heartbeat, tracker)
+            for sink in sinks:
+                _commit(pipeline, job, sink, held, heartbeat, record, tracker)
     finally:
         pipeline.watch.leave(job.id)
+        for sink in sinks:
+            sink.discard()
     return tracker.moved
+
+
+def _wait(pipeline: Pipeline, job: Job, heartbeat: LeaseHeartbeat, tracker: Tracker) -> None:
+    """Until every item of `tracker` is settled (items whose lease was taken back are given
+    up); RuntimeError if the engine thread stops meanwhile."""
+    while not tracker.wait(WAIT_STEP):
+        if not pipeline.engine_loop.alive():  # leases lapse; the sweeper hands them out
+            raise RuntimeError("the engine thread stopped: chunk abandoned")
+        lost = heartbeat.taken_back() & set(tracker.left)
+        if lost:
+            log.warning("job=%s lease of %d items taken back: not recorded here", job.id, len(lost))
+            tracker.settle(lost, {})
+
+
+def _commit(
+    pipeline: Pipeline,
+    job: Job,
+    sink: Sink,
+    held: list[Outcome],
+    heartbeat: LeaseHeartbeat,
+    record: Any,
+    tracker: Tracker,
+) -> None:
+    """Store the chunk's shared output object, then record the outcomes held for it (and
+    wait until they are); their counts join `tracker`'s."""
+    outcomes = sink.commit(held)
+    if not outcomes:
+        return
+    stored = Tracker({o.item.id for o in outcomes})
+    record(outcomes, stored)
+    _wait(pipeline, job, heartbeat, stored)
+    tracker.moved.update(stored.moved)
 
 
 def _submit(

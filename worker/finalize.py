@@ -11,7 +11,9 @@ keys and seeds, model, params, status, error), for a trainer to read. All three 
 (flat memory), in one pass, then uploaded under `<output_prefix>/`. Their content depends
 only on the rows, so a second run writes the same bytes (on S3 but for the signatures of the
 images' presigned `url`s, valid JANUS_BATCH_RESULT_URL_EXPIRES seconds). A WebDataset job
-also gets one captions sidecar per input shard (`worker.sidecars`). The lines come from
+also gets one captions sidecar per input shard (`worker.sidecars`); a job writing WebDataset
+output shards has the shards no result points to deleted (`worker.shards.delete_orphans`:
+left by a chunk that died after its upload). The lines come from
 `janus_batch.results`, the same functions the API uses to stream a running job's partial
 results, so both always agree.
 """
@@ -25,7 +27,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from janus_batch import lifecycle
+from janus_batch import lifecycle, shards
 from janus_batch.constants import ERRORS_NAME, RESULTS_NAME, SEND_WEBHOOK_TASK
 from janus_batch.db import session_scope
 from janus_batch.items import iter_items
@@ -42,6 +44,7 @@ from janus_batch.results import (
 from janus_batch.states import JobStatus
 from worker import results_table
 from worker.context import Context
+from worker.shards import delete_orphans, referenced_shards
 from worker.sidecars import write_sidecars
 
 log = logging.getLogger(__name__)
@@ -135,6 +138,8 @@ def write_manifests(ctx: Context, job: Job) -> tuple[int, int]:
     prefix = job.output_prefix.rstrip("/")
     counts = {"results": 0, "errors": 0}
     presign = presigner(ctx.storage, ctx.settings.result_url_expires)
+    sharded = shards.images_per_shard(job.params) is not None
+    referenced: set[str] = set()  # one key per shard: a thousandth of the images
     with tempfile.TemporaryDirectory(prefix="janus-finalize-") as tmp:
         results_path, errors_path = Path(tmp) / RESULTS_NAME, Path(tmp) / ERRORS_NAME
         table_path = Path(tmp) / results_table.NAME
@@ -148,6 +153,8 @@ def write_manifests(ctx: Context, job: Job) -> tuple[int, int]:
             ):
                 table.add(item)
                 if item.status in RESULT_STATUSES:
+                    if sharded:
+                        referenced |= referenced_shards(item.result)
                     results.write(encode_line(result_line(job, item, presign)))
                     counts["results"] += 1
                 elif item.status in ERROR_STATUSES:
@@ -160,6 +167,8 @@ def write_manifests(ctx: Context, job: Job) -> tuple[int, int]:
         ctx.storage.put_file(
             f"{prefix}/{results_table.NAME}", table_path, results_table.CONTENT_TYPE
         )
+    if sharded:
+        delete_orphans(ctx.storage, job, referenced)
     log.info(
         "job=%s wrote %s (%d lines) and %s (%d lines)",
         job.id,

@@ -7,6 +7,11 @@ always writes the same keys, so a retry overwrites and never duplicates. Storage
 fail an item: its encoded images wait in memory while the breaker probes storage, up to
 `JANUS_BATCH_STORAGE_PATIENCE` seconds, then the item is deferred. Result of an item:
 `{"images": [{"key", "uri", "seed", "index"}], "format": ext}`.
+
+A job with `params.output.format = "webdataset"` writes the chunk's images into one shard
+instead (`worker.shards`; each entry then names the shard as `key`, plus `member` and
+`range`): the chunk holds its items' outcomes until `ShardSink.commit` has stored the shard,
+with the same storage patience.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from janus_batch import shards
 from janus_batch.lifecycle import CANCEL_ERROR, Claimed, Outcome
 from janus_batch.models import Job
 from janus_batch.states import ItemStatus, JobKind
@@ -26,6 +33,7 @@ from worker.context import Context
 from worker.encode import EncodeSpec, encode_image, image_format
 from worker.fetch import is_transient, retry_transient
 from worker.scheduler import Ticket
+from worker.shards import ShardWriter
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +57,17 @@ class GenerateHandler(Handler):
 
         work: list[Work] = []
         errors: list[Outcome] = []
+        sink = None
+        if items and shards.images_per_shard(job.params) is not None:
+            sink = ShardSink(ctx, job, ShardWriter(job, items[0]))
         for item in items:
             fields = {k: item.input[k] for k in REQUEST_FIELDS if item.input.get(k) is not None}
             try:
-                work.append(Work(item, GenerateRequest(**fields)))
+                work.append(Work(item, GenerateRequest(**fields), sink))
             except (TypeError, ValueError) as exc:
                 errors.append(failed(item, f"invalid request: {exc}"))
+        if sink is not None and not work:
+            sink.discard()
         return work, errors
 
     def finish(self, ctx: Context, job: Job, work: Work, ticket: Ticket) -> Outcome:
@@ -63,9 +76,15 @@ class GenerateHandler(Handler):
         fmt = image_format((job.params or {}).get("format"))
         model = getattr(ctx.pipeline().engine(), "model_name", "")
         entries = []
+        sink = work.sink if isinstance(work.sink, ShardSink) else None
         for unit, image in zip(ticket.units, ticket.outputs, strict=True):
             try:
-                entry = _store(ctx, job, model, fmt, work, unit.k, unit.seed, image, ticket.keep)
+                if sink is not None:
+                    entry = sink.add(model, fmt, work, unit.k, unit.seed, image)
+                else:
+                    entry = _store(
+                        ctx, job, model, fmt, work, unit.k, unit.seed, image, ticket.keep
+                    )
             except StorageDown as exc:
                 return deferred(ctx, self.kind, work.item, str(exc), storage=True)
             except Unwanted:  # cancelled (or its lease lost) while storage was down
@@ -75,6 +94,23 @@ class GenerateHandler(Handler):
             entries.append(entry)
         result = {"images": sorted(entries, key=lambda e: e["index"]), "format": fmt.ext}
         return Outcome(work.item, ItemStatus.SUCCEEDED, result=result)
+
+
+def _metadata(job: Job, model: str, w: Work, index: int, seed: int) -> dict[str, Any]:
+    """What an image says of how it was made (in the file, and a shard's json member)."""
+    request = w.request
+    return {
+        "prompt": request.prompt,
+        "seed": seed,
+        "index": index,
+        "cfg_weight": request.cfg_weight,
+        "temperature": request.temperature,
+        "top_k": request.top_k,
+        "top_p": request.top_p,
+        "model": model,
+        "job_id": job.id,
+        "item_idx": w.item.idx,
+    }
 
 
 def _store(
@@ -89,26 +125,19 @@ def _store(
     wanted: Callable[[], bool],
 ) -> dict[str, Any] | str:
     """Encode and upload one image; its result entry, or an error message."""
-    request = w.request
     key = image_key(job.output_prefix, w.item.idx, index, fmt.ext)
-    metadata = {
-        "prompt": request.prompt,
-        "seed": seed,
-        "index": index,
-        "cfg_weight": request.cfg_weight,
-        "temperature": request.temperature,
-        "top_k": request.top_k,
-        "top_p": request.top_p,
-        "model": model,
-        "job_id": job.id,
-        "item_idx": w.item.idx,
-    }
+    metadata = _metadata(job, model, w, index, seed)
     try:
         with metrics.UPLOAD_SECONDS.time():
             data = encode_image(
                 image, fmt, metadata, png_compress_level=ctx.settings.png_compress_level
             )
-            _upload(ctx, key, data, fmt.content_type, wanted)
+            _upload(
+                ctx,
+                lambda: ctx.storage.put_bytes(key, data, fmt.content_type),
+                f"cannot store {key}",
+                wanted,
+            )
     except (StorageDown, Unwanted):
         raise
     except Exception as exc:  # one image fails its item, not the batch
@@ -131,11 +160,9 @@ answer while writes still fail: SlowDown on PUT only, a cluster without write qu
 WAIT_STEP = 1.0
 
 
-def _upload(
-    ctx: Context, key: str, data: bytes, content_type: str, wanted: Callable[[], bool]
-) -> None:
-    """Store `data` at `key`. A transient error that outlasts the quick retries opens the
-    breaker (probed by a write) and the encoded image waits in memory, in this outtake
+def _upload(ctx: Context, put: Callable[[], None], what: str, wanted: Callable[[], bool]) -> None:
+    """Run `put` (one write to storage). A transient error that outlasts the quick retries
+    opens the breaker (probed by a write) and the encoded image (or shard) waits, in this
     thread, until storage answers; once storage has been down `storage_patience` seconds
     (counted from the outage's start, not this upload's), StorageDown. Unwanted if the item
     is no longer wanted meanwhile; a permanent error raises."""
@@ -144,15 +171,12 @@ def _upload(
     storage = ctx.storage
     while True:
         try:
-            retry_transient(
-                lambda: storage.put_bytes(key, data, content_type),
-                attempts=settings.max_retries + 1,
-            )
+            retry_transient(put, attempts=settings.max_retries + 1)
         except Exception as exc:
             if not is_transient(exc):
                 raise
             breaker.trip(str(exc), probe=lambda: storage.put_bytes(PROBE_KEY, b"", "text/plain"))
-            _wait_for_storage(breaker, settings.storage_patience, wanted, f"cannot store {key}")
+            _wait_for_storage(breaker, settings.storage_patience, wanted, what)
             continue
         breaker.success()
         return
@@ -174,3 +198,84 @@ def _wait_for_storage(
             raise Unwanted(what)
         if breaker.wait_until_usable(min(deadline, time.monotonic() + WAIT_STEP)):
             return
+
+
+@dataclass
+class ShardSink:
+    """A chunk's images go into one WebDataset shard (`worker.shards.ShardWriter`); the
+    chunk holds its items' outcomes until `commit` has stored it (`worker.chunk`)."""
+
+    ctx: Context
+    job: Job
+    writer: ShardWriter
+
+    def add(
+        self, model: str, fmt: EncodeSpec, w: Work, index: int, seed: int, image: Any
+    ) -> dict[str, Any] | str:
+        """Encode one image into the shard; its result entry, or an error message."""
+        metadata = _metadata(self.job, model, w, index, seed)
+        try:
+            with metrics.UPLOAD_SECONDS.time():
+                data = encode_image(
+                    image, fmt, metadata, png_compress_level=self.ctx.settings.png_compress_level
+                )
+                member, where = self.writer.add_image(
+                    w.item.idx,
+                    index,
+                    fmt.ext,
+                    data,
+                    {**metadata, "custom_id": w.item.custom_id, "params": self.job.params},
+                )
+        except Exception as exc:  # one image fails its item, not the chunk
+            log.warning(
+                "job=%s idx=%d cannot add image %d to its shard: %s",
+                self.job.id,
+                w.item.idx,
+                index,
+                exc,
+            )
+            return f"cannot store image {index} in shard {self.writer.key}: {exc}"
+        return {
+            "key": self.writer.key,
+            "member": member,
+            "range": where,
+            "uri": self.ctx.storage.uri(self.writer.key),
+            "seed": seed,
+            "index": index,
+        }
+
+    def commit(self, held: list[Outcome]) -> list[Outcome]:
+        """Upload the shard (waiting out a storage outage like an image upload) and return
+        the outcomes to record: the held ones once it is stored; else deferred (storage
+        down past its patience), cancelled (the job is being cancelled meanwhile) or failed
+        (a permanent error). Nothing is uploaded when no outcome is held."""
+        self.writer.close()
+        if not held:
+            return []
+        key, ctx = self.writer.key, self.ctx
+        watch = ctx.pipeline().watch
+        try:
+            _upload(
+                ctx,
+                lambda: ctx.storage.put_file(key, self.writer.path, shards.CONTENT_TYPE),
+                f"cannot store shard {key}",
+                lambda: not watch.stopping(self.job.id),
+            )
+        except StorageDown as exc:
+            return [deferred(ctx, JobKind.GENERATE, o.item, str(exc), storage=True) for o in held]
+        except Unwanted:
+            return [Outcome(o.item, ItemStatus.CANCELLED, error=CANCEL_ERROR) for o in held]
+        except Exception as exc:  # a permanent error fails the shard's items, not the worker
+            log.warning("job=%s cannot store shard %s: %s", self.job.id, key, exc)
+            return [failed(o.item, f"cannot store shard {key}: {exc}") for o in held]
+        log.info(
+            "job=%s stored shard %s: %d members of %d items",
+            self.job.id,
+            key,
+            self.writer.members,
+            len(held),
+        )
+        return held
+
+    def discard(self) -> None:
+        self.writer.discard()

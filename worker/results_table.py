@@ -5,7 +5,9 @@ Columns, in order:
 - `idx` (int64), `custom_id`, `key` (the dataset key, or null), `image` (a caption job's input
   image as results.jsonl names it) or `prompt` (a generate job's);
 - a caption job: `caption`, or one `caption_<name>` column per prompt of `params.prompts`;
-  a generate job: `images`, a list of `{key, seed}` structs (the stored image's key, its seed);
+  a generate job: `images`, a list of `{key, member, seed}` structs (the stored image's key,
+  its seed; for a job writing WebDataset shards `key` is the shard and `member` the image's
+  name in it, else `member` is null);
 - `model`, `params` (the job's params as JSON text), `status`, `error` (null when succeeded).
 
     with ResultsTable(path, job) as table:
@@ -29,7 +31,7 @@ CONTENT_TYPE = "application/vnd.apache.parquet"
 ROW_GROUP = 1000
 """Rows buffered before a row group is written."""
 
-_IMAGES = pa.list_(pa.struct([("key", pa.string()), ("seed", pa.int64())]))
+_IMAGES = pa.list_(pa.struct([("key", pa.string()), ("member", pa.string()), ("seed", pa.int64())]))
 
 
 class ResultsTable:
@@ -91,7 +93,7 @@ class ResultsTable:
             row["prompt"] = _text(value.get("prompt"))
             images = result.get("images") or []
             row["images"] = [
-                {"key": entry.get("key"), "seed": entry.get("seed")}
+                {"key": entry.get("key"), "member": entry.get("member"), "seed": entry.get("seed")}
                 for entry in images
                 if isinstance(entry, dict)
             ]

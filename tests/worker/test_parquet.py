@@ -219,7 +219,7 @@ def test_prompts_for_a_generate_job_and_bad_files(ctx: Any, s3_env: Any) -> None
     rows = results_table(ctx, job_id)
     assert rows[0]["prompt"] == "a red fox"
     assert rows[0]["images"] == [
-        {"key": img["key"], "seed": img["seed"]} for img in results[0]["images"]
+        {"key": img["key"], "member": None, "seed": img["seed"]} for img in results[0]["images"]
     ]
 
     wrong = dataset_job(ctx, JobKind.CAPTION, {"parquet": f"s3://{s3_env.bucket}/p.parquet"})
@@ -302,4 +302,4 @@ def test_results_parquet_is_written_in_row_groups(tmp_path: Any) -> None:
     assert rows[3] == {"idx": 3, "custom_id": "p3", "key": "3", "prompt": "prompt 3",
                        "images": [], "model": "m", "params": '{"n":1,"seed":null}',
                        "status": "failed", "error": "model error: boom"}  # fmt: skip
-    assert rows[4]["images"] == [{"key": "k4", "seed": 4}]
+    assert rows[4]["images"] == [{"key": "k4", "member": None, "seed": 4}]
