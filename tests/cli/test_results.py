@@ -88,3 +88,56 @@ def test_generated_images_come_straight_from_storage_by_their_presigned_urls(
         "00000000_2.png": b"png from the api",
     }
     assert "api.test/v1/jobs/j/files/jobs/j/images/00000000_0.png" not in calls
+
+
+def test_a_job_writing_shards_downloads_each_shard_once_and_unpacks_it(tmp_path: Path) -> None:
+    import csv
+    import io
+    import json
+    import tarfile
+
+    from janus_batch.client.cli.results import generate_outputs
+
+    def shard(first: int) -> bytes:
+        out = io.BytesIO()
+        with tarfile.open(fileobj=out, mode="w") as tar:
+            for idx in (first, first + 1):
+                meta = json.dumps({"prompt": f"p{idx}"}).encode()
+                for name, data in ((f"{idx:08d}_0.png", b"png %d" % idx),
+                                   (f"{idx:08d}_0.json", meta)):  # fmt: skip
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        return out.getvalue()
+
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        return httpx.Response(200, content=shard(int(request.url.path[-12:-6])))
+
+    def line(idx: int) -> dict:
+        key = f"jobs/j/shards/{idx - idx % 2:08d}-1.tar"
+        image = {"key": key, "member": f"{idx:08d}_0.png", "range": [512, 5], "seed": idx,
+                 "index": 0, "url": f"http://s3.test/b/{key}?X-Amz-Signature=x"}  # fmt: skip
+        return {
+            "idx": idx,
+            "custom_id": f"c{idx}",
+            "input": {"prompt": f"p{idx}"},
+            "images": [image],
+        }
+
+    with Client("http://api.test", transport=httpx.MockTransport(handler)) as client:
+        failed = generate_outputs(
+            client, {"id": "j"}, map(line, range(4)), tmp_path, sidecars=True, workers=2
+        )
+    assert failed == 0
+    assert sorted(calls) == ["/b/jobs/j/shards/00000000-1.tar", "/b/jobs/j/shards/00000002-1.tar"]
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == [
+        "00000000-1.tar", "00000002-1.tar"]  # fmt: skip
+    with (tmp_path / "images.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["image"] for r in rows][:2] == [
+        "shards/00000000-1.tar#00000000_0.png", "shards/00000000-1.tar#00000001_0.png"]  # fmt: skip
+    assert (tmp_path / "images" / "00000003_0.png").read_bytes() == b"png 3"
+    assert (tmp_path / "images" / "00000003_0.txt").read_text() == "p3"

@@ -1,5 +1,7 @@
 """Fetching many files concurrently and resumably, each written atomically (`.part`, then
-renamed), so a file that exists is complete and a second run skips it.
+renamed), so a file that exists is complete and a second run skips it. `Downloads` takes the
+files one at a time as the caller reads them (a million-line manifest streams): at most a few
+per thread wait, so memory stays flat whatever the count.
 
 A `Fetch` names where a file goes and how to get it: a job output key (through
 `GET /v1/jobs/{id}/files/{key}`), an absolute URL (presigned S3 or https), an uploaded file
@@ -12,10 +14,11 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -36,6 +39,8 @@ class Fetch:
     file_id: str | None = None
     s3_uri: str | None = None
     local: Path | None = None
+    then: Callable[[Path], None] | None = field(default=None, compare=False)
+    """Run with `dest` once the file is there (fetched now or before): a sidecar, say."""
 
     @property
     def source(self) -> str:
@@ -44,13 +49,22 @@ class Fetch:
         return str(self.url or self.file_id or self.s3_uri or self.local)
 
 
+SHOWN_FAILURES = 5
+
+
 @dataclass
 class Tally:
-    """What a batch of fetches did."""
+    """What a batch of fetches did (the first few failures kept to show)."""
 
     fetched: int = 0
     present: int = 0
+    failures: int = 0
     failed: list[tuple[Fetch, str]] = field(default_factory=list)
+
+    def fail(self, task: Fetch, message: str) -> None:
+        self.failures += 1
+        if len(self.failed) < SHOWN_FAILURES:
+            self.failed.append((task, message))
 
 
 class S3Reader:
@@ -116,47 +130,86 @@ def fetch_one(client: Client, s3: S3Reader | None, task: Fetch) -> bool:
     return True
 
 
-def fetch_all(
-    client: Client, tasks: list[Fetch], *, workers: int = 8, label: str = "downloading"
-) -> Tally:
-    """Run `tasks` on `workers` threads with a progress bar on stderr. A file that cannot be
-    had is recorded in the tally; an unreachable API stops everything."""
-    tally = Tally()
-    s3 = S3Reader()
-    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn())
-    with (
-        Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as progress,
-        ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="fetch") as pool,
-    ):
-        bar = progress.add_task("", total=len(tasks))
-        futures = {pool.submit(fetch_one, client, s3, task): task for task in tasks}
+class Downloads:
+    """Fetches run on `workers` threads as they are added, with a progress line on stderr;
+    `add` blocks while `4 * workers` wait (memory flat at any count). A file that cannot be
+    had is counted in `tally`; an unreachable API stops everything (raised by the next `add`
+    or by `close`)."""
+
+    def __init__(self, client: Client, *, workers: int = 8, label: str = "downloading") -> None:
+        self.client = client
+        self.tally = Tally()
+        self._s3 = S3Reader()
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(4 * max(1, workers))
+        self._fatal: BaseException | None = None
+        columns = (TextColumn(label), BarColumn(), MofNCompleteColumn())
+        self._progress = Progress(
+            *columns, console=err, transient=True, disable=not err.is_terminal
+        )
+        self._bar = self._progress.add_task("", total=None)
+        self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="fetch")
+
+    def __enter__(self) -> Self:
+        self._progress.start()
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=exc_type is not None)
+        self._progress.stop()
+        if exc_type is None and self._fatal is not None:
+            raise self._fatal
+
+    def add(self, task: Fetch) -> None:
+        """Fetch `task` on the pool (waiting for room first)."""
+        if self._fatal is not None:
+            raise self._fatal
+        self._slots.acquire()
         try:
-            for future in as_completed(futures):
-                progress.advance(bar)
-                try:
-                    if future.result():
-                        tally.fetched += 1
-                    else:
-                        tally.present += 1
-                except (ApiError, OSError) as exc:
-                    if (
-                        isinstance(exc, ApiError)
-                        and exc.status is None
-                        and not futures[future].s3_uri
-                    ):
-                        raise  # connection refused or timeout: the API is gone
-                    tally.failed.append((futures[future], str(exc)))
+            self._pool.submit(self._run, task)
         except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
+            self._slots.release()
             raise
-    return tally
+
+    def _run(self, task: Fetch) -> None:
+        try:
+            if self._fatal is not None:
+                return
+            fetched = fetch_one(self.client, self._s3, task)
+            if task.then is not None:
+                task.then(task.dest)
+        except (ApiError, OSError) as exc:
+            if isinstance(exc, ApiError) and exc.status is None and not task.s3_uri:
+                self._fatal = exc  # connection refused or timeout: the API is gone
+                return
+            with self._lock:
+                self.tally.fail(task, str(exc))
+        else:
+            with self._lock:
+                if fetched:
+                    self.tally.fetched += 1
+                else:
+                    self.tally.present += 1
+        finally:
+            self._progress.advance(self._bar)
+            self._slots.release()
+
+
+def fetch_all(
+    client: Client, tasks: Iterable[Fetch], *, workers: int = 8, label: str = "downloading"
+) -> Tally:
+    """Run `tasks` (taken one at a time) on `workers` threads: `Downloads`."""
+    with Downloads(client, workers=workers, label=label) as downloads:
+        for task in tasks:
+            downloads.add(task)
+    return downloads.tally
 
 
 def report(tally: Tally, what: str) -> None:
     """`images: 4 downloaded, 2 already present, 1 failed` and the first failures."""
     line = f"{what}: {tally.fetched} downloaded, {tally.present} already present"
-    if tally.failed:
-        line += f", [red]{len(tally.failed)} failed[/]"
+    if tally.failures:
+        line += f", [red]{tally.failures} failed[/]"
     err.print(line, soft_wrap=True)
-    for task, message in tally.failed[:5]:
+    for task, message in tally.failed:
         err.print(f"  [red]{escape(task.dest.name)}[/]: {escape(message)}", soft_wrap=True)

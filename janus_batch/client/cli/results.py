@@ -10,16 +10,26 @@
     DIR/images/<stem>.txt         a copy of each input image next to its caption (--sidecars;
                                   for generate jobs the prompt) - the folder layout LoRA /
                                   fine-tuning trainers read (kohya-ss, ai-toolkit).
+    DIR/shards/<name>.tar         generate jobs writing WebDataset shards: every shard as
+                                  stored (images.csv names an image `shards/<name>.tar#<member>`;
+                                  --sidecars also unpacks the images into images/ with a .txt)
 
-Files already in DIR are kept, so an interrupted download resumes where it stopped.
+Files already in DIR are kept, so an interrupted download resumes where it stopped. Memory
+stays flat at any size: the manifest is streamed to disk, then read back a line at a time,
+the CSVs written and the downloads started as each line is read (`Downloads`), and the names
+already given to copied inputs are kept in a temporary SQLite file, not in memory.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import sqlite3
+import tarfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 from urllib.parse import urlparse
 
 import typer
@@ -34,41 +44,80 @@ from janus_batch.client.cli.common import (
     handle_errors,
     make_client,
 )
-from janus_batch.client.cli.download import Fetch, fetch_all, fetch_one, report
+from janus_batch.client.cli.download import Downloads, Fetch, fetch_one, report
 from janus_batch.client.cli.upload import is_image
 from janus_batch.client.http import FINAL_STATUSES, ApiError, Client
 
 IMAGES_DIR = "images"
 
 
-def save_manifest(client: Client, job_id: str, dest: Path, errors: bool = False) -> list[dict]:
-    """Stream results.jsonl (or errors.jsonl) to `dest` atomically; returns its lines."""
+def save_manifest(client: Client, job_id: str, dest: Path, errors: bool = False) -> int:
+    """Stream results.jsonl (or errors.jsonl) to `dest` atomically, a line at a time;
+    returns its line count."""
     tmp = dest.with_name(dest.name + ".part")
-    lines: list[dict] = []
+    count = 0
     try:
         with tmp.open("w", encoding="utf-8") as fh:
             for line in client.iter_results(job_id, errors=errors):
                 fh.write(line + "\n")
-                lines.append(json.loads(line))
+                count += 1
         tmp.replace(dest)
     finally:
         tmp.unlink(missing_ok=True)
-    return lines
+    return count
 
 
-def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+def read_lines(path: Path) -> Iterator[dict]:
+    """The JSON lines of a saved manifest, one at a time."""
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                yield json.loads(line)
+
+
+@contextmanager
+def csv_writer(path: Path, header: list[str]) -> Iterator[Any]:
+    """A CSV writer whose file replaces `path` only once the block ends without error."""
     tmp = path.with_name(path.name + ".part")
-    with tmp.open("w", encoding="utf-8", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
+    try:
+        with tmp.open("w", encoding="utf-8", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(header)
+            yield writer
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_csv(path: Path, header: list[str], rows: Iterable[list[Any]]) -> None:
+    with csv_writer(path, header) as writer:
         writer.writerows(rows)
-    tmp.replace(path)
 
 
 def write_sidecar(image: Path, text: str) -> None:
     """`<image stem>.txt` next to `image`, holding `text`."""
     image.parent.mkdir(parents=True, exist_ok=True)
     image.with_suffix(".txt").write_text(text, encoding="utf-8")
+
+
+class StemSet:
+    """A set of names kept in a private temporary SQLite file (deleted when closed): a
+    million names cost disk, not memory."""
+
+    def __init__(self) -> None:
+        self._db = sqlite3.connect("")  # "": a private on-disk database, gone at close
+        self._db.execute("CREATE TABLE stems (stem TEXT PRIMARY KEY) WITHOUT ROWID")
+
+    def add(self, stem: str) -> bool:
+        """Add `stem`; False if it was there already."""
+        try:
+            self._db.execute("INSERT INTO stems VALUES (?)", (stem,))
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    def close(self) -> None:
+        self._db.close()
 
 
 def _safe_rel(name: str | None) -> PurePosixPath | None:
@@ -89,7 +138,16 @@ class InputNames:
     def __init__(self, source: dict | None) -> None:
         prefix = (source or {}).get("s3_prefix") or ""
         self.prefix = prefix if prefix.endswith("/") or not prefix else prefix + "/"
-        self.used: set[str] = set()
+        self.used = StemSet()
+
+    def close(self) -> None:
+        self.used.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def name(self, line: dict) -> PurePosixPath:
         image = line["input"]["image"]
@@ -102,41 +160,43 @@ class InputNames:
         if rel is None:
             base = PurePosixPath(urlparse(image).path).name if "://" in image else ""
             rel = PurePosixPath(base if base and is_image(Path(base)) else f"{line['idx']:08d}.png")
-        stem = rel.with_suffix("").as_posix().lower()
-        if stem in self.used:
+        if not self.used.add(rel.with_suffix("").as_posix().lower()):
             rel = rel.with_name(f"{rel.stem}_{line['idx']}{rel.suffix}")
-            stem = rel.with_suffix("").as_posix().lower()
-        self.used.add(stem)
+            self.used.add(rel.with_suffix("").as_posix().lower())
         return rel
 
 
-def input_fetch(line: dict, dest: Path, images_dir: Path | None) -> Fetch:
-    """Where to get the input image of a caption result line."""
-    custom = _safe_rel(line.get("custom_id"))
+def input_fetch(
+    custom_id: str | None, image: str, dest: Path, images_dir: Path | None, caption: str
+) -> Fetch:
+    """Where to get the input image of a captioned item, and its caption written next to it
+    once it is there."""
+
+    def then(path: Path) -> None:
+        write_sidecar(path, caption)
+
+    custom = _safe_rel(custom_id)
     if images_dir is not None and custom is not None and (images_dir / custom).is_file():
-        return Fetch(dest, local=images_dir / custom)
-    image = line["input"]["image"]
+        return Fetch(dest, local=images_dir / custom, then=then)
     if image.startswith(("http://", "https://")):
-        return Fetch(dest, url=image)
+        return Fetch(dest, url=image, then=then)
     if image.startswith("s3://"):
-        return Fetch(dest, s3_uri=image)
-    return Fetch(dest, file_id=image)
+        return Fetch(dest, s3_uri=image, then=then)
+    return Fetch(dest, file_id=image, then=then)
 
 
-def check_uploads_served(client: Client, tasks: list[Fetch]) -> Fetch | None:
-    """Fetch the first missing uploaded image alone (returned once fetched): if the API
-    cannot send uploads back (404), say to pass --images instead of failing per image."""
-    first = next((t for t in tasks if t.file_id and not t.dest.is_file()), None)
-    if first is None:
-        return None
+def check_upload_served(client: Client, task: Fetch) -> None:
+    """Fetch a missing uploaded image alone: if the API cannot send uploads back (404), say
+    to pass --images instead of failing per image."""
     try:
-        fetch_one(client, None, first)
-        return first
+        fetch_one(client, None, task)
+        if task.then is not None:
+            task.then(task.dest)
     except ApiError as exc:
         if exc.status != 404:
             raise
         raise UsageError(
-            f"cannot download uploaded image {first.file_id} ({exc}): pass --images DIR, the "
+            f"cannot download uploaded image {task.file_id} ({exc}): pass --images DIR, the "
             "folder you captioned, to copy the images from there"
         ) from None
 
@@ -144,74 +204,129 @@ def check_uploads_served(client: Client, tasks: list[Fetch]) -> Fetch | None:
 def caption_outputs(
     client: Client,
     job: dict,
-    lines: list[dict],
+    lines: Iterable[dict],
     out_dir: Path,
     *,
     sidecars: bool,
     images_dir: Path | None,
     workers: int,
 ) -> int:
-    """captions.csv, and with sidecars the input images with their captions; returns how
-    many files could not be had."""
-    names = InputNames(job.get("source"))
-    named = [(line, names.name(line)) for line in lines]
-    rows = [
-        [
-            line.get("custom_id") or "",
-            f"{IMAGES_DIR}/{name.as_posix()}",
-            line["input"]["image"],
-            line.get("caption") or "",
-        ]
-        for line, name in named
-    ]
-    write_csv(out_dir / "captions.csv", ["custom_id", "image", "source", "caption"], rows)
-    err.print(f"captions.csv: {len(rows)} captions", soft_wrap=True)
+    """captions.csv, and with sidecars the input images with their captions (read back from
+    captions.csv, a row at a time); returns how many files could not be had."""
+    captions = out_dir / "captions.csv"
+    count = 0
+    with (
+        InputNames(job.get("source")) as names,
+        csv_writer(captions, ["custom_id", "image", "source", "caption"]) as writer,
+    ):
+        for line in lines:
+            name = names.name(line)
+            writer.writerow(
+                [
+                    line.get("custom_id") or "",
+                    f"{IMAGES_DIR}/{name.as_posix()}",
+                    line["input"]["image"],
+                    line.get("caption") or "",
+                ]
+            )
+            count += 1
+    err.print(f"captions.csv: {count} captions", soft_wrap=True)
     if not sidecars:
         return 0
-    placed = [(line, out_dir / IMAGES_DIR / name) for line, name in named]
-    tasks = [input_fetch(line, dest, images_dir) for line, dest in placed]
-    probed = check_uploads_served(client, tasks)
-    rest = [task for task in tasks if task is not probed]
-    tally = fetch_all(client, rest, workers=workers, label="copying inputs")
-    tally.fetched += probed is not None
-    for line, dest in placed:
-        if dest.is_file():
-            write_sidecar(dest, line.get("caption") or "")
-    report(tally, f"{IMAGES_DIR}/ input images + .txt captions")
-    return len(tally.failed)
+    probed = False
+    with (
+        captions.open(encoding="utf-8", newline="") as fh,
+        Downloads(client, workers=workers, label="copying inputs") as downloads,
+    ):
+        for row in csv.DictReader(fh):
+            dest = out_dir / row["image"]
+            task = input_fetch(row["custom_id"], row["source"], dest, images_dir, row["caption"])
+            if not probed and task.file_id and not dest.is_file():
+                check_upload_served(client, task)  # the first upload alone: served at all?
+                probed = True
+                downloads.tally.fetched += 1
+                continue
+            downloads.add(task)
+    report(downloads.tally, f"{IMAGES_DIR}/ input images + .txt captions")
+    return downloads.tally.failures
+
+
+def unpack_shard(shard: Path, images: Path) -> None:
+    """Each image of a downloaded WebDataset shard into `images`, with its prompt (from its
+    json member) in `<stem>.txt`: the layout LoRA trainers read."""
+    images.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(shard) as tar:
+        for member in tar:
+            rel = _safe_rel(member.name)
+            body = tar.extractfile(member) if member.isfile() else None
+            if rel is None or body is None or len(rel.parts) != 1:
+                continue
+            data = body.read()
+            if rel.suffix == ".json":
+                prompt = json.loads(data).get("prompt", "")
+                (images / rel.name).with_suffix(".txt").write_text(prompt, encoding="utf-8")
+            elif is_image(Path(rel.name)) and not (images / rel.name).is_file():
+                tmp = images / (rel.name + ".part")
+                tmp.write_bytes(data)
+                tmp.replace(images / rel.name)
 
 
 def generate_outputs(
-    client: Client, job: dict, lines: list[dict], out_dir: Path, *, sidecars: bool, workers: int
+    client: Client, job: dict, lines: Iterable[dict], out_dir: Path, *, sidecars: bool, workers: int
 ) -> int:
-    """Every image of the job (and with sidecars its prompt), and images.csv; returns how
-    many images could not be downloaded."""
-    rows, tasks = [], []
-    prompts: dict[Path, str] = {}
-    for line in lines:
-        prompt = line["input"].get("prompt", "")
-        for image in line.get("images") or []:
-            name = PurePosixPath(image["key"]).name
-            dest = out_dir / IMAGES_DIR / name
-            # straight from storage by the presigned URL (S3), through the API otherwise
-            tasks.append(Fetch(dest, job_key=(job["id"], image["key"]), url=image.get("url")))
-            rows.append(
-                [
-                    line.get("custom_id") or "",
-                    prompt,
-                    image.get("seed"),
-                    image.get("index"),
-                    f"{IMAGES_DIR}/{name}",
-                ]
-            )
-            prompts[dest] = prompt
-    write_csv(out_dir / "images.csv", ["custom_id", "prompt", "seed", "index", "image"], rows)
-    tally = fetch_all(client, tasks, workers=workers)
-    for dest, prompt in prompts.items() if sidecars else ():
-        if dest.is_file():
-            write_sidecar(dest, prompt)
-    report(tally, f"{IMAGES_DIR}/")
-    return len(tally.failed)
+    """Every image of the job (and with sidecars its prompt), or every shard of a job writing
+    WebDataset shards (with sidecars unpacked into images/), and images.csv; returns how many
+    files could not be downloaded."""
+    shards_seen: set[str] = set()  # one key per shard: a thousandth of the images
+    header = ["custom_id", "prompt", "seed", "index", "image"]
+    with (
+        csv_writer(out_dir / "images.csv", header) as writer,
+        Downloads(client, workers=workers) as downloads,
+    ):
+        for line in lines:
+            prompt = line["input"].get("prompt", "")
+            for image in line.get("images") or []:
+                name, task = _image_task(job["id"], image, out_dir, prompt, sidecars)
+                if task is not None and task.dest.name not in shards_seen:
+                    if image.get("member"):
+                        shards_seen.add(task.dest.name)
+                    downloads.add(task)
+                writer.writerow(
+                    [line.get("custom_id") or "", prompt, image.get("seed"),
+                     image.get("index"), name]
+                )  # fmt: skip
+    report(downloads.tally, f"{SHARDS_DIR}/" if shards_seen else f"{IMAGES_DIR}/")
+    return downloads.tally.failures
+
+
+SHARDS_DIR = "shards"
+
+
+def _image_task(
+    job_id: str, image: dict, out_dir: Path, prompt: str, sidecars: bool
+) -> tuple[str, Fetch | None]:
+    """How images.csv names an image, and the download that brings it: the image itself,
+    straight from storage by its presigned URL (S3) or through the API; or the shard
+    holding it (`member`)."""
+    key = str(image["key"])
+    name = PurePosixPath(key).name
+    url = image.get("url")
+    if member := image.get("member"):
+
+        def unpack(path: Path) -> None:
+            unpack_shard(path, out_dir / IMAGES_DIR)
+
+        dest = out_dir / SHARDS_DIR / name
+        fetch = Fetch(dest, (job_id, key), url, then=unpack if sidecars else None)
+        return f"{SHARDS_DIR}/{name}#{member}", fetch
+
+    def sidecar(path: Path) -> None:
+        write_sidecar(path, prompt)
+
+    dest = out_dir / IMAGES_DIR / name
+    return f"{IMAGES_DIR}/{name}", Fetch(
+        dest, (job_id, key), url, then=sidecar if sidecars else None
+    )
 
 
 @handle_errors
@@ -262,11 +377,13 @@ def results(
                 soft_wrap=True,
             )
         out_dir.mkdir(parents=True, exist_ok=True)
-        lines = save_manifest(client, job_id, out_dir / "results.jsonl")
-        err.print(f"results.jsonl: {len(lines)} lines", soft_wrap=True)
+        manifest = out_dir / "results.jsonl"
+        count = save_manifest(client, job_id, manifest)
+        err.print(f"results.jsonl: {count} lines", soft_wrap=True)
         if errors:
             failed = save_manifest(client, job_id, out_dir / "errors.jsonl", errors=True)
-            err.print(f"errors.jsonl: {len(failed)} lines", soft_wrap=True)
+            err.print(f"errors.jsonl: {failed} lines", soft_wrap=True)
+        lines = read_lines(manifest)
         if job["kind"] == "generate":
             missing = generate_outputs(
                 client, job, lines, out_dir, sidecars=sidecars, workers=concurrency
