@@ -91,7 +91,8 @@ class JobCreate(BaseModel):
     params: dict[str, Any] | None = Field(
         default=None,
         description="caption: prompt, max_new_tokens, temperature, top_p; "
-        "generate: n, cfg_weight, temperature, top_k, top_p, format (png|jpeg|webp).",
+        "generate: n, cfg_weight, temperature, top_k, top_p, format (png|jpeg|webp), output "
+        '({"format": "webdataset", "images_per_shard": 1000}: images in .tar shards).',
     )
     items: list[Any] | None = Field(
         default=None,

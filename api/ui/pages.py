@@ -4,6 +4,7 @@ error rows, and page links."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -15,6 +16,8 @@ from api.views import job_public
 from janus_batch import jobs
 from janus_batch.models import Item, Job
 from janus_batch.storage import Storage
+
+RESULTS_TABLE = "results.parquet"
 
 
 @dataclass(frozen=True)
@@ -87,13 +90,20 @@ def _relative(job: Job, key: str) -> str:
 
 
 def gallery(base: str, job: Job, items: list[Item], size: int = 256) -> list[Card]:
-    """A card per generated image of the items, in item then image order."""
+    """A card per generated image of the items, in item then image order; an image inside a
+    WebDataset shard is shown by its member alone (`/ui/shard-images/...`)."""
     cards = []
     for item in items:
         prompt = str((item.input or {}).get("prompt", ""))
         images = (item.result or {}).get("images") or []
         for image in images:
-            rel = _relative(job, str(image.get("key", "")))
+            if image.get("member"):
+                full = f"{base}/ui/shard-images/{job.id}/{item.idx}/{int(image.get('index', 0))}"
+                thumb = f"{full}?size={size}"
+            else:
+                rel = _relative(job, str(image.get("key", "")))
+                thumb = f"{base}/ui/thumbs/{job.id}/{rel}?size={size}"
+                full = f"{base}/v1/jobs/{job.id}/files/{rel}"
             cards.append(
                 Card(
                     idx=item.idx,
@@ -102,8 +112,8 @@ def gallery(base: str, job: Job, items: list[Item], size: int = 256) -> list[Car
                     seed=image.get("seed"),
                     index=int(image.get("index", 0)),
                     count=len(images),
-                    thumb_url=f"{base}/ui/thumbs/{job.id}/{rel}?size={size}",
-                    full_url=f"{base}/v1/jobs/{job.id}/files/{rel}",
+                    thumb_url=thumb,
+                    full_url=full,
                 )
             )
     return cards
@@ -154,3 +164,46 @@ def item_pager(request: Request, param: str, items: list[Item], has_more: bool) 
     )
     nxt = with_params(request, **{param: items[-1].idx}) + anchor if has_more and items else None
     return Pager(first, nxt)
+
+
+@dataclass(frozen=True)
+class FileLink:
+    """One output file of a job, and where to download it."""
+
+    name: str
+    url: str
+
+
+@dataclass(frozen=True)
+class FileList:
+    """The first output files under one folder of the job, and how many more there are."""
+
+    title: str
+    folder: str
+    links: list[FileLink]
+    more: bool
+
+
+LISTED_FILES = 20
+"""Files listed per folder (sidecars, shards) on a job page; the rest are named by a count."""
+
+
+def output_files(base: str, job: Job, storage: Storage) -> tuple[FileLink | None, list[FileList]]:
+    """What the job page links besides the manifests: results.parquet once it is written,
+    and the first WebDataset sidecars and output shards stored (each link through the API's
+    files route, which streams or serves them)."""
+    prefix = f"{job.output_prefix}/"
+    url = f"{base}/v1/jobs/{job.id}/files/"
+    parquet = None
+    if storage.exists(prefix + RESULTS_TABLE):
+        parquet = FileLink(RESULTS_TABLE, url + RESULTS_TABLE)
+    lists = []
+    for folder, title in (("sidecars/", "WebDataset sidecars"), ("shards/", "Output shards")):
+        keys = list(islice(storage.iter_keys(prefix + folder), LISTED_FILES + 1))
+        if keys:
+            links = [
+                FileLink(key.removeprefix(prefix), url + _relative(job, key))
+                for key in keys[:LISTED_FILES]
+            ]
+            lists.append(FileList(title, folder, links, len(keys) > LISTED_FILES))
+    return parquet, lists

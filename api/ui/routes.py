@@ -26,7 +26,7 @@ from janus_batch.storage import Storage
 
 HERE = FilePath(__file__).parent
 STATIC = {p.name: p for p in (HERE / "static").iterdir() if p.is_file()}
-ASSET_VERSION = "4"
+ASSET_VERSION = "5"
 
 templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.filters.update(FILTERS)
@@ -152,6 +152,7 @@ def job_page(
         message = f"There is no job {job_id!r} here (it may belong to another API key)."
         return _render(request, "error.html", settings, 404, title="Job not found", message=message)
     base = pages.root(request)
+    parquet, file_lists = pages.output_files(base, job, storage)
     limit = GALLERY_ITEMS if job.kind == JobKind.GENERATE else CAPTION_ITEMS
     done, more = jobs.list_items(
         db, owner, job_id, after=after, limit=limit, status=ItemStatus.SUCCEEDED
@@ -167,6 +168,8 @@ def job_page(
         "errors": pages.error_rows(job, failed),
         "errors_pager": pages.item_pager(request, "errors_after", failed, more_failed),
         "poll_url": f"{base}/ui/partials/jobs/{job.id}",
+        "parquet": parquet,
+        "file_lists": file_lists,
     }
     return _render(request, "job.html", settings, **context)
 

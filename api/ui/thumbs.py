@@ -2,6 +2,9 @@
 
 - `/ui/thumbs/{job_id}/{key}`: an output image of the job (a key under the job's prefix, or
   relative to it); nothing outside the prefix can be named.
+- `/ui/shard-images/{job_id}/{idx}/{k}`: image `k` of a generate item stored inside a
+  WebDataset shard (`params.output`), read by a ranged GET of its member alone; with `size`,
+  its thumbnail.
 - `/ui/inputs/{job_id}/{idx}`: the input image of a caption item when it is in the service's
   own storage (an upload, `storage:<key>`). The API never fetches a user's URL or `s3://`
   reference (that is the workers' job, under the egress policy): those have no thumbnail.
@@ -19,6 +22,7 @@ Sizes are clamped to 32..512 and snapped down to a few steps, so the cache
 from __future__ import annotations
 
 import logging
+import mimetypes
 from io import BytesIO
 from typing import Annotated
 
@@ -137,6 +141,51 @@ def output_thumbnail(
         raise HttpError(413, f"{relative} is too large to preview ({length:,} bytes)", "key")
     data = storage.get_bytes(full)
     thumb = _thumbnail_or_422(data, size, settings.max_image_pixels, relative, "key")
+    _store(storage, cache_key, thumb)
+    return _jpeg(thumb, "miss")
+
+
+@router.get("/shard-images/{job_id}/{idx}/{k}", name="ui_shard_image")
+def shard_image(
+    job_id: JobId,
+    idx: Annotated[int, Path(ge=0, le=2**31 - 1)],
+    k: Annotated[int, Path(ge=0, le=1024)],
+    db: DatabaseUrl,
+    owner: Owner,
+    storage: StorageDep,
+    settings: SettingsDep,
+    size: Annotated[int | None, Query(description="Longest side (32..512): a thumbnail.")] = None,
+) -> Response:
+    """Image `k` of generate item `idx` from inside its shard (the member's bytes alone), or
+    with `size` a cached thumbnail of it."""
+    job = jobs.get_job(db, owner, job_id)
+    page, _ = jobs.list_items(db, owner, job_id, after=idx - 1, limit=1)
+    images = (page[0].result or {}).get("images") or [] if page and page[0].idx == idx else []
+    entry = next((e for e in images if isinstance(e, dict) and e.get("index") == k), None)
+    if job.kind != JobKind.GENERATE or entry is None or not entry.get("member"):
+        raise HttpError(404, f"job {job_id} has no image {k} of item {idx} in a shard", "idx")
+    member = str(entry["member"])
+    cache_key = None
+    if size is not None:
+        size = snap_size(size)
+        cache_key = f"{job.output_prefix}/thumbs/{size}/shards/{member}.jpg"
+        if (hit := _cached(storage, cache_key)) is not None:
+            return _jpeg(hit, "hit")
+    offset, length = (int(v) for v in entry["range"])
+    if length > MAX_SOURCE_BYTES:
+        raise HttpError(413, f"{member} is too large to preview ({length:,} bytes)", "idx")
+    key = output_key(job, str(entry["key"]))
+    try:
+        with storage.open_read(key, offset, length) as body:
+            data = body.read()
+    except NotFoundError:
+        raise HttpError(404, f"the shard of {member} is no longer stored", "idx") from None
+    except StorageError as exc:
+        raise HttpError(502, f"{member} could not be read: {exc}", "idx") from None
+    if cache_key is None or size is None:
+        media_type = mimetypes.guess_type(member)[0] or "application/octet-stream"
+        return Response(data, media_type=media_type, headers={"Cache-Control": CACHE_CONTROL})
+    thumb = _thumbnail_or_422(data, size, settings.max_image_pixels, member, "idx")
     _store(storage, cache_key, thumb)
     return _jpeg(thumb, "miss")
 

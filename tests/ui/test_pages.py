@@ -298,3 +298,54 @@ def test_rates_are_items_per_second_at_every_size():
         "0.00/s",
     ]
     assert rate(None) == "—"
+
+
+def test_a_job_page_links_its_output_files_and_shows_images_inside_shards(
+    client, database_url, storage_root
+):
+    """results.parquet, sidecars and output shards are linked once stored; a generated image
+    kept inside a WebDataset shard is shown (and its thumbnail made) from its member alone."""
+    import io
+    import tarfile
+
+    from janus_batch.models import new_id
+    from tests.ui.art import paint, png
+
+    picture = png(paint("night", 7, size=64))
+    job_id = new_id("job")
+    shard_key = f"jobs/{job_id}/shards/00000000-1.tar"
+    tar_bytes = io.BytesIO()
+    with tarfile.open(fileobj=tar_bytes, mode="w") as tar:
+        info = tarfile.TarInfo("00000000_0.png")
+        info.size = len(picture)
+        tar.addfile(info, io.BytesIO(picture))
+    (storage_root / shard_key).parent.mkdir(parents=True)
+    (storage_root / shard_key).write_bytes(tar_bytes.getvalue())
+    image = {"key": shard_key, "member": "00000000_0.png", "range": [512, len(picture)],
+             "seed": 7, "index": 0}  # fmt: skip
+    job = insert_job(
+        database_url,
+        "generate",
+        [ItemSpec({"prompt": "a night sky", "n": 1}, result={"images": [image]})],
+        job_id=job_id,
+    )
+    page = client.get(f"/ui/jobs/{job.id}")
+    assert "results.parquet" not in page.text and "Output shards" in page.text  # not yet
+    for name in ("results.parquet", "sidecars/b/00000.captions.jsonl"):
+        (storage_root / job.prefix / name).parent.mkdir(parents=True, exist_ok=True)
+        (storage_root / job.prefix / name).write_bytes(b"x")
+    page = client.get(f"/ui/jobs/{job.id}").text
+    files = f"/v1/jobs/{job.id}/files"
+    for rel in ("results.parquet", "sidecars/b/00000.captions.jsonl", "shards/00000000-1.tar"):
+        assert f'href="{files}/{rel}"' in page, rel
+        assert client.get(f"{files}/{rel}").status_code == 200
+    full = f"/ui/shard-images/{job.id}/0/0"
+    assert srcs(page) == [f"{full}?size=256"] and f'href="{full}"' in page
+    got = client.get(full)
+    assert got.status_code == 200 and got.content == picture
+    assert got.headers["content-type"] == "image/png"
+    thumb = client.get(f"{full}?size=256")
+    assert thumb.headers["content-type"] == "image/jpeg"
+    assert thumb.headers["x-thumbnail-cache"] == "miss"
+    assert client.get(f"{full}?size=256").headers["x-thumbnail-cache"] == "hit"
+    assert client.get(f"/ui/shard-images/{job.id}/0/1").status_code == 404

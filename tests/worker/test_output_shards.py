@@ -77,6 +77,16 @@ def test_generate_into_webdataset_shards_through_the_api(make_ctx: Any, s3_env: 
         assert all(len(_members(data)) == 8 or shard.endswith("00000004-1.tar")
                    for shard, data in shard_bytes.items())  # fmt: skip
 
+        # the dashboard shows each image from its member (a ranged GET on S3) and links shards
+        page = client.get(f"/ui/jobs/{job_id}").text
+        assert f"/ui/shard-images/{job_id}/3/1?size=256" in page and "results.parquet" in page
+        shown = client.get(f"/ui/shard-images/{job_id}/3/1")
+        offset, size = results[3]["images"][1]["range"]
+        assert (
+            shown.content == shard_bytes[f"{prefix}/shards/00000002-1.tar"][offset : offset + size]
+        )
+        assert f"/v1/jobs/{job_id}/files/shards/00000004-1.tar" in page
+
         table = client.get(f"/v1/jobs/{job_id}/files/results.parquet")
         rows = pq.read_table(io.BytesIO(table.content)).to_pylist()
         assert rows[3]["images"] == [
