@@ -246,6 +246,39 @@ def test_results_of_a_generate_job_with_sidecars_resume(
     assert {p: p.stat().st_mtime_ns for p in images} == stamps
 
 
+def test_generate_into_shards_and_download_them(
+    cli: Cli, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """`generate --shards 4` (n=2: two prompts a shard), then `results --sidecars`: each
+    shard downloaded once, named in images.csv, unpacked next to its prompts."""
+    prompts = tmp_path_factory.mktemp("shard-prompts") / "prompts.txt"
+    prompts.write_text(PROMPTS)
+    run = cli("generate", prompts, "--n", "2", "--seed", "3", "--shards", "4", "--wait")
+    assert run.exit_code == 0, run.stderr
+    got = cli("results", run.job_id, "--out", tmp_path, "--sidecars")
+    assert got.exit_code == 0, got.stderr
+    assert "shards/: 2 downloaded, 0 already present" in got.stderr
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == [
+        "00000000-1.tar",
+        "00000002-1.tar",
+    ]
+    with (tmp_path / "images.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["image"] for r in rows][:3] == [
+        "shards/00000000-1.tar#00000000_0.png",
+        "shards/00000000-1.tar#00000000_1.png",
+        "shards/00000000-1.tar#00000001_0.png",
+    ]
+    for row in rows:
+        image = tmp_path / "images" / row["image"].split("#")[1]
+        with Image.open(image) as im:
+            assert im.size == (64, 64)
+        assert image.with_suffix(".txt").read_text() == row["prompt"]
+    refused = cli("generate", prompts, "--shards", "0")
+    assert refused.exit_code == 4
+    assert "params.output.images_per_shard" in refused.stderr
+
+
 def test_results_of_a_caption_job_make_a_trainer_folder(
     cli: Cli, caption_run: Run, photos: Path, tmp_path: Path
 ) -> None:

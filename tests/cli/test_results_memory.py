@@ -10,12 +10,14 @@ import json
 import subprocess
 import sys
 import tarfile
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
+
+from tests.fixtures.datasets import loopback_server
 
 SMALL, LARGE = 2_000, 100_000
 ITEMS_PER_SHARD = 1_000
@@ -46,8 +48,10 @@ def _line(kind: str, i: int) -> bytes:
     return json.dumps(line).encode() + b"\n"
 
 
-@pytest.fixture(scope="module")
-def api_url() -> Iterator[str]:
+@contextmanager
+def stand_in_api() -> Iterator[str]:
+    """A loopback server answering GET /v1/jobs/<kind>-<n> (a succeeded job), its results
+    (n lines, made as they are sent) and any file of it (one small shard)."""
     shard = _shard()
 
     class Handler(BaseHTTPRequestHandler):
@@ -77,14 +81,14 @@ def api_url() -> Iterator[str]:
             self.end_headers()
             self.wfile.write(body)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback_server(Handler) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def api_url() -> Iterator[str]:
+    with stand_in_api() as url:
+        yield url
 
 
 RUN = """
@@ -97,13 +101,16 @@ finally:
 """
 
 
-def _peak_mib(api_url: str, job: str, out: Path) -> float:
+def peak_mib(api_url: str, job: str, out: Path, cwd: Path | None = None) -> float:
+    """Peak RSS of `janus-batch results JOB --out OUT` in a subprocess (run in `cwd`, so
+    another checkout's code can be measured)."""
     done = subprocess.run(
         [sys.executable, "-c", RUN, "results", job, "--out", str(out), "--api-url", api_url],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=3600,
         check=False,
+        cwd=cwd,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     peak = [line for line in done.stdout.splitlines() if line.startswith("PEAK_KIB")]
@@ -114,8 +121,8 @@ def _peak_mib(api_url: str, job: str, out: Path) -> float:
 def test_results_memory_is_flat_in_the_manifest_length(
     api_url: str, tmp_path: Path, kind: str
 ) -> None:
-    small = _peak_mib(api_url, f"{kind}-{SMALL}", tmp_path / "small")
-    large = _peak_mib(api_url, f"{kind}-{LARGE}", tmp_path / "large")
+    small = peak_mib(api_url, f"{kind}-{SMALL}", tmp_path / "small")
+    large = peak_mib(api_url, f"{kind}-{LARGE}", tmp_path / "large")
     out = tmp_path / "large"
     assert sum(1 for _ in (out / "results.jsonl").open()) == LARGE
     table = "captions.csv" if kind == "caption" else "images.csv"

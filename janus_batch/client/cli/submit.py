@@ -417,6 +417,15 @@ def generate(
     image_format: Annotated[
         ImageFormat | None, typer.Option("--format", help="Output image format (default: png).")
     ] = None,
+    shards: Annotated[
+        int | None,
+        typer.Option(
+            "--shards",
+            metavar="IMAGES",
+            help="Write the images as WebDataset .tar shards of this many images each "
+            "(image + json per image) instead of one object per image.",
+        ),
+    ] = None,
     inline_limit: InlineLimit = DEFAULT_INLINE_LIMIT,
     wait: Wait = False,
     interval: Interval = 1.0,
@@ -444,6 +453,7 @@ def generate(
         "cfg_weight": cfg,
         "temperature": temperature,
         "format": image_format.value if image_format else None,
+        "output": None if shards is None else {"format": "webdataset", "images_per_shard": shards},
     }
     body: dict[str, Any] = {
         "kind": "generate",
