@@ -16,6 +16,7 @@ job's counts and `errors.jsonl` name every input the user gave (`not_sent_item`)
 from __future__ import annotations
 
 import json
+import math
 import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator
@@ -75,6 +76,44 @@ def _text_problem(text: str) -> str | None:
         text.encode("utf-8")
     except UnicodeEncodeError:
         return "is not valid Unicode (lone surrogate)"
+    return None
+
+
+def shown_text(text: str) -> str:
+    """`text` safe to store and print: bytes that are not UTF-8 (a tar member name read with
+    surrogate escapes) as `\\xff`, lone surrogates as `\\ud800`, NUL as `\\x00`."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace").replace("\x00", "\\x00")
+
+
+def storable_problem(value: Any, field: str = "") -> str | None:
+    """Why a database or a JSON manifest could not hold `value` (a JSON-like value from a
+    dataset: a key, a row's columns, a sample's metadata), or None: the first string or object
+    key that `_text_problem` refuses, or a number that is not finite, named by its path
+    (`meta.caption: is not valid Unicode (lone surrogate)`). The same rules inline items are
+    held to by `_Strict`; walked without recursion, however deep the value."""
+    stack: list[tuple[str, Any]] = [(field, value)]
+    while stack:
+        path, node = stack.pop()
+        problem: str | None = None
+        if isinstance(node, str):
+            problem = _text_problem(node)
+        elif isinstance(node, float) and not math.isfinite(node):
+            problem = f"{node} is not a JSON number (not finite)"
+        elif isinstance(node, dict):
+            for name in node:
+                if isinstance(name, str) and (bad := _text_problem(name)):
+                    problem = f"a field name {bad}"
+                    break
+            children = [(f"{path}.{name}" if path else str(name), v) for name, v in node.items()]
+            stack.extend(reversed(children))
+        elif isinstance(node, list | tuple):
+            stack.extend(reversed([(f"{path}[{i}]", v) for i, v in enumerate(node)]))
+        if problem is not None:
+            return f"{shown_text(path)}: {problem}" if path else problem
     return None
 
 

@@ -222,15 +222,18 @@ def start_finalizing(session: Session, job_id: str) -> bool:
     return _rowcount(moved) == 1
 
 
-def finish(session: Session, job_id: str, status: JobStatus, error: str | None) -> bool:
-    """finalizing -> succeeded | failed | cancelled; an error already recorded is kept."""
+def finish(
+    session: Session, job_id: str, status: JobStatus, error: str | None, *, replace: bool = False
+) -> bool:
+    """finalizing -> succeeded | failed | cancelled; an error already recorded is kept, unless
+    `replace` (a finalize that failed records an error that says all)."""
     now = utcnow()
     moved = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status.in_(_job_from(status, {JobStatus.FINALIZING})))
         .values(
             status=status,
-            error=func.coalesce(Job.error, error),
+            error=error if replace else func.coalesce(Job.error, error),
             finished_at=now,
             updated_at=now,
         )

@@ -36,6 +36,8 @@ from janus_batch.inputs import (
     check_prompt,
     draw_seed,
     generate_item,
+    shown_text,
+    storable_problem,
 )
 from janus_batch.items import NewItem
 from janus_batch.models import Job
@@ -123,7 +125,36 @@ def dataset_items(
                 count += 1
                 if count % CHECK_EVERY == 0:
                     guard()
-                yield item
+                yield storable(item)
+
+
+def storable(item: NewItem) -> NewItem:
+    """`item` if SQL and the JSON manifests can hold all of it; else a failed item naming its
+    file, row or sample and what is wrong: a key that is not UTF-8 (a tar member name), a lone
+    surrogate or NUL in a column or a metadata value, a number that is not finite. A dataset
+    item is held to the rules of an inline one (`janus_batch.inputs.storable_problem`), so
+    one bad row fails alone instead of the INSERT of its page (or the manifests at finalize)."""
+    value = item.input
+    problem = (
+        storable_problem(value.get("key"), "key")
+        or storable_problem(value)
+        or storable_problem(item.custom_id, "custom_id")
+        or storable_problem(item.error, "error")
+    )
+    if problem is None:
+        return item
+    key = value.get("key")
+    shown_key = shown_text(key) if isinstance(key, str) else None
+    origin = {name: value[name] for name in ("file", "row", "next") if name in value}
+    if origin.get("row") is not None:
+        where = f"{value.get('file')} row {origin['row']}"
+    else:
+        where = f"{value.get('file')} sample {shown_key}"
+    custom_id = item.custom_id if storable_problem(item.custom_id) is None else None
+    log.info("dataset item refused: %s: %s", where, problem)
+    return NewItem(
+        input={**origin, "key": shown_key}, custom_id=custom_id, error=f"{where}: {problem}"
+    )
 
 
 class _Rows:

@@ -18,7 +18,8 @@ uploaded folder): a failed item too (`janus_batch.inputs.not_sent_item`). A line
 `s3://` object inside the service's own storage fails alone too (it would read other users'
 data; uploads are named by file id). A source inside that storage,
 or one that cannot be read, fails the job with a readable error; a transient
-error (after retries) raises, and the sweeper sends expand again later. Redelivery resumes:
+error (after retries) raises, and the sweeper sends expand again later; any other error (one
+that a resume would meet again) ends the expansion with it as the job's error. Redelivery resumes:
 after the last listed key (S3) or the lines already turned into items (manifest). A job
 cancelled before (or while) its source is expanded is closed here: marked expanded, its
 pending items cancelled, and handed to finalization.
@@ -31,6 +32,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
 from janus_batch import datasets, lifecycle
 from janus_batch.constants import FINALIZE_JOB_TASK
@@ -44,6 +46,7 @@ from janus_batch.inputs import (
     generate_item,
     parse_json_line,
     parse_params,
+    shown_text,
 )
 from janus_batch.items import INSERT_PAGE, NewItem, add_items, window_for
 from janus_batch.models import Item, Job
@@ -103,12 +106,17 @@ def expand_source(ctx: Context, job_id: str) -> int:
         log.info("job=%s expansion stopped: the job is being cancelled", job_id)
         _finish(ctx, job_id, None)
         return 0
-    except (TransientStorageError, sources.TransientSourceError):
+    except (TransientStorageError, sources.TransientSourceError, OperationalError):
         log.warning("job=%s expansion interrupted; the sweeper will resume it", job_id)
         raise
     except (StorageError, sources.SourceError, InvalidInput) as exc:
         log.warning("job=%s cannot expand %s: %s", job_id, where, exc)
         _finish(ctx, job_id, str(exc))
+        return 0
+    except Exception as exc:  # would fail again at the same place on every resume
+        error = f"cannot expand {where}: {type(exc).__name__}: {shown_text(str(exc))[:1000]}"
+        log.exception("job=%s %s", job_id, error)
+        _finish(ctx, job_id, error)
         return 0
     _finish(ctx, job_id, None, empty_error=_empty_error(source))
     log.info("job=%s expansion done: %d items added", job_id, added)

@@ -15,7 +15,9 @@ also gets one captions sidecar per input shard (`worker.sidecars`); a job writin
 output shards has the shards no result points to deleted (`worker.shards.delete_orphans`:
 left by a chunk that died after its upload). The lines come from
 `janus_batch.results`, the same functions the API uses to stream a running job's partial
-results, so both always agree.
+results, so both always agree. An error that a later run would meet again (anything but a
+transient storage or database error, which the task retries) ends the job `failed` with the
+error, never left in `finalizing` for the sweeper to re-send forever.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from janus_batch import lifecycle, shards
 from janus_batch.constants import ERRORS_NAME, RESULTS_NAME, SEND_WEBHOOK_TASK
 from janus_batch.db import session_scope
+from janus_batch.inputs import shown_text
 from janus_batch.items import iter_items
 from janus_batch.models import Job
 from janus_batch.queue import send_control
@@ -42,6 +46,7 @@ from janus_batch.results import (
     result_line,
 )
 from janus_batch.states import JobStatus
+from janus_batch.storage import TransientStorageError
 from worker import results_table
 from worker.context import Context
 from worker.shards import delete_orphans, referenced_shards
@@ -51,6 +56,9 @@ log = logging.getLogger(__name__)
 
 PAGE = 1000
 CONTENT_TYPE = "application/x-ndjson"
+TRANSIENT = (OperationalError, TransientStorageError)
+"""Errors a later finalize may not meet (the task retries them); any other ends the job."""
+MAX_ERROR = 1000
 
 
 def final_status(job: Job) -> tuple[JobStatus, str | None]:
@@ -89,15 +97,24 @@ def finalize_job(ctx: Context, job_id: str) -> str | None:
     if job.status != JobStatus.FINALIZING:
         log.info("job=%s finalize skipped: job is %s", job_id, job.status)
         return job.status
-    write_manifests(ctx, job)
-    write_sidecars(ctx, job, on_page=_touch_finalizing(job.id))
+    failure = None
+    try:
+        write_manifests(ctx, job)
+        write_sidecars(ctx, job, on_page=_touch_finalizing(job.id))
+    except TRANSIENT:
+        raise  # retried by the task, then re-sent by the sweeper
+    except Exception as exc:  # would fail the same way every time: the job ends failed
+        failure = f"finalize failed: {type(exc).__name__}: {shown_text(str(exc))[:MAX_ERROR]}"
+        log.exception("job=%s %s", job_id, failure)
     with session_scope(ctx.database_url) as session:
         fresh = session.get(Job, job_id)
         if fresh is None:  # deleted meanwhile
             return None
         job = fresh
         status, error = final_status(job)
-        changed = lifecycle.finish(session, job_id, status, error)
+        if failure is not None:
+            status, error = JobStatus.FAILED, "; ".join(filter(None, [job.error or error, failure]))
+        changed = lifecycle.finish(session, job_id, status, error, replace=failure is not None)
         webhook = lifecycle.queue_webhook(session, job_id) if changed else None
     if changed:
         log.info(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import io
+import math
 from collections.abc import Iterator
 from contextlib import closing
 from typing import Any
@@ -147,7 +148,10 @@ def parquet_rows(
 
 
 def jsonable(value: Any) -> Any:
-    """A cell as JSON can hold it (dates as ISO text, decimals and bytes as text)."""
+    """A cell as JSON can hold it (dates as ISO text, decimals and bytes as text; NaN and
+    infinities, which JSON has not, as null: pandas writes a missing float as NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     if value is None or isinstance(value, str | int | float | bool):
         return value
     if isinstance(value, dict):

@@ -67,10 +67,10 @@ def is_image(ext: str) -> bool:
 
 def _meta(sample: Sample, ext: str, data: bytes) -> None:
     """Add a metadata member's content: a JSON object's keys at the top level, anything else
-    under its extension (text when UTF-8)."""
+    under its extension (text when UTF-8). JSON's non-standard NaN and Infinity read as null."""
     if ext == "json":
         try:
-            value = json.loads(data)
+            value = json.loads(data, parse_constant=_no_constant)
         except (ValueError, RecursionError) as exc:
             sample.problem = f"its {ext} member is not JSON ({exc})"
             return
@@ -83,6 +83,11 @@ def _meta(sample: Sample, ext: str, data: bytes) -> None:
         sample.meta[ext] = data.decode("utf-8").strip()
     except UnicodeDecodeError:
         sample.meta[ext] = None  # binary: present, not kept
+
+
+def _no_constant(name: str) -> None:
+    """`NaN`, `Infinity`, `-Infinity` in a sample's json: not JSON numbers, kept as null."""
+    return None
 
 
 def _add(
