@@ -443,20 +443,38 @@ def list_items(
 
 
 def delete_job(database_url: str, storage: Storage, owner: str, job_id: str) -> int:
-    """Delete a finished job: every object under its output prefix (results, images,
-    manifests), then its rows. JobConflict while it is not final (cancel it first). Returns
-    how many objects were removed."""
+    """Delete a finished job (`purge_job`): every object under its output prefix (results,
+    images, manifests), then its rows. JobConflict while it is not final (cancel it first);
+    a job already `deleting` (a deletion that stopped half way) is finished. Returns how many
+    objects were removed."""
     job = get_job(database_url, owner, job_id)
-    if job.status not in JOB_FINAL:
+    if job.status not in JOB_FINAL and job.status != JobStatus.DELETING:
         raise JobConflict(
             f"job {job_id} is {job.status}: it can be deleted once it ends (cancel it first)"
         )
-    removed = purge_objects(storage, job.output_prefix)
-    with session_scope(database_url) as session:
-        if not lifecycle.delete_job(session, job_id):
-            raise JobConflict(f"job {job_id} changed while it was deleted: try again")
-    log.info("job=%s deleted: %d objects and its rows", job_id, removed)
+    removed, _ = purge_job(database_url, storage, job_id, job.output_prefix)
     return removed
+
+
+def purge_job(
+    database_url: str, storage: Storage, job_id: str, prefix: str, limit: int | None = None
+) -> tuple[int, bool]:
+    """Delete a final job: moved to `deleting` (its own transaction: from then on a retry or a
+    cancel is refused, so nothing writes under its prefix again), then at most `limit` of its
+    objects, then, once none is left, its rows. Returns (objects removed, whether the rows
+    are gone); JobConflict if the job is neither final nor deleting. A deletion cut short
+    (a crash, the limit) leaves the job `deleting`: the sweeper finishes it."""
+    with session_scope(database_url) as session:
+        if not lifecycle.start_deleting(session, job_id):
+            current = session.scalar(select(Job.status).where(Job.id == job_id))
+            raise JobConflict(f"job {job_id} is {current} now; it cannot be deleted")
+    removed = purge_objects(storage, prefix, limit=limit)
+    if limit is not None and removed >= limit:
+        return removed, False  # objects may be left: the next call goes on
+    with session_scope(database_url) as session:
+        gone = lifecycle.delete_job(session, job_id)
+    log.info("job=%s deleted: %d objects and its rows", job_id, removed)
+    return removed, gone
 
 
 PURGE_PAGE = 1000
@@ -485,7 +503,7 @@ def cancel_job(database_url: str, app: Celery, owner: str, job_id: str) -> Job:
     the finalize task is enqueued. JobConflict for a job that is already final/finalizing.
     """
     job = get_job(database_url, owner, job_id)
-    if job.status in JOB_FINAL or job.status == JobStatus.FINALIZING:
+    if job.status in (*JOB_FINAL, JobStatus.FINALIZING, JobStatus.DELETING):
         raise JobConflict(f"job {job_id} is already {job.status}; it cannot be cancelled")
     with session_scope(database_url) as session:
         cancelling, n = lifecycle.request_cancel(session, job_id)
@@ -523,7 +541,7 @@ def retry_job(
     if job.status not in JOB_RETRYABLE:
         raise JobConflict(
             f"job {job_id} is {job.status}; only a succeeded or failed job can be retried"
-            + ("" if job.status in JOB_FINAL else " (wait for it to end)")
+            + ("" if job.status in (*JOB_FINAL, JobStatus.DELETING) else " (wait for it to end)")
         )
     with session_scope(database_url) as session:
         limits = quotas.limits_for(session, settings, owner, lock=True)

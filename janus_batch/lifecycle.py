@@ -242,13 +242,26 @@ def finish(
     return _rowcount(moved) == 1
 
 
+def start_deleting(session: Session, job_id: str) -> bool:
+    """succeeded | failed | cancelled -> deleting, committed before any of the job's objects
+    is removed, so a retry or a cancel racing the deletion is refused (a job already
+    deleting is touched: its deletion is alive). True if the job is deleting now."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(_job_from(JobStatus.DELETING)))
+        .values(status=JobStatus.DELETING, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    touch(session, job_id, only=JobStatus.DELETING)
+    return session.scalar(select(Job.status).where(Job.id == job_id)) == JobStatus.DELETING
+
+
 def delete_job(session: Session, job_id: str) -> bool:
-    """Remove a final job and all its items (their rows: the caller removed the stored
-    objects first). True if the job was final and is gone."""
-    final = [status.value for status in JOB_FINAL]
+    """Remove a `deleting` job and all its items (their rows: the caller removed the stored
+    objects first). True if the job was deleting and is gone."""
     gone = session.execute(
         delete(Job)
-        .where(Job.id == job_id, Job.status.in_(final))
+        .where(Job.id == job_id, Job.status == JobStatus.DELETING)
         .execution_options(synchronize_session=False)
     )
     if _rowcount(gone) != 1:

@@ -26,6 +26,8 @@ class JobStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    DELETING = "deleting"
+    """A DELETE (or retention) is removing its objects; its rows go last. Nothing revives it."""
 
 
 class JobKind(StrEnum):
@@ -58,9 +60,11 @@ _JOB_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.CANCELLING: frozenset({JobStatus.FINALIZING, JobStatus.CANCELLED}),
     JobStatus.FINALIZING: frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}),
     # succeeded | failed -> running: a retry sent the job's failed items back to work.
-    JobStatus.SUCCEEDED: frozenset({JobStatus.RUNNING}),
-    JobStatus.FAILED: frozenset({JobStatus.RUNNING}),
-    JobStatus.CANCELLED: frozenset(),
+    # any final state -> deleting: committed before the first object is removed.
+    JobStatus.SUCCEEDED: frozenset({JobStatus.RUNNING, JobStatus.DELETING}),
+    JobStatus.FAILED: frozenset({JobStatus.RUNNING, JobStatus.DELETING}),
+    JobStatus.CANCELLED: frozenset({JobStatus.DELETING}),
+    JobStatus.DELETING: frozenset(),
 }
 
 

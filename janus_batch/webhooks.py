@@ -23,7 +23,10 @@ that runs `deliver`, so a slow receiver never holds a job's end. An attempt that
 answer is tried again with backoff (JANUS_BATCH_WEBHOOK_RETRY_DELAY doubling, up to
 JANUS_BATCH_WEBHOOK_MAX_ATTEMPTS), a URL refused by the egress policy is not; each attempt
 is recorded on the job (`webhook` in the job object). A delivery of a job that was retried
-meanwhile is dropped: its next terminal status is delivered instead.
+meanwhile is dropped: its next terminal status is delivered instead. A delivery whose message
+was lost (the send failed at the job's end, a broker restart, a task that died before it
+recorded its attempt) is sent again by the sweeper (`worker.sweeper.resend_webhooks`),
+numbered after its last recorded attempt, within the same JANUS_BATCH_WEBHOOK_MAX_ATTEMPTS.
 """
 
 from __future__ import annotations
@@ -245,17 +248,22 @@ def deliver(
         return None
     if job.status not in JOB_FINAL or job.webhook_state in DONE:
         return None  # retried since, or a duplicate message of a delivery that is over
-    body = payload(job, storage, event)
-    stamp = int(time.time())
-    headers = {
-        "Content-Type": "application/json",
-        "User-Agent": "janus-batch-webhook",
-        "X-Janus-Event": event_type(job.status),
-        "X-Janus-Delivery": delivery_id(job_id, event),
-        "X-Janus-Timestamp": str(stamp),
-        "X-Janus-Signature": sign(signing_secret(settings, job.owner), stamp, body),
-    }
-    result = _post(settings, job.webhook_url, body, headers)
+    try:
+        secret = signing_secret(settings, job.owner)
+    except LookupError as exc:  # the key was deleted: no attempt could ever be signed
+        result = Attempt(WebhookState.FAILED, error=f"cannot sign the delivery: {exc}")
+    else:
+        body = payload(job, storage, event)
+        stamp = int(time.time())
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "janus-batch-webhook",
+            "X-Janus-Event": event_type(job.status),
+            "X-Janus-Delivery": delivery_id(job_id, event),
+            "X-Janus-Timestamp": str(stamp),
+            "X-Janus-Signature": sign(secret, stamp, body),
+        }
+        result = _post(settings, job.webhook_url, body, headers)
     if result.retry and attempt >= settings.webhook_max_attempts:
         result = Attempt(WebhookState.FAILED, result.response, result.error)
     with session_scope(settings.resolved_database_url()) as session:

@@ -11,18 +11,18 @@ from typing import Any, cast
 import redis
 from sqlalchemy import and_, or_, select
 
-from janus_batch import fleet, jobs, lifecycle
+from janus_batch import fleet, jobs, lifecycle, webhooks
 from janus_batch.constants import (
     CAPTION_QUEUE,
     CONTROL_QUEUE,
     EXPAND_SOURCE_TASK,
     FINALIZE_JOB_TASK,
     GENERATE_QUEUE,
+    SEND_WEBHOOK_TASK,
 )
 from janus_batch.db import session_scope
 from janus_batch.files import delete_file
 from janus_batch.items import dispatch_next
-from janus_batch.jobs import purge_objects
 from janus_batch.lifecycle import MAX_ATTEMPTS
 from janus_batch.models import File, Item, Job, utcnow
 from janus_batch.queue import CHUNK_QUEUES, chunked, send_chunk, send_control
@@ -50,6 +50,7 @@ def sweep(ctx: Context, now: datetime | None = None) -> dict[str, int]:
         "reexpanded": resend_expand(ctx, now),
         "finalizing_started": start_finalizing(ctx),
         "cancel_finished": finish_cancelled(ctx, now),
+        "webhooks_resent": resend_webhooks(ctx, now),
         **purge_retained(ctx, now),
     }
     if any(counts.values()):
@@ -337,44 +338,122 @@ def finish_cancelled(ctx: Context, now: datetime) -> int:
     return finished
 
 
+LOST_DELIVERY = "its message was lost: sent again by the sweeper"
+GAVE_UP = "its message was lost with every attempt used: given up"
+
+
+def resend_webhooks(ctx: Context, now: datetime) -> int:
+    """Step 6b: webhook deliveries of final jobs left `pending` or `retrying` with nothing
+    carrying them (the send failed at the job's end, the message or its delayed retry was
+    lost, the task died before recording) are sent again once idle for longer than the
+    longest backoff plus JANUS_BATCH_STALE_PENDING_SECONDS: each re-send is recorded as an
+    attempt, so after JANUS_BATCH_WEBHOOK_MAX_ATTEMPTS the delivery ends `failed`."""
+    settings = ctx.settings
+    limit = settings.webhook_max_attempts
+    idle = webhooks.backoff(settings, limit) + settings.stale_pending_seconds
+    cutoff = now - timedelta(seconds=idle)
+    condition = and_(
+        Job.status.in_([s.value for s in JOB_FINAL]),
+        Job.webhook_state.in_([webhooks.WebhookState.PENDING, webhooks.WebhookState.RETRYING]),
+        or_(Job.webhook_last_at.is_(None), Job.webhook_last_at < cutoff),
+    )
+    sent = 0
+    for job_id in _stale_jobs(ctx, condition, cutoff, now):
+        with session_scope(ctx.database_url) as session:
+            row = session.execute(
+                select(Job.retry_count, Job.webhook_attempts).where(Job.id == job_id)
+            ).one_or_none()
+            if row is None:
+                continue
+            event, attempt = row[0], row[1] + 1
+            over = attempt > limit
+            state = webhooks.WebhookState.FAILED if over else webhooks.WebhookState.RETRYING
+            error = GAVE_UP if over else LOST_DELIVERY
+            recorded = lifecycle.record_webhook(session, job_id, event, state=state.value,
+                                                attempts=min(attempt, limit), response=None,
+                                                error=error)  # fmt: skip
+        if not recorded or over:
+            log.info("job=%s webhook delivery %d lost: %s", job_id, event, state)
+            continue
+        log.info("job=%s webhook delivery %d lost: sent again as attempt %d", job_id, event,
+                 attempt)  # fmt: skip
+        send_control(ctx.app, SEND_WEBHOOK_TASK, job_id, event, attempt)
+        sent += 1
+    return sent
+
+
 PURGE_JOBS = 20
-"""Most finished jobs one sweep deletes for retention (their objects and rows)."""
+"""Most jobs one sweep deletes (their objects and rows): left `deleting`, or retained."""
 PURGE_OBJECTS = 5000
-"""Most stored objects one sweep deletes for retention (a big job takes several sweeps)."""
+"""Most stored objects one sweep deletes (a big job takes several sweeps)."""
 PURGE_FILES = 200
 """Most uploaded files one sweep deletes for retention."""
+STUCK_DELETING = timedelta(minutes=2)
+"""A `deleting` job untouched this long is finished by the sweeper (its DELETE stopped half
+way, or retention goes on with a big job)."""
+UNFINISHED = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLING, JobStatus.FINALIZING)
 
 
 def purge_retained(ctx: Context, now: datetime) -> dict[str, int]:
-    """Step 7: with JANUS_BATCH_RETENTION_DAYS, finished jobs and uploads older than that are
-    deleted, in bounded batches (PURGE_*): a job's objects first (over several sweeps for a
-    big one), then its rows; an upload's row, then its object if no row shares it."""
+    """Step 7: deletions, in bounded batches (PURGE_*). Jobs left `deleting` (a DELETE cut
+    short; a big job retention started) are finished; with JANUS_BATCH_RETENTION_DAYS,
+    finished jobs and uploads older than that are deleted too: a job moved to `deleting`,
+    its objects (over several sweeps for a big one), then its rows; an upload's row, then its
+    object if no row shares it. An upload stays while its owner has an unfinished job
+    submitted after it (one that may read it; a duplicate upload hands back the old file).
+    A job or upload that cannot be deleted is logged and left for the next sweep."""
     days = ctx.settings.retention_days
-    if not days:
-        return {}
-    cutoff = now - timedelta(days=days)
+    cutoff = now - timedelta(days=days) if days else None
     with session_scope(ctx.database_url) as session:
-        old_jobs = session.execute(
-            select(Job.id, Job.owner, Job.output_prefix)
-            .where(Job.status.in_([s.value for s in JOB_FINAL]), Job.finished_at < cutoff)
-            .order_by(Job.finished_at)
-            .limit(PURGE_JOBS)
-        ).all()
-        old_files = session.execute(
-            select(File.id, File.owner).where(File.created_at < cutoff).limit(PURGE_FILES)
-        ).all()
-    budget, jobs_deleted = PURGE_OBJECTS, 0
-    for job_id, owner, prefix in old_jobs:
-        removed = purge_objects(ctx.storage, prefix, limit=budget)
+        targets = list(
+            session.execute(
+                select(Job.id, Job.output_prefix)
+                .where(Job.status == JobStatus.DELETING, Job.updated_at < now - STUCK_DELETING)
+                .order_by(Job.updated_at)
+                .limit(PURGE_JOBS)
+            ).all()
+        )
+        old_files: list[Any] = []
+        if cutoff is not None:
+            targets += session.execute(
+                select(Job.id, Job.output_prefix)
+                .where(Job.status.in_([s.value for s in JOB_FINAL]), Job.finished_at < cutoff)
+                .order_by(Job.finished_at)
+                .limit(PURGE_JOBS - len(targets))
+            ).all()
+            in_use = (
+                select(Job.id)
+                .where(
+                    Job.owner == File.owner,
+                    Job.status.in_(UNFINISHED),
+                    Job.created_at >= File.created_at,
+                )
+                .exists()
+            )
+            old_files = list(
+                session.execute(
+                    select(File.id, File.owner)
+                    .where(File.created_at < cutoff, ~in_use)
+                    .limit(PURGE_FILES)
+                ).all()
+            )
+    budget, jobs_deleted, files_deleted = PURGE_OBJECTS, 0, 0
+    for job_id, prefix in targets:
+        try:
+            removed, gone = jobs.purge_job(ctx.database_url, ctx.storage, job_id, prefix, budget)
+        except Exception as exc:  # one job must not stop the sweep
+            log.warning("job=%s not deleted by the sweeper (next sweep tries again): %s",
+                        job_id, exc)  # fmt: skip
+            continue
         budget -= removed
+        jobs_deleted += gone
         if budget <= 0:
             break  # objects left: the next sweep goes on with this job
-        jobs.delete_job(ctx.database_url, ctx.storage, owner, job_id)
-        jobs_deleted += 1
-    files_deleted = sum(
-        1 for file_id, owner in old_files
-        if delete_file(ctx.database_url, ctx.storage, owner, file_id) is not None
-    )  # fmt: skip
+    for file_id, owner in old_files:
+        try:
+            files_deleted += delete_file(ctx.database_url, ctx.storage, owner, file_id) is not None
+        except Exception as exc:
+            log.warning("file=%s not deleted by retention: %s", file_id, exc)
     if jobs_deleted or files_deleted:
-        log.info("retention: %d jobs and %d uploads deleted", jobs_deleted, files_deleted)
+        log.info("deletions: %d jobs and %d uploads deleted", jobs_deleted, files_deleted)
     return {"retention_jobs": jobs_deleted, "retention_files": files_deleted}

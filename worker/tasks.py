@@ -69,12 +69,21 @@ def finalize_job(job_id: str) -> None:
     finalize_pipeline(current_context(), job_id)
 
 
-@shared_task(name=constants.SEND_WEBHOOK_TASK, bind=True, max_retries=None)
-def send_webhook(self: Task, job_id: str, event: int) -> str | None:
+@shared_task(
+    name=constants.SEND_WEBHOOK_TASK,
+    bind=True,
+    max_retries=None,
+    autoretry_for=(OperationalError,),
+    retry_backoff=2,
+    retry_kwargs={"max_retries": 5},
+)
+def send_webhook(self: Task, job_id: str, event: int, first_attempt: int = 1) -> str | None:
     """POST one terminal status of a job to its webhook; a failed attempt is sent again
-    after a backoff (a new message with a countdown), up to JANUS_BATCH_WEBHOOK_MAX_ATTEMPTS."""
+    after a backoff (a new message with a countdown), up to JANUS_BATCH_WEBHOOK_MAX_ATTEMPTS.
+    `first_attempt`: the number of this message's first attempt (the sweeper re-sends a
+    lost delivery numbered after its last recorded attempt)."""
     ctx = current_context()
-    attempt = self.request.retries + 1
+    attempt = first_attempt + self.request.retries
     result = webhooks.deliver(ctx.settings, ctx.storage, job_id, event, attempt)
     if result is not None and result.retry:
         raise self.retry(countdown=webhooks.backoff(ctx.settings, attempt))

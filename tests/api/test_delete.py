@@ -5,15 +5,19 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import func, select
 
+from janus_batch import lifecycle
 from janus_batch.db import session_scope
 from janus_batch.models import File, Item, Job, utcnow
 from janus_batch.queue import get_celery
 from janus_batch.settings import get_settings
 from janus_batch.storage import storage_from_settings
+from janus_batch.states import ItemStatus
 from tests.api.helpers import caption_job, finish_items, set_job
 from worker.context import Context
+from worker import sweeper
 from worker.sweeper import purge_retained
 
 
@@ -94,4 +98,99 @@ def test_retention_deletes_old_finished_jobs_and_uploads_in_batches(client, set_
     assert client.get(f"/v1/files/{upload['id']}").status_code == 404
     assert purge_retained(ctx, utcnow()) == {"retention_jobs": 0, "retention_files": 0}
     assert purge_retained(Context(get_settings().model_copy(update={"retention_days": 0}),
-                                  ctx.storage, ctx.app), utcnow()) == {}  # fmt: skip
+                                  ctx.storage, ctx.app), utcnow()) == {
+        "retention_jobs": 0, "retention_files": 0}  # fmt: skip
+
+
+def _ctx(settings):
+    return Context(settings, storage_from_settings(settings), get_celery())
+
+
+def test_a_delete_holds_off_retry_and_cancel_and_the_sweeper_finishes_one_cut_short(
+    client, set_env, database_url
+):
+    job = caption_job(client, n=2)
+    finish_items(database_url, job["id"], [0])
+    finish_items(database_url, job["id"], [1], status=ItemStatus.FAILED, error="fetch: timeout")
+    set_job(database_url, job["id"], status="failed", finished_at=utcnow())
+    keys = _outputs(job["id"])
+    with session_scope(database_url) as session:  # a DELETE that died after its first step
+        assert lifecycle.start_deleting(session, job["id"])
+    assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "deleting"
+    retried = client.post(f"/v1/jobs/{job['id']}/retry")
+    assert retried.status_code == 409  # the outputs it would rely on are being removed
+    assert client.post(f"/v1/jobs/{job['id']}/cancel").status_code == 409
+    assert _rows(database_url, job["id"]) == (1, 2)
+
+    ctx = _ctx(set_env(retention_days="0"))  # no retention: deletions are finished anyway
+    assert purge_retained(ctx, utcnow())["retention_jobs"] == 0  # its DELETE may be alive
+    assert purge_retained(ctx, utcnow() + timedelta(minutes=3))["retention_jobs"] == 1
+    assert _rows(database_url, job["id"]) == (0, 0)
+    assert not any(ctx.storage.exists(key) for key in keys)
+
+
+def test_a_delete_of_a_job_left_deleting_finishes_it(client, database_url):
+    job = caption_job(client, n=1)
+    finish_items(database_url, job["id"], [0])
+    set_job(database_url, job["id"], status="deleting", finished_at=utcnow())
+    keys = _outputs(job["id"])
+    assert client.delete(f"/v1/jobs/{job['id']}").json()["objects_removed"] == len(keys)
+    assert _rows(database_url, job["id"]) == (0, 0)
+
+
+def test_retention_skips_a_job_it_cannot_delete_and_goes_on(client, set_env, database_url):
+    bad, good = caption_job(client, n=1), caption_job(client, n=1)
+    old = utcnow() - timedelta(days=9)
+    for job in (bad, good):
+        finish_items(database_url, job["id"], [0])
+        set_job(database_url, job["id"], status="succeeded", finished_at=old)
+    set_job(database_url, bad["id"], output_prefix="jobs//broken")  # the storage refuses it
+    old = utcnow() - timedelta(days=10)
+    set_job(database_url, bad["id"], finished_at=old)  # the first one the sweep takes
+    keys = _outputs(good["id"])
+    ctx = _ctx(set_env(retention_days="7"))
+    assert purge_retained(ctx, utcnow()) == {"retention_jobs": 1, "retention_files": 0}
+    assert _rows(database_url, good["id"]) == (0, 0)
+    assert not any(ctx.storage.exists(key) for key in keys)
+    assert _rows(database_url, bad["id"]) == (1, 1)  # logged, tried again next sweep
+
+
+def test_retention_takes_a_big_job_over_several_sweeps(
+    client, set_env, database_url, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(sweeper, "PURGE_OBJECTS", 2)
+    job = caption_job(client, n=1)
+    finish_items(database_url, job["id"], [0])
+    set_job(database_url, job["id"], status="succeeded", finished_at=utcnow() - timedelta(days=9))
+    storage = storage_from_settings(get_settings())
+    keys = [f"jobs/{job['id']}/images/{i:08d}_0.png" for i in range(3)]
+    for key in keys:
+        storage.put_bytes(key, b"x")
+    ctx = _ctx(set_env(retention_days="7"))
+    now = utcnow()
+    assert purge_retained(ctx, now)["retention_jobs"] == 0  # the budget ran out in this job
+    assert sum(ctx.storage.exists(key) for key in keys) == 1
+    assert _rows(database_url, job["id"]) == (1, 1)
+    assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "deleting"
+    assert purge_retained(ctx, now + timedelta(minutes=3))["retention_jobs"] == 1
+    assert _rows(database_url, job["id"]) == (0, 0)
+    assert not any(ctx.storage.exists(key) for key in keys)
+
+
+def test_retention_keeps_an_old_upload_an_unfinished_job_may_read(client, set_env, database_url):
+    upload = client.post("/v1/files", files={"file": ("c.png", b"kept bytes")},
+                         data={"purpose": "image"}).json()  # fmt: skip
+    with session_scope(database_url) as session:
+        session.execute(File.__table__.update().where(File.id == upload["id"])
+                        .values(created_at=utcnow() - timedelta(days=9)))  # fmt: skip
+    again = client.post("/v1/files", files={"file": ("c.png", b"kept bytes")},
+                        data={"purpose": "image"}).json()  # fmt: skip
+    assert again["id"] == upload["id"]  # a duplicate hands back the old file
+    job = client.post("/v1/jobs", json={"kind": "caption", "items": [{"image": upload["id"]}]})
+    assert job.status_code == 202, job.text
+    ctx = _ctx(set_env(retention_days="7"))
+    assert purge_retained(ctx, utcnow())["retention_files"] == 0  # the job may still read it
+    assert client.get(f"/v1/files/{upload['id']}").status_code == 200
+    finish_items(database_url, job.json()["id"], [0])
+    set_job(database_url, job.json()["id"], status="succeeded", finished_at=utcnow())
+    assert purge_retained(ctx, utcnow())["retention_files"] == 1

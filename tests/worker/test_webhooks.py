@@ -5,17 +5,22 @@ a loopback receiver that checks each signature as README says."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 
 from api.main import create_app
 from janus_batch import constants, webhooks
+from janus_batch.db import session_scope
 from janus_batch.keys import create_key, update_key
+from janus_batch.models import Job, utcnow
 from tests.fixtures.webhooks import Receiver
 from tests.worker.helpers import dispatch, drain, peek_messages, png_bytes, pop_message
 from worker.context import Context
+from worker.sweeper import sweep
 
 LIVE_ONLY = {"live_workers", "notes", "waiting"}
 """Fields only a live API request fills in."""
@@ -273,3 +278,55 @@ def test_a_keys_webhook_url_is_taken_by_its_jobs_at_creation(
     assert by_job[f"{own['id']}.0"].path == "/hook/own"
     shown = api.get(f"/v1/jobs/{job['id']}", headers=auth).json()["webhook"]
     assert (shown["url"], shown["state"]) == (receiver.url, "delivered")  # kept after clearing
+
+
+def test_a_lost_delivery_is_sent_again_by_the_sweeper_within_its_attempts(
+    hook_ctx: Context, api: TestClient, s3_env: Any, receiver: Receiver
+) -> None:
+    job_id = submit(api, s3_env, receiver, ["a.png"])
+    for _ in range(2):  # the chunk, then finalize
+        dispatch(hook_ctx, *(pop_message(hook_ctx, constants.CAPTION_QUEUE)
+                             or pop_message(hook_ctx, constants.CONTROL_QUEUE)))  # fmt: skip
+    assert pop_message(hook_ctx, constants.CONTROL_QUEUE) == (
+        constants.SEND_WEBHOOK_TASK,
+        [job_id, 0],
+    )  # and lost: a broker restart
+    assert api.get(f"/v1/jobs/{job_id}").json()["webhook"]["state"] == "pending"
+    assert sweep(hook_ctx, utcnow())["webhooks_resent"] == 0  # it may still be on its way
+    later = utcnow() + timedelta(hours=1)
+    assert sweep(hook_ctx, later)["webhooks_resent"] == 1
+    assert sweep(hook_ctx, utcnow())["webhooks_resent"] == 0  # once per idle period
+    drain(hook_ctx)
+    assert len(receiver.deliveries) == 1
+    hook = api.get(f"/v1/jobs/{job_id}").json()["webhook"]
+    assert (hook["state"], hook["attempts"], hook["last_error"]) == ("delivered", 1, None)
+
+    # a delivery whose every attempt was used (and whose last retry was lost) is given up
+    with session_scope(hook_ctx.database_url) as session:
+        session.execute(update(Job).where(Job.id == job_id).values(
+            webhook_state="retrying", webhook_attempts=3, webhook_last_at=utcnow()))  # fmt: skip
+    assert sweep(hook_ctx, utcnow() + timedelta(hours=2))["webhooks_resent"] == 0
+    assert peek_messages(hook_ctx, constants.CONTROL_QUEUE) == []
+    hook = api.get(f"/v1/jobs/{job_id}").json()["webhook"]
+    assert (hook["state"], hook["attempts"]) == ("failed", 3)
+    assert hook["last_error"] == "its message was lost with every attempt used: given up"
+
+
+def test_a_delivery_that_cannot_be_signed_fails_at_once(
+    hook_ctx: Context, api: TestClient, s3_env: Any, receiver: Receiver
+) -> None:
+    job_id = submit(api, s3_env, receiver, ["a.png"])
+    with session_scope(hook_ctx.database_url) as session:  # its API key was deleted
+        session.execute(update(Job).where(Job.id == job_id).values(owner="key_gone"))
+    drain(hook_ctx)
+    assert receiver.deliveries == []
+    hook = hook_ctx_job_webhook(hook_ctx, job_id)
+    assert (hook.webhook_state, hook.webhook_attempts) == ("failed", 1)
+    assert hook.webhook_error == "cannot sign the delivery: no API key 'key_gone'"
+
+
+def hook_ctx_job_webhook(ctx: Context, job_id: str) -> Job:
+    with session_scope(ctx.database_url) as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job
