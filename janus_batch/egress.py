@@ -69,9 +69,10 @@ DENIED_NETWORKS: tuple[IPNetwork, ...] = tuple(
         "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
         "172.16.0.0/12", "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16",
         "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
-        # IPv6: unspecified, loopback, local-use NAT64, discard, documentation, unique local
+        # IPv6: IPv4-compatible (deprecated ::a.b.c.d, also holds :: and ::1), IPv4-translated
+        # (SIIT ::ffff:0:a.b.c.d), local-use NAT64, discard, documentation, unique local
         # (fd00:ec2::254, AWS metadata), link-local, site-local, multicast
-        "::/128", "::1/128", "64:ff9b:1::/48", "100::/64", "2001:db8::/32", "fc00::/7",
+        "::/96", "::ffff:0:0:0/96", "64:ff9b:1::/48", "100::/64", "2001:db8::/32", "fc00::/7",
         "fe80::/10", "fec0::/10", "ff00::/8",
     )
 )  # fmt: skip

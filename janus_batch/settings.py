@@ -175,6 +175,13 @@ class Settings(BaseSettings):
         description="Longest manifest line; a longer one becomes a failed item and is not "
         "held in memory.",
     )
+    max_row_group_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Most uncompressed bytes of the columns a worker reads from one parquet "
+        "row group (at expansion, or an image column when captioning); a larger row group "
+        "fails its items, unread.",
+    )
     upload_concurrency: int = Field(
         default=8,
         ge=1,

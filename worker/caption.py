@@ -164,7 +164,7 @@ def _fetch(ctx: Context, items: list[Claimed]) -> list[bytes | FetchError]:
             data_file = DataFile(value["file"], value["uri"])
             refs.append((data_file, int(group), int(index), str(column), value["image"]))
         try:
-            read = parquet.read_cells(opener, refs, MAX_BYTES)
+            read = parquet.read_cells(opener, refs, MAX_BYTES, settings.max_row_group_bytes)
         finally:
             opener.close()
         for i, data in zip(cells, read, strict=True):

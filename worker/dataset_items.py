@@ -19,6 +19,7 @@ naming the file and row or key; the rest go on.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import closing
@@ -125,15 +126,17 @@ def dataset_items(
                 count += 1
                 if count % CHECK_EVERY == 0:
                     guard()
-                yield storable(item)
+                yield storable(item, settings.max_manifest_line_bytes)
 
 
-def storable(item: NewItem) -> NewItem:
+def storable(item: NewItem, max_bytes: int | None = None) -> NewItem:
     """`item` if SQL and the JSON manifests can hold all of it; else a failed item naming its
     file, row or sample and what is wrong: a key that is not UTF-8 (a tar member name), a lone
     surrogate or NUL in a column or a metadata value, a number that is not finite. A dataset
     item is held to the rules of an inline one (`janus_batch.inputs.storable_problem`), so
-    one bad row fails alone instead of the INSERT of its page (or the manifests at finalize)."""
+    one bad row fails alone instead of the INSERT of its page (or the manifests at finalize).
+    An input over `max_bytes` as JSON (a row of huge columns, a sample of many metadata
+    members) fails too, as a CSV row over the limit does: an item row stays bounded."""
     value = item.input
     problem = (
         storable_problem(value.get("key"), "key")
@@ -141,11 +144,18 @@ def storable(item: NewItem) -> NewItem:
         or storable_problem(item.custom_id, "custom_id")
         or storable_problem(item.error, "error")
     )
+    if problem is None and max_bytes is not None:
+        size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+        if size > max_bytes:
+            problem = (
+                f"its input is {size:,} characters as JSON; the limit is {max_bytes:,} "
+                "(JANUS_BATCH_MAX_MANIFEST_LINE_BYTES)"
+            )
     if problem is None:
         return item
     key = value.get("key")
     shown_key = shown_text(key) if isinstance(key, str) else None
-    origin = {name: value[name] for name in ("file", "row", "next") if name in value}
+    origin: dict[str, Any] = {n: value[n] for n in ("file", "row", "next") if n in value}
     if origin.get("row") is not None:
         where = f"{value.get('file')} row {origin['row']}"
     else:
@@ -322,6 +332,11 @@ class _ParquetFiles(_Tables):
                 yield item
         except StorageError as exc:
             yield _unreadable(data_file, "file", exc, self.position)
+        except parquet.TooLarge as exc:  # never read: the rest of the file fails with it
+            yield NewItem(
+                input={"file": data_file.name, self.position: None},
+                error=f"parquet file {data_file.name} is not read after row {done:,}: {exc}",
+            )
         except parquet.BROKEN as exc:  # a row group that cannot be decoded: the rest of it
             log.warning("%s broken after row %d: %s", data_file.name, done, exc)
             yield NewItem(
@@ -343,7 +358,8 @@ class _ParquetFiles(_Tables):
                 raise SourceError(f"{data_file.name}: {exc}") from None
         inside = kind != parquet.URL
         columns = parquet.kept_columns(schema, image_column if inside else None)
-        for row, values, (group, index) in parquet.parquet_rows(pf, columns, skip):
+        limit = self.settings.max_row_group_bytes
+        for row, values, (group, index) in parquet.parquet_rows(pf, columns, skip, limit):
             embedded = None
             if inside:
                 embedded = {

@@ -4,8 +4,9 @@
         # values: {column: text}, or a BadRow saying why the row cannot be read
 
 The first row names the columns. A row whose field count differs from the header's, a field
-over the csv module's limit (131,072 characters, never held whole), or a row over
-`max_row_bytes` is a `BadRow`, and reading goes on with the next row. A file that is not
+over the csv module's limit (131,072 characters, never held whole), or a row (or a line) over
+`max_row_bytes` is a `BadRow`, and reading goes on with the next row; a line over it is never
+held whole. A file that is not
 UTF-8 raises SourceError (a BOM is skipped). Rows are numbered from 1 after the header.
 """
 
@@ -37,16 +38,21 @@ def csv_rows(
     text = io.TextIOWrapper(
         io.BufferedReader(ChunkReader(stream, name), READ_BUFFER), encoding="utf-8-sig", newline=""
     )
-    reader = csv.reader(text, delimiter="\t" if name.lower().endswith(".tsv") else ",")
+    lines = _Lines(text, max_row_bytes)
+    reader = csv.reader(lines, delimiter="\t" if name.lower().endswith(".tsv") else ",")
     try:
         header = _next(reader, name)
+        if lines.too_long:
+            header = BadRow(lines.take_too_long())
         if header is None:
             return
         if isinstance(header, BadRow):
             raise SourceError(f"{name}: cannot read its header row: {header.message}")
         row = 0
         while (values := _next(reader, name)) is not None:
-            if isinstance(values, list) and not any(values):
+            if lines.too_long:
+                values = BadRow(lines.take_too_long())
+            elif isinstance(values, list) and not any(values):
                 continue  # a blank line
             row += 1
             if row <= skip:
@@ -54,6 +60,40 @@ def csv_rows(
             yield row, _named(header, values, max_row_bytes)
     except UnicodeDecodeError as exc:
         raise SourceError(f"{name}: is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+class _Lines:
+    """The lines of `text` for csv.reader, none held longer than `limit` characters: a longer
+    line is skipped to its end, read in bounded pieces, and handed on as an empty line, with
+    `too_long` set for the caller to turn the row into a BadRow (a line of millions of
+    fields, or one with no newline at all, never sits in memory)."""
+
+    def __init__(self, text: io.TextIOBase, limit: int) -> None:
+        self._text = text
+        self._limit = limit
+        self.too_long = 0
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        line = self._text.readline(self._limit + 1)
+        if not line:
+            raise StopIteration
+        if len(line) <= self._limit or line.endswith(("\n", "\r")):
+            return line
+        length = len(line)
+        while (rest := self._text.readline(READ_BUFFER)) and not rest.endswith(("\n", "\r")):
+            length += len(rest)
+        self.too_long = length + len(rest)
+        return "\n"
+
+    def take_too_long(self) -> str:
+        length, self.too_long = self.too_long, 0
+        return (
+            f"is a line of {length:,} characters; the limit is {self._limit:,} "
+            "(JANUS_BATCH_MAX_MANIFEST_LINE_BYTES)"
+        )
 
 
 def _next(reader: Any, name: str) -> list[str] | BadRow | None:

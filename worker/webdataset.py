@@ -26,6 +26,8 @@ from typing import IO, Any, cast
 from janus_batch.formats import IMAGE_EXTENSIONS
 
 BLOCK = tarfile.BLOCKSIZE
+MAX_MEMBERS = 256
+"""Members one sample may have (`0001.jpg`, `0001.json`, ...); a sample with more fails."""
 
 
 @dataclass
@@ -43,6 +45,8 @@ class Sample:
     members: list[str] = field(default_factory=list)
     problem: str | None = None
     """Why the sample cannot be used, when it cannot (metadata too large or not JSON)."""
+    meta_bytes: int = 0
+    """Bytes of the metadata members read so far (at most the sample's limit)."""
 
 
 @dataclass(frozen=True)
@@ -98,19 +102,32 @@ def _add(
     data_offset: int,
     max_meta_bytes: int,
 ) -> None:
-    """Add the member being read to its sample: an image by place, metadata by content."""
+    """Add the member being read to its sample: an image by place, metadata by content. A
+    sample's metadata members are read up to `max_meta_bytes` in all, and at most
+    MAX_MEMBERS members are listed: past either the sample has a problem and keeps no more."""
+    if len(sample.members) >= MAX_MEMBERS:
+        sample.problem = f"it has more than {MAX_MEMBERS} members"
+        return
     sample.members.append(ext)
     if is_image(ext):
         if sample.image is None:
             sample.image = (member.name, data_offset, member.size)
-    elif member.size > max_meta_bytes:
+        return
+    sample.meta_bytes += member.size
+    if sample.problem is not None:
+        return  # unusable already: nothing more is read
+    if sample.meta_bytes > max_meta_bytes:
+        what = (
+            f"its {ext} member is" if member.size > max_meta_bytes else "its metadata members are"
+        )
         sample.problem = (
-            f"its {ext} member is {member.size:,} bytes; the limit is "
+            f"{what} {sample.meta_bytes:,} bytes; the limit is "
             f"{max_meta_bytes:,} (JANUS_BATCH_MAX_MANIFEST_LINE_BYTES)"
         )
-    else:
-        extracted = tar.extractfile(member)
-        _meta(sample, ext, extracted.read() if extracted else b"")
+        sample.meta.clear()
+        return
+    extracted = tar.extractfile(member)
+    _meta(sample, ext, extracted.read() if extracted else b"")
 
 
 def samples(

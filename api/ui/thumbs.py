@@ -6,8 +6,9 @@
   WebDataset shard (`params.output`), read by a ranged GET of its member alone; with `size`,
   its thumbnail.
 - `/ui/inputs/{job_id}/{idx}`: the input image of a caption item when it is in the service's
-  own storage (an upload, `storage:<key>`). The API never fetches a user's URL or `s3://`
-  reference (that is the workers' job, under the egress policy): those have no thumbnail.
+  own storage (an upload, `storage:<key>`; a sample of an uploaded shard by its byte range
+  alone). The API never fetches a user's URL or `s3://` reference (that is the workers' job,
+  under the egress policy), nor reads a parquet file: those have no thumbnail.
 
 Images are opened by the workers' guard (`janus_batch.images.open_bounded`): one over
 JANUS_BATCH_MAX_IMAGE_PIXELS is never decoded (422 naming the limit), a JPEG decodes at a
@@ -23,8 +24,9 @@ from __future__ import annotations
 
 import logging
 import mimetypes
+from contextlib import closing
 from io import BytesIO
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response
 from PIL import Image, UnidentifiedImageError
@@ -209,17 +211,38 @@ def input_thumbnail(
     cache_key = f"{job.output_prefix}/thumbs/{size}/inputs/{idx:08d}.jpg"
     if (hit := _cached(storage, cache_key)) is not None:
         return _jpeg(hit, "hit")
-    uri = str(page[0].input.get("uri") or page[0].input.get("image") or "")
-    if not uri.startswith(STORED):
+    data = _input_bytes(storage, page[0].input, idx)
+    thumb = _thumbnail_or_422(data, size, settings.max_image_pixels, f"input {idx}", "idx")
+    _store(storage, cache_key, thumb)
+    return _jpeg(thumb, "miss")
+
+
+def _input_bytes(storage: Storage, value: dict[str, Any], idx: int) -> bytes:
+    """The bytes of an item's input image when it is in the service's storage, at most
+    MAX_SOURCE_BYTES, read as such: the member's byte range of an uploaded WebDataset shard
+    (never the shard), the object's size checked before it is read. An image inside an
+    uploaded parquet file has no preview (reading it takes the file's footer and a row group's
+    column: a worker's job). 404 when there is nothing to show, 422 when it is too large."""
+    uri = str(value.get("uri") or value.get("image") or "")
+    if not uri.startswith(STORED) or value.get("parquet") is not None:
         raise HttpError(404, f"input {idx} is not in the service's storage: no preview", "idx")
+    key = uri[len(STORED) :]
+    start, length = 0, None
     try:
-        data = storage.get_bytes(uri[len(STORED) :])
+        if isinstance(value.get("range"), list) and len(value["range"]) == 2:
+            start, length = (int(n) for n in value["range"])
+        else:
+            length = storage.size(key)
+            if length is None:
+                raise NotFoundError(key)
+        if length > MAX_SOURCE_BYTES:
+            raise HttpError(422, f"input {idx} is too large to preview ({length:,} bytes)", "idx")
+        with closing(storage.open_read(key, start, length)) as stream:
+            data = stream.read(length + 1)
     except NotFoundError:
         raise HttpError(404, f"input {idx} is no longer stored", "idx") from None
     except StorageError as exc:
         raise HttpError(502, f"input {idx} could not be read: {exc}", "idx") from None
     if len(data) > MAX_SOURCE_BYTES:
         raise HttpError(422, f"input {idx} is too large to preview", "idx")
-    thumb = _thumbnail_or_422(data, size, settings.max_image_pixels, f"input {idx}", "idx")
-    _store(storage, cache_key, thumb)
-    return _jpeg(thumb, "miss")
+    return data

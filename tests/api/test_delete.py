@@ -13,11 +13,11 @@ from janus_batch.db import session_scope
 from janus_batch.models import File, Item, Job, utcnow
 from janus_batch.queue import get_celery
 from janus_batch.settings import get_settings
-from janus_batch.storage import storage_from_settings
 from janus_batch.states import ItemStatus
+from janus_batch.storage import storage_from_settings
 from tests.api.helpers import caption_job, finish_items, set_job
-from worker.context import Context
 from worker import sweeper
+from worker.context import Context
 from worker.sweeper import purge_retained
 
 

@@ -67,6 +67,11 @@ DENIED = {
     "nat64-local-use": "64:ff9b:1::a00:1",
     "6to4-private": "2002:c0a8:101::1",
     "teredo": "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+    "ipv4-compatible-loopback": "::7f00:1",
+    "ipv4-compatible-metadata": "::169.254.169.254",
+    "ipv4-compatible-public": "::8.8.8.8",  # deprecated: never a way out
+    "ipv4-translated-loopback": "::ffff:0:7f00:1",
+    "ipv4-translated-public": "::ffff:0:808:808",
 }
 
 

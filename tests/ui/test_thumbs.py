@@ -8,9 +8,11 @@ from io import BytesIO
 import pytest
 from PIL import Image
 
+from api.ui import thumbs
 from api.ui.thumbs import NotAnImage, make_thumbnail, snap_size
 from janus_batch.images import to_rgb
 from janus_batch.states import ItemStatus
+from tests.fixtures.datasets import make_shard, sample
 from tests.security.images import header_only_png
 from tests.ui.art import paint, png
 from tests.ui.helpers import ItemSpec, generated_job, insert_job
@@ -231,3 +233,40 @@ def test_the_thumbnail_limit_is_the_setting(client, set_env, database_url, stora
     assert "300x300 = 90,000 pixels, over the 80,000-pixel limit" in refused.text
     set_env(max_image_pixels="90000")
     assert client.get(url, params={"size": 64}).status_code == 200
+
+
+def test_input_thumbnails_of_dataset_items_read_the_member_alone(
+    client, database_url, storage_root, monkeypatch
+):
+    monkeypatch.setattr(thumbs, "MAX_SOURCE_BYTES", 50_000)
+    image = png(paint("mountains", 3, size=64))
+    shard = make_shard([sample("pad", txt="p" * 200_000), sample("k1", jpg=image)])
+    key = "inputs/local/0456/shard.tar"
+    (storage_root / key).parent.mkdir(parents=True)
+    (storage_root / key).write_bytes(shard)
+    offset = shard.index(image)
+    big = "inputs/local/0789/big.png"
+    (storage_root / big).parent.mkdir(parents=True)
+    (storage_root / big).write_bytes(png(paint("dunes", 1, size=64)) + bytes(60_000))
+    items = [
+        ItemSpec(
+            {"image": "file_s#k1.jpg", "uri": f"storage:{key}", "range": [offset, len(image)]}
+        ),
+        ItemSpec(
+            {
+                "image": "file_p#row=1",
+                "uri": "storage:inputs/local/1/d.parquet",
+                "parquet": [0, 0, "image"],
+            }
+        ),
+        ItemSpec({"image": "file_b", "uri": f"storage:{big}"}),
+    ]
+    job = insert_job(database_url, "caption", items)
+    ok = client.get(f"/ui/inputs/{job.id}/0", params={"size": 64})  # the shard is 4x the limit
+    assert ok.status_code == 200, ok.text
+    assert max(decode(ok.content).size) <= 64
+    cell = client.get(f"/ui/inputs/{job.id}/1")
+    assert cell.status_code == 404 and "no preview" in cell.json()["error"]["message"]
+    too_big = client.get(f"/ui/inputs/{job.id}/2")  # refused by its size, before reading
+    assert too_big.status_code == 422
+    assert too_big.json()["error"]["message"].startswith("input 2 is too large to preview (")

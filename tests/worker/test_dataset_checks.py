@@ -20,9 +20,12 @@ from janus_batch.states import ItemStatus, JobKind, JobStatus
 from janus_batch.storage import validate_key
 from tests.fixtures.datasets import csv_text, jpeg
 from tests.worker.helpers import drain, get_items, get_job, read_jsonl
-from tests.worker.test_datasets import dataset_job, outputs, put_shards
-from worker import dataset_items, sidecars
+from tests.worker.test_datasets import dataset_job, put_shards
+from worker import dataset_items, parquet, sidecars, tables
+from worker.datasets import DataFile, Opener
 from worker.expand import expand_source
+from worker.fetch import FetchError
+from worker.sources import SourceError
 from worker.sweeper import sweep
 
 
@@ -120,8 +123,13 @@ def test_sidecar_names_are_always_valid_storage_keys() -> None:
     assert sidecars.sidecar_key(prefix, "s3://b/shards/0001.tar") == (
         f"{prefix}/sidecars/b/shards/0001.captions.jsonl"  # readable where it can be
     )
-    odd = ["s3://b/shards/" + "x" * 250 + ".tar", "s3://b/dir\\sub/0001.tar",
-           "s3://b//0001.tar", "s3://b/./a/../0001.tar", "s3://b/" + "d/" * 500 + "1.tar"]  # fmt: skip
+    odd = [
+        "s3://b/shards/" + "x" * 250 + ".tar",
+        "s3://b/dir\\sub/0001.tar",
+        "s3://b//0001.tar",
+        "s3://b/./a/../0001.tar",
+        "s3://b/" + "d/" * 500 + "1.tar",
+    ]
     keys = [sidecars.sidecar_key(prefix, shard) for shard in odd]
     assert all(validate_key(key) for key in keys)
     assert len(set(keys)) == len(odd)
@@ -176,7 +184,9 @@ def test_an_expansion_error_that_would_recur_ends_the_job(
     put_shards(s3_env, {"0.tar": raw_shard([(b"ok.jpg", jpeg(1)), (b"a\xff.jpg", jpeg(2))])})
     ref = f"s3://{s3_env.bucket}/shards/0.tar"
     job_id = dataset_job(ctx, JobKind.CAPTION, {"webdataset": ref}, prompt="Describe.")
-    monkeypatch.setattr(dataset_items, "storable", lambda item: item)  # the check taken away
+    monkeypatch.setattr(
+        dataset_items, "storable", lambda item, _limit: item
+    )  # the check taken away
     assert expand_source(ctx, job_id) == 0  # the page INSERT fails on the key...
     job = get_job(ctx, job_id)
     assert job.expanded  # ...and ends the expansion: no endless resume
@@ -184,3 +194,102 @@ def test_an_expansion_error_that_would_recur_ends_the_job(
     drain(ctx)
     assert get_job(ctx, job_id).status == JobStatus.FAILED
     assert sweep(ctx, utcnow() + timedelta(hours=1))["reexpanded"] == 0
+
+
+def test_parquet_columns_holding_bytes_at_any_depth_are_never_read_as_metadata() -> None:
+    image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    schema = pa.schema([
+        ("prompt", pa.string()), ("image", image), ("masks", pa.list_(pa.binary())),
+        ("raw", pa.large_binary()), ("boxes", pa.list_(pa.struct([("x", pa.float32())]))),
+    ])  # fmt: skip
+    assert parquet.kept_columns(schema, None) == ["prompt", "boxes"]  # a generate job's
+    assert parquet.kept_columns(schema, "image") == ["prompt", "boxes"]
+
+
+def put(s3_env: Any, key: str, data: bytes) -> str:
+    s3_env.client().put_object(Bucket=s3_env.bucket, Key=key, Body=data)
+    return f"s3://{s3_env.bucket}/{key}"
+
+
+def test_dataset_rows_and_samples_are_bounded(
+    make_ctx: Any, s3_env: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = make_ctx(max_row_group_bytes=str(2 << 20))
+    big = "x" * (3 << 20)  # a 3 MiB cell: its row group is over the 2 MiB limit, unread
+    table = pa.table({"prompt": ["a", "b", "c", "d"], "note": ["n", "y" * 1_100_000, "z", big]})
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, row_group_size=2)
+    ref = put(s3_env, "big.parquet", buffer.getvalue())
+    job_id = dataset_job(ctx, JobKind.GENERATE, {"parquet": ref, "prompt_column": "prompt"})
+    assert expand_source(ctx, job_id) == 3
+    first, second, rest = get_items(ctx, job_id)
+    assert first.status == ItemStatus.PENDING
+    assert second.error == (  # a row over the line limit as JSON: fails alone
+        f"{ref} row 2: its input is 1,100,xxx characters as JSON; the limit is 1,048,576 "
+        "(JANUS_BATCH_MAX_MANIFEST_LINE_BYTES)".replace("1,100,xxx", f"{second_size(second):,}")
+    )
+    assert rest.error.startswith(f"parquet file {ref} is not read after row 2: row group 1 holds ")
+    assert rest.error.endswith("; the limit is 2,097,152 (JANUS_BATCH_MAX_ROW_GROUP_BYTES)")
+
+    members = [(b"many.jpg", jpeg(1))] + [(f"many.m{i}".encode(), b"1") for i in range(300)]
+    members += [(b"fat.jpg", jpeg(2))] + [(f"fat.t{i}".encode(), b"t" * 400_000) for i in range(3)]
+    members += [(b"ok.jpg", jpeg(3)), (b"ok.txt", b"fine")]
+    shard = put(s3_env, "m.tar", raw_shard(members))
+    job_id = dataset_job(ctx, JobKind.CAPTION, {"webdataset": shard}, prompt="Describe.")
+    assert expand_source(ctx, job_id) == 3
+    many, fat, ok = get_items(ctx, job_id)
+    assert many.error == f"{shard} sample many: it has more than 256 members"
+    assert fat.error == (f"{shard} sample fat: its metadata members are 1,200,000 bytes; the "
+                         "limit is 1,048,576 (JANUS_BATCH_MAX_MANIFEST_LINE_BYTES)")  # fmt: skip
+    assert ok.status == ItemStatus.PENDING and ok.input["meta"] == {"txt": "fine"}
+
+    monkeypatch.setattr(parquet, "MAX_FOOTER_BYTES", 64)
+    job_id = dataset_job(ctx, JobKind.GENERATE, {"parquet": ref, "prompt_column": "prompt"})
+    expand_source(ctx, job_id)
+    (only,) = get_items(ctx, job_id)
+    assert only.error.startswith(f"{ref}: its parquet footer is ")
+    assert only.error.endswith(" bytes; the limit is 64")
+
+
+def second_size(item: Any) -> int:
+    """The JSON size the refused row had: its prompt, n, seed, ... and its 1.1 MB note."""
+    return int(item.error.split("its input is ")[1].split(" ")[0].replace(",", ""))
+
+
+def test_a_parquet_image_column_over_the_row_group_limit_is_not_read(
+    make_ctx: Any, s3_env: Any
+) -> None:
+    ctx = make_ctx(max_row_group_bytes=str(1 << 20))
+    images = [jpeg(1), bytes(1_200_000)]  # the second row group's column is over 1 MiB
+    table = pa.table({"image": pa.array(images, pa.binary()), "k": ["a", "b"]})
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, row_group_size=1)
+    ref = put(s3_env, "img.parquet", buffer.getvalue())
+    data_file = DataFile(ref, ref)
+    opener = Opener(ctx.settings, ctx.storage)
+    refs = [(data_file, 0, 0, "image", f"{ref}#row=1"), (data_file, 1, 0, "image", f"{ref}#row=2")]
+    try:
+        good, bad = parquet.read_cells(opener, refs, 10_000_000, ctx.settings.max_row_group_bytes)
+    finally:
+        opener.close()
+    assert good == jpeg(1)
+    assert isinstance(bad, FetchError) and bad.permanent
+    assert str(bad).startswith(f"cannot read {ref} row group 1: row group 1 holds ")
+
+
+def test_a_csv_line_over_the_limit_is_never_held_and_fails_alone() -> None:
+    text = b"key,prompt\na,one\n" + b"," * 3_000_000 + b"\nb,two\nc," + b"x" * 2_000_000
+    rows = list(tables.csv_rows(io.BytesIO(text), "s3://b/t.csv", max_row_bytes=1 << 20))
+    assert [row for row, _ in rows] == [1, 2, 3, 4]
+    assert rows[0][1] == {"key": "a", "prompt": "one"} and rows[2][1] == {
+        "key": "b",
+        "prompt": "two",
+    }
+    for _, bad in (rows[1], rows[3]):
+        assert isinstance(bad, tables.BadRow)
+        assert bad.message.endswith(
+            "; the limit is 1,048,576 (JANUS_BATCH_MAX_MANIFEST_LINE_BYTES)"
+        )
+    assert rows[1][1].message.startswith("is a line of 3,000,001 characters")
+    with pytest.raises(SourceError, match="cannot read its header row: is a line of"):
+        list(tables.csv_rows(io.BytesIO(b"k" * 2_000_000), "h.csv", max_row_bytes=1 << 20))
