@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 
 from janus_batch import datasets, lifecycle
 from janus_batch.constants import FINALIZE_JOB_TASK
@@ -106,8 +106,11 @@ def expand_source(ctx: Context, job_id: str) -> int:
         log.info("job=%s expansion stopped: the job is being cancelled", job_id)
         _finish(ctx, job_id, None)
         return 0
-    except (TransientStorageError, sources.TransientSourceError, OperationalError):
+    except (TransientStorageError, sources.TransientSourceError, OperationalError, InterfaceError):
         log.warning("job=%s expansion interrupted; the sweeper will resume it", job_id)
+        raise
+    except IntegrityError:  # a concurrent expansion (a redelivery) inserted these idx first
+        log.warning("job=%s expanded concurrently: this run stops, the other goes on", job_id)
         raise
     except (StorageError, sources.SourceError, InvalidInput) as exc:
         log.warning("job=%s cannot expand %s: %s", job_id, where, exc)

@@ -27,7 +27,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from janus_batch import lifecycle, shards
@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 PAGE = 1000
 CONTENT_TYPE = "application/x-ndjson"
-TRANSIENT = (OperationalError, TransientStorageError)
+TRANSIENT = (OperationalError, InterfaceError, TransientStorageError)
 """Errors a later finalize may not meet (the task retries them); any other ends the job."""
 MAX_ERROR = 1000
 
