@@ -82,6 +82,13 @@ class JobCreate(BaseModel):
     )
 
     kind: JobKind
+    model: str | None = Field(
+        default=None,
+        description="The model to run the job on, by the public name the fleet serves it "
+        "under (GET /readyz lists them under `models`). Default: the deployment's default "
+        "model. An unknown name is refused with 422 listing the served ones.",
+        examples=["janus-pro-7b"],
+    )
     priority: int = Field(
         default=0,
         ge=-100,

@@ -142,17 +142,18 @@ def live_consumers(queue: str) -> tuple[int | None, Waiting | None]:
 
 def live_view(job: Job, db: str, storage: Storage, request: Request) -> JobPublic:
     """The view of one job with what holds it up (for single-job responses and pages): the
-    live workers of its queue, `waiting` when their storage is down, and a note when its
-    items sit on expired leases with no sweeper running (no ETA then: it would never come)."""
+    live workers of its queue (its kind's, of its model), `waiting` when their storage is
+    down, and a note when its items sit on expired leases with no sweeper running (no ETA
+    then: it would never come)."""
     from janus_batch import jobs  # the job service (keeps this module's imports light)
-    from janus_batch.queue import CHUNK_QUEUES
-    from janus_batch.states import JobKind
+    from janus_batch.queue import chunk_queue
 
     running = jobs.running_counts(db, [job.id]).get(job.id, 0)
     view = job_public(job, running, storage, request)
     if job.status in JOB_FINAL:
         return view
-    view.live_workers, storage_down = live_consumers(CHUNK_QUEUES[JobKind(job.kind)])
+    queue = chunk_queue(job.kind, job.model, get_settings().resolved_default_model())
+    view.live_workers, storage_down = live_consumers(queue)
     if view.waiting is None and storage_down is not None:
         view.waiting, view.eta_seconds = storage_down, None
     expired = jobs.expired_lease_count(db, job.id) if running else 0

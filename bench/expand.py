@@ -198,7 +198,7 @@ def _insert_all_then_enqueue(ctx: Context, job: Job, inputs: list[dict[str, Any]
         ids = [row.id for row in rows]
         session.execute(update(Job).where(Job.id == job.id).values(total=len(rows), expanded=True))
     for chunk in chunked(ids, ctx.settings.chunk_size):
-        send_chunk(ctx.app, job.kind, job.id, chunk)
+        send_chunk(ctx.app, job.kind, job.id, chunk, model=job.model)
     return len(rows)
 
 
@@ -314,7 +314,7 @@ def new_job(ctx: Context, source: dict[str, Any]) -> str:
                 owner=constants.LOCAL_OWNER,
                 kind=JobKind.CAPTION,
                 status=JobStatus.QUEUED,
-                model="bench",
+                model=ctx.settings.resolved_default_model(),
                 params=params.model_dump(mode="json"),
                 source=source,
                 output_prefix=f"jobs/{job_id}",

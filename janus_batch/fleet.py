@@ -1,9 +1,10 @@
-"""Which workers are alive and which queues they consume.
+"""Which workers are alive, which queues they consume and which model they serve.
 
 Each worker process announces itself in Redis (`janus:worker:<hostname>`, a key that expires
 after `TTL` seconds unless its presence thread refreshes it every `TTL / 3`), so the API can
 say when no live worker consumes a kind's queue (`/readyz`, a job's `live_workers`) instead
-of showing a job `queued` forever with everything "ok".
+of showing a job `queued` forever with everything "ok", and which models a job may name
+(`janus_batch.served`).
 """
 
 from __future__ import annotations
@@ -25,11 +26,18 @@ def announce(
     ttl: int = TTL,
     *,
     storage_down_since: float | None = None,
+    model: str | None = None,
 ) -> None:
-    """Say that `hostname` is alive and consumes `queues` (for the next `ttl` seconds), and
-    since when (unix time) its storage has been unreachable, if it is."""
+    """Say that `hostname` is alive and consumes `queues` (for the next `ttl` seconds), the
+    public name of the `model` it serves (None: a control worker), and since when (unix
+    time) its storage has been unreachable, if it is."""
     body = json.dumps(
-        {"queues": sorted(queues), "at": time.time(), "storage_down_since": storage_down_since}
+        {
+            "queues": sorted(queues),
+            "at": time.time(),
+            "storage_down_since": storage_down_since,
+            "model": model,
+        }
     )
     client.set(f"{prefix}{KEY}{hostname}", body, ex=ttl)
 
@@ -80,6 +88,16 @@ def last_sweep(client: Any, prefix: str) -> float | None:
         return None
 
 
+def models(found: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """{public model name: live workers serving it} of `announcements`."""
+    served: dict[str, int] = {}
+    for body in found.values():
+        name = body.get("model")
+        if isinstance(name, str) and name:
+            served[name] = served.get(name, 0) + 1
+    return served
+
+
 def consumers(workers: dict[str, list[str]], queue: str) -> int:
     """How many of `workers` consume `queue`."""
     return sum(1 for queues in workers.values() if queue in queues)
@@ -108,3 +126,27 @@ def consumers_of(redis_url: str, prefix: str, queue: str) -> int:
         client.close()
     _cache[key] = (now, n)
     return n
+
+
+_models_cache: dict[str, tuple[float, list[str]]] = {}
+
+
+def live_models(redis_url: str, prefix: str) -> list[str]:
+    """Public names of the models live workers serve, sorted (cached for a few seconds per
+    process); [] if Redis does not answer."""
+    import redis
+
+    key = redis_url + prefix
+    now = time.monotonic()
+    hit = _models_cache.get(key)
+    if hit is not None and now - hit[0] < CACHE_SECONDS:
+        return hit[1]
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        names = sorted(models(announcements(client, prefix)))
+    except redis.RedisError:
+        names = []
+    finally:
+        client.close()
+    _models_cache[key] = (now, names)
+    return names

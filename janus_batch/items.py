@@ -22,9 +22,8 @@ from sqlalchemy.orm import Session
 from janus_batch import fleet, lifecycle, shards
 from janus_batch.db import session_scope
 from janus_batch.models import Item, Job
-from janus_batch.queue import CHUNK_QUEUES, chunked, send_chunk
+from janus_batch.queue import chunk_queue, chunked, send_chunk
 from janus_batch.settings import Settings
-from janus_batch.states import JobKind
 
 log = logging.getLogger(__name__)
 
@@ -94,16 +93,16 @@ def insert_all(
     return n
 
 
-def window_for(settings: Settings, kind: str) -> int:
+def window_for(settings: Settings, kind: str, model: str) -> int:
     """A job's window: JANUS_BATCH_DISPATCH_WINDOW chunks per live worker consuming its
-    queue (at least one worker's worth), so one big job can keep every worker busy while
-    any other job still finds the broker short."""
-    queue = CHUNK_QUEUES[JobKind(kind)]
+    queue (of its kind and model), at least one worker's worth, so one big job can keep
+    every worker of its model busy while any other job still finds the broker short."""
+    queue = chunk_queue(kind, model, settings.resolved_default_model())
     workers = fleet.consumers_of(settings.redis_url, settings.queue_prefix, queue)
     return settings.dispatch_window * max(1, workers)
 
 
-def dispatch_next(settings: Settings, app: Celery, job_id: str, kind: str) -> int:
+def dispatch_next(settings: Settings, app: Celery, job_id: str, kind: str, model: str) -> int:
     """`dispatch` with the settings' chunk size and the job's window (`window_for`)."""
     return dispatch(
         settings.resolved_database_url(),
@@ -111,7 +110,7 @@ def dispatch_next(settings: Settings, app: Celery, job_id: str, kind: str) -> in
         job_id,
         kind,
         chunk_size=settings.chunk_size,
-        window=window_for(settings, kind),
+        window=window_for(settings, kind, model),
     )
 
 
@@ -121,16 +120,20 @@ def dispatch(
     """Send the job's next chunks, so that `window` of them are open (in the broker or
     running): the fair-share rule. Called when items are added and when a chunk ends.
     A job writing WebDataset shards sends a shard's worth of items per chunk instead of
-    `chunk_size` (`shards.chunk_items`). Flower names each after the job's label. Returns
-    how many items were sent."""
+    `chunk_size` (`shards.chunk_items`). Each goes to the queue of the job's model; Flower
+    names it after the job's label (and model). Returns how many items were sent."""
     with session_scope(database_url) as session:
-        params = session.scalar(select(Job.params).where(Job.id == job_id))
+        row = session.execute(
+            select(Job.params, Job.label, Job.model).where(Job.id == job_id)
+        ).first()
+        if row is None:  # deleted meanwhile
+            return 0
+        params, label, model = row
         chunk_size = shards.chunk_items(params, chunk_size)
         chunks = lifecycle.take_dispatch(session, job_id, chunk_size=chunk_size, window=window)
-        label = session.scalar(select(Job.label).where(Job.id == job_id)) if chunks else None
     for n, chunk in enumerate(chunks):
         try:
-            send_chunk(app, kind, job_id, chunk, label)
+            send_chunk(app, kind, job_id, chunk, label, model)
         except Exception:  # the broker is away: what was not sent is undispatched again
             unsent = [item_id for rest in chunks[n:] for item_id in rest]
             with session_scope(database_url) as session:

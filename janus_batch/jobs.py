@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from janus_batch import failures, keys, lifecycle, quotas, webhooks
+from janus_batch import failures, keys, lifecycle, quotas, served, webhooks
 from janus_batch.constants import EXPAND_SOURCE_TASK, FINALIZE_JOB_TASK
 from janus_batch.db import session_scope
 from janus_batch.files import file_resolver, referenced_file_ids
@@ -36,7 +36,7 @@ from janus_batch.inputs import (
     check_text,
     parse_params,
 )
-from janus_batch.items import NewItem, dispatch, insert_all, window_for
+from janus_batch.items import NewItem, dispatch_next, insert_all
 from janus_batch.models import Item, Job, as_utc, new_id, utcnow
 from janus_batch.queue import send_control
 from janus_batch.settings import Settings
@@ -71,11 +71,13 @@ def create_job(
     label: str | None = None,
     metadata: dict[str, Any] | None = None,
     webhook_url: str | None = None,
+    model: str | None = None,
 ) -> tuple[Job, bool]:
     """Validate everything, write the job, enqueue its work; returns (job, created).
 
     Every rule about a job is applied here, whatever the transport: parameters, items or a
-    source (never both), limits, no `s3://` reference into the service's own storage, the
+    source (never both), a `model` the fleet serves (`served.resolve_model`; None: the
+    default model), limits, no `s3://` reference into the service's own storage, the
     label and metadata (`check_label`, `check_metadata`), a webhook URL the egress policy
     allows (`webhooks.check_url`; without one, the owner key's URL, `keys.default_webhook_url`)
     and the owner's quotas (`quotas.check_new_job`, in the
@@ -96,7 +98,8 @@ def create_job(
     if webhook_url is not None:
         webhook_url = webhooks.check_url(settings, webhook_url)
     request = _validate(settings, owner, kind, params, items, source)
-    user = {"label": label, "metadata": metadata, "webhook_url": webhook_url}
+    user = {"label": label, "metadata": metadata, "webhook_url": webhook_url, "model": model}
+    model = served.resolve_model(settings, model)
     fingerprint = request_fingerprint(kind, params, items, source, priority, **user)
     if idempotency_key is not None and (
         existing := _find_idempotent(database_url, owner, idempotency_key, fingerprint)
@@ -114,7 +117,7 @@ def create_job(
                 id=job_id,
                 owner=owner,
                 kind=kind,
-                model=settings.model,
+                model=model,
                 params=request.params,
                 source=request.source,
                 idempotency_key=idempotency_key,
@@ -145,7 +148,7 @@ def create_job(
         except Exception as exc:  # committed: the sweeper re-sends a lost finalize
             log.warning("job=%s finalize not sent yet (the sweeper will): %s", job_id, exc)
     else:
-        _enqueue_work(settings, app, job_id, kind, request)
+        _enqueue_work(settings, app, job_id, kind, model, request)
     what = (
         f"{len(request.items)} items" if request.items is not None else f"source {request.source}"
     )
@@ -162,7 +165,7 @@ def request_fingerprint(
     **extra: Any,
 ) -> str:
     """SHA-256 of the request as sent (canonical JSON): what an Idempotency-Key is bound to.
-    `extra` fields (label, metadata, webhook_url) count only when set, so the fingerprint of
+    `extra` fields (label, metadata, webhook_url, model) count only when set, so the fingerprint of
     a request without them is what it always was."""
     body = {
         "kind": kind,
@@ -233,7 +236,7 @@ def _validate(
 
 
 def _enqueue_work(
-    settings: Settings, app: Celery, job_id: str, kind: str, request: _Request
+    settings: Settings, app: Celery, job_id: str, kind: str, model: str, request: _Request
 ) -> None:
     """Dispatch the first chunks of committed inline items, or send the expand task.
 
@@ -241,17 +244,9 @@ def _enqueue_work(
     now fails nothing. Inline items stay undispatched and the sweeper dispatches them once it
     answers; a source job's lost expand is re-sent by the sweeper once the job has been idle
     JANUS_BATCH_STALE_PENDING_SECONDS."""
-    database_url = settings.resolved_database_url()
     if request.items is not None:
         try:
-            dispatch(
-                database_url,
-                app,
-                job_id,
-                kind,
-                chunk_size=settings.chunk_size,
-                window=window_for(settings, kind),
-            )
+            dispatch_next(settings, app, job_id, kind, model)
         except Exception as exc:
             log.warning("job=%s not dispatched yet (the sweeper will): %s", job_id, exc)
         return
@@ -554,14 +549,7 @@ def retry_job(
             raise JobConflict(f"job {job_id} is {current} now; it cannot be retried")
     log.info("job=%s retrying %d failed items (%s)", job_id, n, ",".join(classes or ["all"]))
     try:
-        dispatch(
-            database_url,
-            app,
-            job_id,
-            job.kind,
-            chunk_size=settings.chunk_size,
-            window=window_for(settings, job.kind),
-        )
+        dispatch_next(settings, app, job_id, job.kind, job.model)
     except Exception as exc:
         log.warning("job=%s retried items not dispatched yet (the sweeper will): %s", job_id, exc)
     return get_job(database_url, owner, job_id), n

@@ -832,14 +832,18 @@ def take_lost_pending(
     now: datetime,
     limit: int,
     in_flight: Collection[int] = (),
+    *,
+    model: str | None = None,
 ) -> list[tuple[int, str]]:
-    """Pending items of live jobs of `kind` dispatched before `cutoff` and not `in_flight`
-    (named by no queued or freshly reserved message: their message was lost): stamped
-    enqueued `now`, so a concurrent sweep does not send them again. Returns (item id, job id)
-    of those this call took."""
+    """Pending items of live jobs of `kind` (and `model`, if given) dispatched before
+    `cutoff` and not `in_flight` (named by no queued or freshly reserved message: their
+    message was lost): stamped enqueued `now`, so a concurrent sweep does not send them
+    again. Returns (item id, job id) of those this call took."""
     live = select(Job.id).where(
         Job.kind == kind, Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING))
     )
+    if model is not None:
+        live = live.where(Job.model == model)
     stale = and_(
         Item.status == ItemStatus.PENDING, Item.enqueued_at < cutoff, Item.job_id.in_(live)
     )

@@ -18,6 +18,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_MODEL = "deepseek-community/Janus-Pro-1B"
 DEFAULT_MAX_NEW_TOKENS = 128
 """A caption's length in tokens when neither the request nor JANUS_BATCH_MAX_NEW_TOKENS says."""
+MAX_MODEL_NAME = 512
+"""Longest public model name (the jobs.model column)."""
 MAX_NEW_TOKENS_LIMIT = 1024
 """The longest caption a job may ask for (params.max_new_tokens) or the setting may default to."""
 
@@ -55,6 +57,25 @@ class Settings(BaseSettings):
     s3_region: str | None = Field(default=None, description="S3 region name.")
     model: str = Field(
         default=DEFAULT_MODEL, description="Janus-Pro checkpoint: hub id or local directory."
+    )
+    model_name: str | None = Field(
+        default=None,
+        max_length=MAX_MODEL_NAME,
+        description="Worker: the public name under which it serves MODEL, what jobs put in "
+        "`model` (e.g. janus-pro-7b). Default: MODEL as written.",
+    )
+    default_model: str | None = Field(
+        default=None,
+        max_length=MAX_MODEL_NAME,
+        description="The model of jobs that name none (a public name). Default: this "
+        "process's MODEL_NAME or MODEL. In a fleet of several models set it alike in the API "
+        "and every worker: its chunks use the plain queues janus.caption / janus.generate.",
+    )
+    served_models: str = Field(
+        default="",
+        description="API: public names (comma-separated) accepted in a job's `model` even "
+        "while no live worker serves them (their jobs wait for one); live workers' models and "
+        "DEFAULT_MODEL are always accepted.",
     )
     device: str = Field(default="auto", description="auto | cuda | cuda:N | mps | cpu.")
     dtype: str = Field(default="auto", description="auto | bfloat16 | float16 | float32.")
@@ -265,6 +286,19 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'janus-batch.db').resolve()}"
+
+    def resolved_model_name(self) -> str:
+        """The public name of the model this process serves (MODEL_NAME, else MODEL)."""
+        return self.model_name or self.model
+
+    def resolved_default_model(self) -> str:
+        """The public name of the model of jobs that name none."""
+        return self.default_model or self.resolved_model_name()
+
+    def served_model_names(self) -> list[str]:
+        """The names SERVED_MODELS lists, and the default model, in that order, once each."""
+        names = [name.strip() for name in self.served_models.split(",")]
+        return list(dict.fromkeys([self.resolved_default_model(), *filter(None, names)]))
 
     def resolved_storage_url(self) -> str:
         """The storage URL, defaulting to data_dir/results."""

@@ -13,6 +13,12 @@ work (it loads no model; `-B` runs the sweeper's schedule in it):
     celery -A worker.app worker -P threads -c 2 -Q janus.control -E -B --loglevel INFO \\
         -n control@%h
 
+A GPU worker serves one model, JANUS_BATCH_MODEL, under its public name
+(JANUS_BATCH_MODEL_NAME, default: MODEL as written): `-Q janus.caption,janus.generate` means
+the queues of that model (the plain ones for the fleet's JANUS_BATCH_DEFAULT_MODEL, else
+`janus.caption.<slug>` and `janus.generate.<slug>`, `janus_batch.queue.chunk_queue`), so one
+command line starts a worker of any model (one process per model per GPU).
+
 A worker that serves only `-Q janus.control` loads no model. CPU
 works too (JANUS_BATCH_DEVICE=cpu). All settings are `JANUS_BATCH_*` variables; with
 JANUS_BATCH_METRICS_PORT=9100 each worker process serves Prometheus metrics there (the
@@ -26,24 +32,39 @@ from typing import Any
 
 from celery import signals
 
-from janus_batch import constants
 from janus_batch.db import dispose_engines
-from janus_batch.queue import get_celery
-from janus_batch.settings import get_settings
+from janus_batch.queue import CHUNK_QUEUES, chunk_queue, get_celery, is_chunk_queue
+from janus_batch.settings import Settings, get_settings
+from janus_batch.states import JobKind
 from worker import metrics, runtime
 from worker.context import current_context, storage_down_since
 from worker.presence import Presence
 
 log = logging.getLogger(__name__)
 
-MODEL_QUEUES = frozenset({constants.CAPTION_QUEUE, constants.GENERATE_QUEUE})
-
 _needs_model = True
 
 
 def consumes_model_queues(queue_names: Any) -> bool:
     """Whether a worker consuming `queue_names` (None: all queues) runs the model."""
-    return not queue_names or bool(MODEL_QUEUES & set(queue_names))
+    return not queue_names or any(is_chunk_queue(name) for name in queue_names)
+
+
+def own_queues(settings: Settings) -> dict[str, str]:
+    """{plain kind queue: this worker's queue of that kind} for the model it serves."""
+    model, default = settings.resolved_model_name(), settings.resolved_default_model()
+    return {CHUNK_QUEUES[kind]: chunk_queue(kind, model, default) for kind in JobKind}
+
+
+def serve_own_queues(queues: Any, settings: Settings) -> list[str]:
+    """Where the worker would consume a plain kind queue (`-Q janus.caption`, or no -Q),
+    consume its model's queue of that kind instead (`app.amqp.queues`, before the consumer
+    starts). Returns the names consumed."""
+    for plain, own in own_queues(settings).items():
+        if own != plain and plain in queues.consume_from:
+            queues.deselect(plain)
+            queues.select_add(own)
+    return sorted(queues.consume_from)
 
 
 def serve_metrics(port: int) -> bool:
@@ -66,8 +87,16 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
     """In the worker's main process, before any pool: note whether the model is needed and
     whether tasks run in this process (threads pool: no fork, no worker_process_init)."""
     global _needs_model, _threads_pool
-    consume_from = getattr(getattr(sender.app.amqp, "queues", None), "consume_from", None)
-    _needs_model = consumes_model_queues(list(consume_from or ()))
+    settings = get_settings()
+    consume_from = serve_own_queues(sender.app.amqp.queues, settings)
+    _needs_model = consumes_model_queues(consume_from)
+    if _needs_model:
+        log.info(
+            "serving model %s (%s) from queues %s",
+            settings.resolved_model_name(),
+            settings.model,
+            ", ".join(consume_from),
+        )
     from celery.concurrency import get_implementation
     from celery.concurrency.thread import TaskPool
 
@@ -80,9 +109,14 @@ def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     its tasks in this process: set it up here, once logging is configured (a chunk task
     waits for the model before it claims anything)."""
     global _presence
+    settings = get_settings()
     queues = [q.name for q in sender.task_consumer.queues] if sender is not None else []
     _presence = Presence(
-        get_settings(), sender.hostname, queues, storage_down_since=storage_down_since
+        settings,
+        sender.hostname,
+        queues,
+        storage_down_since=storage_down_since,
+        model=settings.resolved_model_name() if _needs_model else None,
     ).start()
     if _threads_pool:
         _on_process_init()
@@ -108,7 +142,12 @@ def _on_process_init(**_: Any) -> None:
     if settings.metrics_port:
         serve_metrics(settings.metrics_port)
     if _needs_model:
-        log.info("loading model %s on %s", settings.model, settings.device)
+        log.info(
+            "loading model %s (%s) on %s",
+            settings.resolved_model_name(),
+            settings.model,
+            settings.device,
+        )
         current_context().pipeline()
     else:
         log.info("control-only worker: no model loaded")

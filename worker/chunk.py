@@ -6,7 +6,8 @@ outputs become (`finish`, in the outtake pool: a caption, or images encoded and 
 This module owns the order of state changes, the same for both kinds:
 
 1. claim the chunk's items (`lifecycle.claim`: already final or leased items are skipped;
-   the job moves to running); a chunk of a cancelling job cancels its pending items;
+   the job moves to running); a chunk of a cancelling job cancels its pending items; a
+   chunk of a job on another model than this worker's is handed back (its queue was wrong);
 2. `prepare` the claimed items, then the engine's `prepare` turns each request into units
    (CPU work, here, not on the engine thread); failures become outcomes at once;
 3. each request goes to the pipeline as a ticket: the engine thread packs it into passes with
@@ -172,6 +173,18 @@ def _start(
         if job.status in NOT_RUNNABLE:
             log.info("job=%s chunk skipped: job is %s", job_id, job.status)
             return job, []
+        served = ctx.settings.resolved_model_name()
+        if job.model != served:  # never run a job on another model: hand its chunk back
+            n = lifecycle.release_dispatch(session, list(item_ids))
+            log.error(
+                "job=%s chunk of model %s handed back undispatched (%d items): this worker "
+                "serves %s (is JANUS_BATCH_DEFAULT_MODEL the same in the API and every worker?)",
+                job_id,
+                job.model,
+                n,
+                served,
+            )
+            return None, []
         if job.status in STOPPING:
             cancelled = lifecycle.cancel_pending(session, job_id, item_ids)
             log.info(
@@ -343,7 +356,7 @@ def _after(ctx: Context, job: Job, later: float = 0.0) -> None:
         log.info("job=%s all items final: finalize enqueued", job.id)
         send_control(ctx.app, FINALIZE_JOB_TASK, job.id)
         return
-    dispatch_next(ctx.settings, ctx.app, job.id, job.kind)
+    dispatch_next(ctx.settings, ctx.app, job.id, job.kind, job.model)
     if later > 0:
         send_control(ctx.app, DISPATCH_JOB_TASK, job.id, countdown=later + 0.1)
 
@@ -355,7 +368,7 @@ def dispatch_job(ctx: Context, job_id: str) -> int:
         job = session.get(Job, job_id)
     if job is None or job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
         return 0
-    return dispatch_next(ctx.settings, ctx.app, job.id, job.kind)
+    return dispatch_next(ctx.settings, ctx.app, job.id, job.kind, job.model)
 
 
 def _describe(exc: BaseException) -> str:

@@ -98,7 +98,7 @@ def expand_source(ctx: Context, job_id: str) -> int:
             job.kind,
             items,
             chunk_size=ctx.settings.chunk_size,
-            window=window_for(ctx.settings, job.kind),
+            window=window_for(ctx.settings, job.kind, job.model),
             start_idx=done,
             page_size=INSERT_PAGE,
         )

@@ -74,17 +74,14 @@ class GenerateHandler(Handler):
         """Encode and upload the item's images (in the outtake pool); the item fails if one
         cannot be stored."""
         fmt = image_format((job.params or {}).get("format"))
-        model = getattr(ctx.pipeline().engine(), "model_name", "")
         entries = []
         sink = work.sink if isinstance(work.sink, ShardSink) else None
         for unit, image in zip(ticket.units, ticket.outputs, strict=True):
             try:
                 if sink is not None:
-                    entry = sink.add(model, fmt, work, unit.k, unit.seed, image)
+                    entry = sink.add(fmt, work, unit.k, unit.seed, image)
                 else:
-                    entry = _store(
-                        ctx, job, model, fmt, work, unit.k, unit.seed, image, ticket.keep
-                    )
+                    entry = _store(ctx, job, fmt, work, unit.k, unit.seed, image, ticket.keep)
             except StorageDown as exc:
                 return deferred(ctx, self.kind, work.item, str(exc), storage=True)
             except Unwanted:  # cancelled (or its lease lost) while storage was down
@@ -96,7 +93,7 @@ class GenerateHandler(Handler):
         return Outcome(work.item, ItemStatus.SUCCEEDED, result=result)
 
 
-def _metadata(job: Job, model: str, w: Work, index: int, seed: int) -> dict[str, Any]:
+def _metadata(job: Job, w: Work, index: int, seed: int) -> dict[str, Any]:
     """What an image says of how it was made (in the file, and a shard's json member)."""
     request = w.request
     return {
@@ -107,7 +104,7 @@ def _metadata(job: Job, model: str, w: Work, index: int, seed: int) -> dict[str,
         "temperature": request.temperature,
         "top_k": request.top_k,
         "top_p": request.top_p,
-        "model": model,
+        "model": job.model,  # the public name the job named (never a conversion cache's path)
         "job_id": job.id,
         "item_idx": w.item.idx,
     }
@@ -116,7 +113,6 @@ def _metadata(job: Job, model: str, w: Work, index: int, seed: int) -> dict[str,
 def _store(
     ctx: Context,
     job: Job,
-    model: str,
     fmt: EncodeSpec,
     w: Work,
     index: int,
@@ -126,7 +122,7 @@ def _store(
 ) -> dict[str, Any] | str:
     """Encode and upload one image; its result entry, or an error message."""
     key = image_key(job.output_prefix, w.item.idx, index, fmt.ext)
-    metadata = _metadata(job, model, w, index, seed)
+    metadata = _metadata(job, w, index, seed)
     try:
         with metrics.UPLOAD_SECONDS.time():
             data = encode_image(
@@ -210,10 +206,10 @@ class ShardSink:
     writer: ShardWriter
 
     def add(
-        self, model: str, fmt: EncodeSpec, w: Work, index: int, seed: int, image: Any
+        self, fmt: EncodeSpec, w: Work, index: int, seed: int, image: Any
     ) -> dict[str, Any] | str:
         """Encode one image into the shard; its result entry, or an error message."""
-        metadata = _metadata(self.job, model, w, index, seed)
+        metadata = _metadata(self.job, w, index, seed)
         try:
             with metrics.UPLOAD_SECONDS.time():
                 data = encode_image(

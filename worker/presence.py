@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 
 class Presence:
-    """Keeps `hostname` (consuming `queues`) announced while the worker lives."""
+    """Keeps `hostname` (consuming `queues`, serving `model`: its public name, None for a
+    control worker) announced while the worker lives."""
 
     def __init__(
         self,
@@ -27,8 +28,10 @@ class Presence:
         hostname: str,
         queues: Iterable[str],
         storage_down_since: Callable[[], datetime | None] = lambda: None,
+        model: str | None = None,
     ) -> None:
         self.prefix = settings.queue_prefix
+        self.model = model
         self._storage_down_since = storage_down_since
         self.hostname = hostname
         self.queues = sorted(queues)
@@ -61,6 +64,7 @@ class Presence:
                         self.hostname,
                         self.queues,
                         storage_down_since=down.timestamp() if down else None,
+                        model=self.model,
                     )
                     announced = (now, down)
                 except redis.RedisError as exc:  # Redis away: the key expires, the API says so

@@ -11,13 +11,11 @@ from typing import Any, cast
 import redis
 from sqlalchemy import and_, or_, select
 
-from janus_batch import fleet, jobs, lifecycle, webhooks
+from janus_batch import fleet, jobs, lifecycle, served, webhooks
 from janus_batch.constants import (
-    CAPTION_QUEUE,
     CONTROL_QUEUE,
     EXPAND_SOURCE_TASK,
     FINALIZE_JOB_TASK,
-    GENERATE_QUEUE,
     SEND_WEBHOOK_TASK,
 )
 from janus_batch.db import session_scope
@@ -25,8 +23,8 @@ from janus_batch.files import delete_file
 from janus_batch.items import dispatch_next
 from janus_batch.lifecycle import MAX_ATTEMPTS
 from janus_batch.models import File, Item, Job, utcnow
-from janus_batch.queue import CHUNK_QUEUES, chunked, send_chunk, send_control
-from janus_batch.states import JOB_FINAL, ItemStatus, JobKind, JobStatus
+from janus_batch.queue import chunk_queue, chunk_queues, chunked, send_chunk, send_control
+from janus_batch.states import JOB_FINAL, ItemStatus, JobStatus
 from worker import metrics
 from worker.context import Context
 
@@ -35,7 +33,6 @@ log = logging.getLogger(__name__)
 BATCH = 5000
 """Most items (or jobs) one step handles per run; the next run takes the rest."""
 STUCK_FINALIZING = timedelta(minutes=2)
-QUEUES = [CAPTION_QUEUE, GENERATE_QUEUE, CONTROL_QUEUE]
 LIVE_JOBS = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
@@ -74,11 +71,14 @@ def record_run(ctx: Context) -> None:
 
 
 def record_queue_depths(ctx: Context) -> dict[str, int]:
-    """Set the queue depth gauge from LLEN of every queue (after this sweep's re-enqueues);
+    """Set the queue depth gauge from LLEN of every queue, the chunk queues of each served
+    model (`served.served_models`) and the control queue (after this sweep's re-enqueues);
     a Redis error is logged, not raised: the sweep's work is done by then."""
-    client = redis.Redis.from_url(ctx.settings.redis_url)
+    settings = ctx.settings
+    queues = chunk_queues(served.served_models(settings), settings.resolved_default_model())
+    client = redis.Redis.from_url(settings.redis_url)
     try:
-        return metrics.record_queue_depths(client, QUEUES, ctx.settings.queue_prefix)
+        return metrics.record_queue_depths(client, [*queues, CONTROL_QUEUE], settings.queue_prefix)
     except redis.RedisError as exc:
         log.warning("sweep: queue depths not recorded: %s", exc)
         return {}
@@ -95,10 +95,14 @@ def _finalize_if_done(ctx: Context, job_ids: set[str]) -> None:
             send_control(ctx.app, FINALIZE_JOB_TASK, job_id)
 
 
-def _enqueue(ctx: Context, pending: dict[tuple[str, str], list[int]], why: str, size: int) -> None:
-    for (job_id, kind), ids in pending.items():
+Pending = dict[tuple[str, str, str], list[int]]
+"""Item ids to send again by (job id, kind, model)."""
+
+
+def _enqueue(ctx: Context, pending: Pending, why: str, size: int) -> None:
+    for (job_id, kind, model), ids in pending.items():
         for chunk in chunked(ids, size):
-            send_chunk(ctx.app, kind, job_id, chunk)
+            send_chunk(ctx.app, kind, job_id, chunk, model=model)
         log.info("job=%s re-enqueued %d items (%s)", job_id, len(ids), why)
 
 
@@ -110,25 +114,26 @@ def requeue_expired(ctx: Context, now: datetime) -> dict[str, int]:
     """
     with session_scope(ctx.database_url) as session:
         moved = lifecycle.requeue_expired(session, now, BATCH)
-        kinds = dict(
-            session.execute(
-                select(Job.id, Job.kind).where(Job.id.in_({m.job_id for m in moved}))
-            ).all()
-        )
+        routes = {
+            job_id: (kind, model)
+            for job_id, kind, model in session.execute(
+                select(Job.id, Job.kind, Job.model).where(Job.id.in_({m.job_id for m in moved}))
+            )
+        }
     steps = {
         ItemStatus.PENDING: "requeued_leases",
         ItemStatus.FAILED: "poisoned",
         ItemStatus.CANCELLED: "lease_cancelled",
     }
     counts = dict.fromkeys(steps.values(), 0)
-    pending: dict[tuple[str, str], list[int]] = defaultdict(list)
-    isolated: dict[tuple[str, str], list[int]] = defaultdict(list)
+    pending: Pending = defaultdict(list)
+    isolated: Pending = defaultdict(list)
     touched: set[str] = set()
     for item in moved:
         counts[steps[item.status]] += 1
         if item.status == ItemStatus.PENDING:
             target = isolated if item.attempts >= MAX_ATTEMPTS - 1 else pending
-            target[(item.job_id, kinds[item.job_id])].append(item.id)
+            target[(item.job_id, *routes[item.job_id])].append(item.id)
             continue
         log.info("job=%s idx=%d lease expired: %s", item.job_id, item.idx, item.status)
         touched.add(item.job_id)
@@ -138,19 +143,10 @@ def requeue_expired(ctx: Context, now: datetime) -> dict[str, int]:
     return counts
 
 
-def queue_length(ctx: Context, kind: str) -> int:
-    """Messages waiting in the Redis list of `kind`'s queue (honouring the key prefix)."""
-    key = f"{ctx.settings.queue_prefix}{CHUNK_QUEUES[JobKind(kind)]}"
-    client = redis.Redis.from_url(ctx.settings.redis_url)
-    try:
-        return int(client.llen(key))
-    finally:
-        client.close()
-
-
 SCAN_LIMIT = 20_000
 """Most queued messages read to tell a lost item from a waiting one (windowed dispatch keeps
-queues far shorter); past it a kind's lost-message step waits for a shorter queue."""
+queues far shorter); past it the lost-message step of that queue's kind and model waits for
+a shorter queue."""
 
 
 def _message_item_ids(raw: bytes | str) -> list[int]:
@@ -178,16 +174,16 @@ def _eta(raw: bytes | str) -> float | None:
         return None
 
 
-def in_flight_item_ids(ctx: Context, kind: str) -> set[int] | None:
-    """Items named by a message waiting in `kind`'s queue, or reserved by a worker that has
-    not acknowledged it yet (kombu's `unacked` hash and its delivery-time index) within the
-    last stale_pending_seconds, or scheduled (ETA) for after that (a task's own retry after
-    a database error waits in its worker as a reserved message): not lost. An older plain
-    reservation whose items are still pending belongs to a dead worker (a live one claims at
-    once). None when the queue is too long to read (then nothing of that kind is taken for
-    lost)."""
+def in_flight_item_ids(ctx: Context, queue: str) -> set[int] | None:
+    """Items named by a message waiting in `queue` (one model's queue of a kind), or
+    reserved by a worker that has not acknowledged it yet (kombu's `unacked` hash and its
+    delivery-time index) within the last stale_pending_seconds, or scheduled (ETA) for after
+    that (a task's own retry after a database error waits in its worker as a reserved
+    message): not lost. An older plain reservation whose items are still pending belongs to
+    a dead worker (a live one claims at once). None when the queue is too long to read (then
+    nothing of its kind and model is taken for lost)."""
     prefix = ctx.settings.queue_prefix
-    key = f"{prefix}{CHUNK_QUEUES[JobKind(kind)]}"
+    key = f"{prefix}{queue}"
     since = time.time() - ctx.settings.stale_pending_seconds
     client = redis.Redis.from_url(ctx.settings.redis_url)
     found: set[int] = set()
@@ -214,18 +210,26 @@ def requeue_lost(ctx: Context, now: datetime) -> int:
     """Step 2: items dispatched long ago, still pending, that no queued message names and no
     live worker holds, lost their message (a broker restart, a crash between the dispatch and
     the send): re-enqueue them. Checked per item, so one lost window is found even while the
-    queue holds other jobs' messages."""
+    queue holds other jobs' messages. Each model's jobs are checked against its own queue
+    of their kind (`chunk_queue`)."""
     cutoff = now - timedelta(seconds=ctx.settings.stale_pending_seconds)
+    default = ctx.settings.resolved_default_model()
+    with session_scope(ctx.database_url) as session:
+        routes = session.execute(
+            select(Job.kind, Job.model).where(Job.status.in_(LIVE_JOBS)).distinct()
+        ).all()
     total = 0
-    for kind in JobKind:
-        in_flight = in_flight_item_ids(ctx, kind)
+    for kind, model in sorted(routes):
+        in_flight = in_flight_item_ids(ctx, chunk_queue(kind, model, default))
         if in_flight is None:
             continue
         with session_scope(ctx.database_url) as session:
-            lost = lifecycle.take_lost_pending(session, kind, cutoff, now, BATCH, in_flight)
-        pending: dict[tuple[str, str], list[int]] = defaultdict(list)
+            lost = lifecycle.take_lost_pending(
+                session, kind, cutoff, now, BATCH, in_flight, model=model
+            )
+        pending: Pending = defaultdict(list)
         for item_id, job_id in lost:
-            pending[(job_id, kind)].append(item_id)
+            pending[(job_id, kind, model)].append(item_id)
         _enqueue(ctx, pending, "message lost", ctx.settings.chunk_size)
         total += len(lost)
     return total
@@ -243,7 +247,7 @@ def reopen_windows(ctx: Context) -> int:
 
     with session_scope(ctx.database_url) as session:
         stalled = session.execute(
-            select(Job.id, Job.kind)
+            select(Job.id, Job.kind, Job.model)
             .where(
                 Job.status.in_(LIVE_JOBS),
                 has(undispatched),
@@ -253,8 +257,8 @@ def reopen_windows(ctx: Context) -> int:
             .limit(BATCH)
         ).all()
     sent = 0
-    for job_id, kind in stalled:
-        n = dispatch_next(ctx.settings, ctx.app, job_id, kind)
+    for job_id, kind, model in stalled:
+        n = dispatch_next(ctx.settings, ctx.app, job_id, kind, model)
         if n:
             log.info("job=%s no chunk open: its window of %d items dispatched again", job_id, n)
             sent += 1

@@ -14,16 +14,17 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from api.deps import SettingsDep, get_storage
 from janus_batch import fleet
-from janus_batch.constants import CAPTION_QUEUE, CONTROL_QUEUE, GENERATE_QUEUE
+from janus_batch.constants import CONTROL_QUEUE
 from janus_batch.db import get_engine
+from janus_batch.queue import chunk_queue
 from janus_batch.settings import Settings
+from janus_batch.states import JobKind
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["health"])
 
 TIMEOUT = 3.0
-QUEUES = (CAPTION_QUEUE, GENERATE_QUEUE, CONTROL_QUEUE)
 
 
 @router.get("/healthz")
@@ -63,11 +64,27 @@ STALE_SWEEPS = 3
 """Sweep intervals without a run before the sweeper is reported stale."""
 
 
+def _models(settings: Settings, found: dict[str, dict]) -> dict[str, dict[str, object]]:
+    """Every model a job may name (`janus_batch.served`: the default, SERVED_MODELS, live
+    workers' models): whether it is the default, its live workers and its queues by kind."""
+    default = settings.resolved_default_model()
+    live = fleet.models(found)
+    return {
+        name: {
+            "default": name == default,
+            "workers": live.get(name, 0),
+            "queues": {kind.value: chunk_queue(kind, name, default) for kind in JobKind},
+        }
+        for name in dict.fromkeys([*settings.served_model_names(), *sorted(live)])
+    }
+
+
 def _workers(settings: Settings) -> dict[str, object]:
-    """Live workers per queue (their announcements in Redis), the sweeper's last run, and
-    warnings: a queue no live worker consumes (its jobs stay queued until one starts), a
-    worker whose storage is down, a sweeper that has not run for STALE_SWEEPS intervals
-    (expired leases and lost messages are then never handed back)."""
+    """Live workers per queue (their announcements in Redis) and per model, the sweeper's
+    last run, and warnings: a queue no live worker consumes (its jobs stay queued until one
+    starts; for each kind of each model), a worker whose storage is down, a sweeper that has
+    not run for STALE_SWEEPS intervals (expired leases and lost messages are then never
+    handed back)."""
     client = redis.Redis.from_url(
         settings.redis_url, socket_connect_timeout=TIMEOUT, socket_timeout=TIMEOUT
     )
@@ -79,8 +96,20 @@ def _workers(settings: Settings) -> dict[str, object]:
     finally:
         client.close()
     workers = {name: list(body["queues"]) for name, body in found.items()}
-    per_queue = {q: fleet.consumers(workers, q) for q in QUEUES}
-    warnings = [f"no live worker consumes {q}" for q, n in per_queue.items() if not n]
+    models = _models(settings, found)
+    default = settings.resolved_default_model()
+    per_queue: dict[str, int] = {}
+    warnings = []
+    for kind in JobKind:
+        for name in models:
+            queue = chunk_queue(kind, name, default)
+            per_queue[queue] = fleet.consumers(workers, queue)
+            if not per_queue[queue]:
+                of = "" if name == default else f" (model {name})"
+                warnings.append(f"no live worker consumes {queue}{of}")
+    per_queue[CONTROL_QUEUE] = fleet.consumers(workers, CONTROL_QUEUE)
+    if not per_queue[CONTROL_QUEUE]:
+        warnings.append(f"no live worker consumes {CONTROL_QUEUE}")
     now = time.time()
     for name, body in sorted(found.items()):
         down = body.get("storage_down_since")
@@ -94,7 +123,12 @@ def _workers(settings: Settings) -> dict[str, object]:
             f"the sweeper last ran {age:.0f} s ago (every {settings.sweep_interval:.0f} s "
             "expected): is the control worker with beat running?"
         )
-    return {"workers": per_queue, "sweeper": {"last_run_seconds_ago": age}, "warnings": warnings}
+    return {
+        "workers": per_queue,
+        "models": models,
+        "sweeper": {"last_run_seconds_ago": age},
+        "warnings": warnings,
+    }
 
 
 CHECKS: dict[str, Callable[[Settings], None]] = {
@@ -107,8 +141,9 @@ CHECKS: dict[str, Callable[[Settings], None]] = {
 @router.get("/readyz", responses={503: {"description": "A dependency is unavailable."}})
 def readyz(settings: SettingsDep) -> JSONResponse:
     """Ready when the database answers SELECT 1, Redis answers PING and storage is usable;
-    else 503 naming each failing dependency and why. Also lists the live workers per queue
-    and warns of a queue no live worker consumes (the API is ready; jobs would wait)."""
+    else 503 naming each failing dependency and why. Also lists the live workers per queue,
+    the models jobs may name (with their live workers), and warns of a queue no live worker
+    consumes (the API is ready; jobs would wait)."""
     checks: dict[str, str] = {}
     for name, check in CHECKS.items():
         try:

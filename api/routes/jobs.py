@@ -72,6 +72,7 @@ def create_job(
         label=body.label,
         metadata=body.metadata,
         webhook_url=body.webhook_url,
+        model=body.model,
     )
     if not created:
         response.status_code = 200

@@ -33,7 +33,7 @@ def test_a_job_keeps_a_window_of_chunks_in_the_broker_and_each_end_releases_one(
             id="job_x",
             owner="local",
             kind="generate",
-            model="m",
+            model=settings_env.model,  # the default model: its chunks use the plain queues
             params={},
             source=None,
             idempotency_key=None,

@@ -47,6 +47,17 @@ def when(value: str | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
     return datetime.fromisoformat(value).astimezone().strftime(fmt)
 
 
+MODEL_CHARS = 20
+"""Most characters of a model's name `list` shows (`status` shows all of it)."""
+
+
+def model_name(model: str) -> str:
+    """A model's public name as `list` shows it: the last part of a hub id or path
+    (`deepseek-community/Janus-Pro-7B` -> `Janus-Pro-7B`), cut to MODEL_CHARS."""
+    short = model.rstrip("/").rsplit("/", 1)[-1] or model
+    return short if len(short) <= MODEL_CHARS else short[: MODEL_CHARS - 1] + "~"
+
+
 def colored(status: str) -> str:
     return f"[{STATUS_COLORS.get(status, 'white')}]{status}[/]"
 
@@ -182,7 +193,7 @@ def list_jobs(
         return
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
     table.add_column("id", no_wrap=True)
-    for name in ("label", "kind", "status", "done", "failed", "created"):
+    for name in ("label", "kind", "model", "status", "done", "failed", "created"):
         table.add_column(
             name,
             overflow="fold",
@@ -194,6 +205,7 @@ def list_jobs(
             job["id"],
             escape(job.get("label") or ""),
             job["kind"],
+            escape(model_name(job.get("model") or "")),
             colored(job["status"]),
             progress_text(job["counts"]),
             str(job["counts"]["failed"]),

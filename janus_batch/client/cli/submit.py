@@ -59,6 +59,16 @@ Label = Annotated[
     str | None,
     typer.Option(help="A short name for the job (shown by list, the dashboard and Flower)."),
 ]
+Model = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="The model to run the job on, by the name the fleet serves it under (a 422 "
+        "lists them; default: the deployment's default model).",
+        show_default=False,
+    ),
+]
 Meta = Annotated[
     list[str] | None,
     typer.Option(
@@ -93,10 +103,17 @@ WebhookUrl = Annotated[
 ]
 
 
-def job_fields(label: str | None, meta: list[str] | None, webhook_url: str | None) -> dict:
-    """The label, metadata and webhook of a job body (only those given); UsageError for a
-    --meta without `=`."""
+def job_fields(
+    label: str | None,
+    meta: list[str] | None,
+    webhook_url: str | None,
+    model: str | None = None,
+) -> dict:
+    """The model, label, metadata and webhook of a job body (only those given); UsageError
+    for a --meta without `=`."""
     fields: dict[str, Any] = {}
+    if model is not None:
+        fields["model"] = model
     if label is not None:
         fields["label"] = label
     if meta:
@@ -312,6 +329,7 @@ def caption(
     concurrency: Annotated[int, typer.Option(min=1, help="Parallel uploads.")] = 8,
     inline_limit: InlineLimit = DEFAULT_INLINE_LIMIT,
     idempotency_key: IdempotencyKey = None,
+    model: Model = None,
     label: Label = None,
     meta: Meta = None,
     webhook_url: WebhookUrl = None,
@@ -337,7 +355,7 @@ def caption(
     body: dict[str, Any] = {
         "kind": "caption",
         "params": params,
-        **job_fields(label, meta, webhook_url),
+        **job_fields(label, meta, webhook_url, model),
     }
     with make_client(api_url, api_key) as client:
         if where.kind in ("folder", "image"):
@@ -431,6 +449,7 @@ def generate(
     interval: Interval = 1.0,
     timeout: Timeout = None,
     idempotency_key: IdempotencyKey = None,
+    model: Model = None,
     label: Label = None,
     meta: Meta = None,
     webhook_url: WebhookUrl = None,
@@ -458,7 +477,7 @@ def generate(
     body: dict[str, Any] = {
         "kind": "generate",
         "params": {k: v for k, v in given.items() if v is not None},
-        **job_fields(label, meta, webhook_url),
+        **job_fields(label, meta, webhook_url, model),
     }
     with make_client(api_url, api_key) as client:
         items = without_done(client, resume, items)
