@@ -107,12 +107,14 @@ def settings_env(
 def set_env(monkeypatch: pytest.MonkeyPatch, settings_env: object) -> Callable[..., object]:
     """Change JANUS_BATCH_* variables for the rest of the test and return the new Settings:
     set_env(max_n="4", auth_mode="keys")."""
+    from janus_batch.queue import get_celery
     from janus_batch.settings import get_settings
 
     def apply(**values: str) -> object:
         for name, value in values.items():
             monkeypatch.setenv(f"JANUS_BATCH_{name.upper()}", value)
         get_settings.cache_clear()
+        get_celery.cache_clear()  # the app routes chunks by the settings' default model
         return get_settings()
 
     return apply

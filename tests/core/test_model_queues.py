@@ -9,6 +9,7 @@ import json
 import re
 
 import redis
+
 from janus_batch.queue import (
     chunk_queue,
     chunk_queues,
