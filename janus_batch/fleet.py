@@ -103,50 +103,38 @@ def consumers(workers: dict[str, list[str]], queue: str) -> int:
     return sum(1 for queues in workers.values() if queue in queues)
 
 
-_cache: dict[tuple[str, str], tuple[float, int]] = {}
+_cache: dict[str, tuple[float, dict[str, dict[str, Any]]]] = {}
 CACHE_SECONDS = 5.0
 
 
-def consumers_of(redis_url: str, prefix: str, queue: str) -> int:
-    """Live workers consuming `queue` (cached for a few seconds per process); 0 if Redis does
-    not answer."""
+def recent_announcements(redis_url: str, prefix: str) -> dict[str, dict[str, Any]]:
+    """`announcements`, cached for a few seconds per process; {} if Redis does not answer."""
     import redis
 
-    key = (redis_url + prefix, queue)
+    key = redis_url + prefix
     now = time.monotonic()
     hit = _cache.get(key)
     if hit is not None and now - hit[0] < CACHE_SECONDS:
         return hit[1]
     client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
     try:
-        n = consumers(live_workers(client, prefix), queue)
+        found = announcements(client, prefix)
     except redis.RedisError:
-        n = 0
+        found = {}
     finally:
         client.close()
-    _cache[key] = (now, n)
-    return n
+    _cache[key] = (now, found)
+    return found
 
 
-_models_cache: dict[str, tuple[float, list[str]]] = {}
+def consumers_of(redis_url: str, prefix: str, queue: str) -> int:
+    """Live workers consuming `queue` (cached for a few seconds per process); 0 if Redis does
+    not answer."""
+    found = recent_announcements(redis_url, prefix)
+    return sum(1 for body in found.values() if queue in body["queues"])
 
 
 def live_models(redis_url: str, prefix: str) -> list[str]:
     """Public names of the models live workers serve, sorted (cached for a few seconds per
     process); [] if Redis does not answer."""
-    import redis
-
-    key = redis_url + prefix
-    now = time.monotonic()
-    hit = _models_cache.get(key)
-    if hit is not None and now - hit[0] < CACHE_SECONDS:
-        return hit[1]
-    client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
-    try:
-        names = sorted(models(announcements(client, prefix)))
-    except redis.RedisError:
-        names = []
-    finally:
-        client.close()
-    _models_cache[key] = (now, names)
-    return names
+    return sorted(models(recent_announcements(redis_url, prefix)))
