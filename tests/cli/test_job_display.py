@@ -101,3 +101,28 @@ def test_watch_counts_cancelled_items_apart() -> None:
     line = " ".join(log.getvalue().split())
     assert line.startswith("job_1 284/300 cancelled 280 ok 4 failed 16 cancelled"), line
     assert "300/300" not in line
+
+
+def test_list_has_a_model_column_when_its_jobs_are_of_several_models(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    page: list[dict[str, Any]] = []
+
+    class Jobs:
+        def list_jobs(self, **_: Any) -> dict[str, Any]:
+            return {"data": page, "has_more": False}
+
+    @contextmanager
+    def make_client(*_: Any) -> Any:
+        yield Jobs()
+
+    monkeypatch.setattr(jobs_cli, "make_client", make_client)
+    page.append({**job("running", pending=3), "model": "deepseek-community/Janus-Pro-1B"})
+    one = invoke({"COLUMNS": "200"}, "list")
+    assert "model" not in one.stdout and "Janus-Pro-1B" not in one.stdout  # nothing to tell
+    page.append({**job("queued", pending=1), "id": "job_2", "model": "/models/janus-pro-7b/"})
+    two = invoke({"COLUMNS": "200"}, "list")
+    assert two.exit_code == 0, two.stderr
+    rows = {line.split()[0]: line.split() for line in two.stdout.splitlines() if "job_" in line}
+    assert "model" in two.stdout.splitlines()[0]
+    assert rows["job_1"][2] == "Janus-Pro-1B" and rows["job_2"][2] == "janus-pro-7b"

@@ -185,7 +185,7 @@ def list_jobs(
     api_url: ApiUrl = DEFAULT_API_URL,
     api_key: ApiKey = None,
 ) -> None:
-    """List your jobs, newest first."""
+    """List your jobs, newest first (with a model column when they are of several models)."""
     with make_client(api_url, api_key) as client:
         page = client.list_jobs(status=status, kind=kind, label=label, limit=limit, after=after)
     if as_json:
@@ -193,7 +193,9 @@ def list_jobs(
         return
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
     table.add_column("id", no_wrap=True)
-    for name in ("label", "kind", "model", "status", "done", "failed", "created"):
+    models = {job.get("model") for job in page["data"]}
+    shown = ("label", "kind", *(("model",) if len(models) > 1 else ()), "status")
+    for name in (*shown, "done", "failed", "created"):
         table.add_column(
             name,
             overflow="fold",
@@ -201,11 +203,12 @@ def list_jobs(
             no_wrap=name == "done",  # "284 done, 16 cancelled of 300" stays one line
         )
     for job in page["data"]:
+        model = [escape(model_name(job.get("model") or ""))] if len(models) > 1 else []
         table.add_row(
             job["id"],
             escape(job.get("label") or ""),
             job["kind"],
-            escape(model_name(job.get("model") or "")),
+            *model,
             colored(job["status"]),
             progress_text(job["counts"]),
             str(job["counts"]["failed"]),
