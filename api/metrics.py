@@ -96,7 +96,7 @@ class JobsCollector(Collector):
 
     @staticmethod
     def _query() -> list[tuple[str, str, int, int | None]]:
-        remaining = Job.total - Job.succeeded - Job.failed - Job.cancelled
+        remaining = Job.total - Job.done
         query = select(Job.kind, Job.status, func.count(), func.sum(remaining)).group_by(
             Job.kind, Job.status
         )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from janus_batch.states import JobKind
 
@@ -124,6 +124,19 @@ class JobCreate(BaseModel):
         description="POSTed the job object, signed, each time the job reaches a terminal "
         "status (README: Webhooks). Subject to the egress policy.",
     )
+    completion_window: str | StrictInt | None = Field(
+        default=None,
+        description="How long the job may take from now: 30m, 24h, 7d, or seconds. Items not "
+        "finished by then expire and the job ends expired with what it finished. Default: "
+        "the server's JANUS_BATCH_DEFAULT_COMPLETION_WINDOW (none: never expires).",
+        examples=["24h"],
+    )
+    expires_at: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Instead of completion_window: when the job must be done, ISO 8601 with a "
+        "timezone (2026-12-04T10:00:00Z), in the future.",
+    )
 
 
 class JobRetry(BaseModel):
@@ -134,7 +147,8 @@ class JobRetry(BaseModel):
     errors: list[str] | None = Field(
         default=None,
         description="Error classes to retry: fetch, image, model, output, worker, lost (the "
-        "item's worker was lost MAX_ATTEMPTS times), other. Default: every failed item that ran.",
+        "item's worker was lost MAX_ATTEMPTS times), expired (the job's completion window "
+        "ended), other. Default: every failed item that ran, and every expired one.",
         examples=[["fetch", "lost"]],
     )
 
@@ -148,6 +162,7 @@ class Counts(BaseModel):
     succeeded: int
     failed: int
     cancelled: int
+    expired: int = Field(default=0, description="Not finished within the job's completion window.")
 
 
 class JobOutput(BaseModel):
@@ -207,6 +222,14 @@ class JobPublic(BaseModel):
     retries: int = Field(default=0, description="Times its failed items were retried.")
     retried_at: datetime | None = None
     webhook: WebhookPublic | None = None
+    expires_at: datetime | None = Field(
+        default=None,
+        description="End of the job's completion window (None: it never expires); a retry "
+        "starts a fresh window of the same length.",
+    )
+    completion_window: str | None = Field(
+        default=None, description="The window's length (24h), from the submit or last retry."
+    )
     live_workers: int | None = Field(
         default=None,
         description="Live workers consuming this job's queue (single-job responses only); 0: "
@@ -242,8 +265,9 @@ class ItemPublic(BaseModel):
     error: str | None
     error_class: str | None = Field(
         default=None,
-        description="A failed item's error class (fetch, image, model, output, worker, lost, "
-        "other; input: it failed before it ran and is never retried), for POST .../retry.",
+        description="A failed or expired item's error class (fetch, image, model, output, "
+        "worker, lost, expired, other; input: it failed before it ran and is never retried), "
+        "for POST .../retry.",
     )
     attempts: int
     started_at: datetime | None

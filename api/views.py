@@ -15,7 +15,7 @@ from janus_batch.failures import describe
 from janus_batch.jobview import job_object
 from janus_batch.models import File, Item, Job, as_utc
 from janus_batch.settings import get_settings
-from janus_batch.states import JOB_FINAL
+from janus_batch.states import JOB_FINAL, ItemStatus
 from janus_batch.storage import Storage
 
 
@@ -92,7 +92,11 @@ def item_public(item: Item) -> ItemPublic:
         input=item.input,
         result=item.result,
         error=item.error,
-        error_class=describe(item.error, item.attempts) if item.status == "failed" else None,
+        error_class=(
+            describe(item.error, item.attempts)
+            if item.status in (ItemStatus.FAILED, ItemStatus.EXPIRED)
+            else None
+        ),
         attempts=item.attempts,
         started_at=_utc(item.started_at),
         finished_at=_utc(item.finished_at),

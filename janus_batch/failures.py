@@ -15,6 +15,7 @@ is read from the text, the same way in Python (`classify`, shown with each item)
 | `output` | a generated image could not be stored: `cannot store image ...`                  |
 | `worker` | an unexpected error in the worker: `worker error: ...`                           |
 | `lost`   | the item's worker was lost MAX_ATTEMPTS times (killed or crashed: a poison pill)  |
+| `expired`| not finished within the job's completion window: `expired: ...` (status expired)  |
 | `other`  | anything else                                                                    |
 
 Items that failed before they ever ran (attempts 0: a malformed manifest line, an input
@@ -31,6 +32,7 @@ from functools import lru_cache
 
 from sqlalchemy import ColumnElement, false, not_, or_
 
+from janus_batch.expiry import EXPIRED_PREFIX
 from janus_batch.lifecycle import POISON_PREFIX
 from janus_batch.models import Item
 
@@ -44,6 +46,7 @@ class ErrorClass(StrEnum):
     OUTPUT = "output"
     WORKER = "worker"
     LOST = "lost"
+    EXPIRED = "expired"
     OTHER = "other"
 
 
@@ -66,6 +69,7 @@ PATTERNS: dict[ErrorClass, tuple[str, ...]] = {
     ErrorClass.OUTPUT: ("cannot store %",),
     ErrorClass.WORKER: ("worker error: %",),
     ErrorClass.LOST: (f"{POISON_PREFIX}%",),
+    ErrorClass.EXPIRED: (f"{EXPIRED_PREFIX}%",),
 }
 
 
@@ -89,8 +93,10 @@ def classify(error: str | None) -> ErrorClass:
 
 
 def describe(error: str | None, attempts: int) -> str:
-    """The class shown with a failed item: NOT_RUN if it never ran, else `classify`."""
-    return NOT_RUN if attempts == 0 else classify(error).value
+    """The class shown with a failed or expired item: NOT_RUN if it failed before it ran,
+    else `classify` (an expired item is `expired`, run or not)."""
+    cls = classify(error)
+    return NOT_RUN if attempts == 0 and cls != ErrorClass.EXPIRED else cls.value
 
 
 def _known(cls: ErrorClass) -> ColumnElement[bool]:

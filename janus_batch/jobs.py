@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from janus_batch import failures, keys, lifecycle, quotas, served, webhooks
+from janus_batch import expiry, failures, keys, lifecycle, quotas, served, webhooks
 from janus_batch.constants import EXPAND_SOURCE_TASK, FINALIZE_JOB_TASK
 from janus_batch.db import session_scope
 from janus_batch.files import file_resolver, referenced_file_ids
@@ -72,6 +72,8 @@ def create_job(
     metadata: dict[str, Any] | None = None,
     webhook_url: str | None = None,
     model: str | None = None,
+    completion_window: Any = None,
+    expires_at: Any = None,
 ) -> tuple[Job, bool]:
     """Validate everything, write the job, enqueue its work; returns (job, created).
 
@@ -79,8 +81,10 @@ def create_job(
     source (never both), a `model` the fleet serves (`served.resolve_model`; None: the
     default model), limits, no `s3://` reference into the service's own storage, the
     label and metadata (`check_label`, `check_metadata`), a webhook URL the egress policy
-    allows (`webhooks.check_url`; without one, the owner key's URL, `keys.default_webhook_url`)
-    and the owner's quotas (`quotas.check_new_job`, in the
+    allows (`webhooks.check_url`; without one, the owner key's URL, `keys.default_webhook_url`),
+    the completion window (`completion_window` or `expires_at`, else
+    JANUS_BATCH_DEFAULT_COMPLETION_WINDOW: `janus_batch.expiry`) and the owner's quotas
+    (`quotas.check_new_job`, in the
     transaction that writes the job; an idempotent replay is free).
     The job and all its inline items are committed in one transaction (a crash leaves the
     whole job or nothing), then their first chunks are dispatched; a source is stored on the
@@ -97,8 +101,11 @@ def create_job(
     metadata = check_metadata(metadata)
     if webhook_url is not None:
         webhook_url = webhooks.check_url(settings, webhook_url)
+    now = utcnow()
+    window = _deadline(settings, completion_window, expires_at, now)
     request = _validate(settings, owner, kind, params, items, source)
     user = {"label": label, "metadata": metadata, "webhook_url": webhook_url, "model": model}
+    user.update(window.requested or {})  # a replay names the same window (as sent)
     model = served.resolve_model(settings, model)
     fingerprint = request_fingerprint(kind, params, items, source, priority, **user)
     if idempotency_key is not None and (
@@ -126,8 +133,9 @@ def create_job(
                 label=label,
                 meta=metadata,
                 webhook_url=webhook_url,
+                expires_at=window.expires_at,
                 output_prefix=f"jobs/{job_id}",
-                created_at=utcnow(),
+                created_at=now,
             )
             finalize = False
             if request.items is not None:
@@ -156,6 +164,23 @@ def create_job(
     return job, True
 
 
+def _deadline(
+    settings: Settings, completion_window: Any, expires_at: Any, now: datetime
+) -> expiry.Deadline:
+    """The job's deadline from the request and the settings; InvalidInput naming the field."""
+    default, longest = settings.completion_windows()
+    try:
+        return expiry.deadline(
+            completion_window,
+            expires_at,
+            now=now,
+            default_seconds=default,
+            max_seconds=longest,
+        )
+    except expiry.WindowError as exc:
+        raise InvalidInput(exc.field, str(exc)) from None
+
+
 def request_fingerprint(
     kind: str,
     params: dict[str, Any] | None,
@@ -165,8 +190,9 @@ def request_fingerprint(
     **extra: Any,
 ) -> str:
     """SHA-256 of the request as sent (canonical JSON): what an Idempotency-Key is bound to.
-    `extra` fields (label, metadata, webhook_url, model) count only when set, so the fingerprint of
-    a request without them is what it always was."""
+    `extra` fields (label, metadata, webhook_url, model, completion_window in seconds or
+    expires_at in UTC) count only when set, so the fingerprint of a request without them is
+    what it always was."""
     body = {
         "kind": kind,
         "params": params or {},  # absent and empty params are the same request
@@ -519,23 +545,27 @@ def retry_job(
     job_id: str,
     errors: list[str] | None = None,
 ) -> tuple[Job, int]:
-    """Retry the failed items of a finished job in place; returns (job, items retried).
+    """Retry the failed and expired items of a finished job in place; returns (job, items
+    retried).
 
-    The failed items that ran (of the error classes `errors`, or all: `janus_batch.failures`)
-    go back to pending with their full attempts, the job back to running (its `failed` count
-    down by as many) in one transaction, and their chunks are dispatched like new items; the
-    job ends as any job does, its manifests written again. Items that failed before they
-    ever ran (a bad input) are not retried. JobConflict for a job that is not succeeded or
-    failed (one still going must end first; a cancelled one is over), or that has no such
-    item; InvalidInput naming `errors` for an unknown class or an empty list; QuotaExceeded
-    when the retried items would pass the owner's outstanding items.
+    The failed items that ran and the expired ones (of the error classes `errors`, or all:
+    `janus_batch.failures`) go back to pending with their full attempts, the job back to
+    running (its `failed` and `expired` counts down by as many) with a fresh completion
+    window of the length it had (`expiry.window_of`; none if it had none), in one
+    transaction, and their chunks are dispatched like new items; the job ends as any job
+    does, its manifests written again. Items that failed before they ever ran (a bad input)
+    are not retried. JobConflict for a job that is not succeeded, failed or expired (one
+    still going must end first; a cancelled one is over), or that has no such item;
+    InvalidInput naming `errors` for an unknown class or an empty list; QuotaExceeded when
+    the retried items would pass the owner's outstanding items.
     """
     classes = _error_classes(errors)
     database_url = settings.resolved_database_url()
     job = get_job(database_url, owner, job_id)
     if job.status not in JOB_RETRYABLE:
         raise JobConflict(
-            f"job {job_id} is {job.status}; only a succeeded or failed job can be retried"
+            f"job {job_id} is {job.status}; only a succeeded, failed or expired job can be "
+            "retried"
             + ("" if job.status in (*JOB_FINAL, JobStatus.DELETING) else " (wait for it to end)")
         )
     with session_scope(database_url) as session:
@@ -544,10 +574,17 @@ def retry_job(
         if not n:
             raise JobConflict(_nothing_to_retry(session, job_id, classes))
         quotas.check_outstanding(session, limits, owner, n)  # over: all of it rolls back
-        if not lifecycle.restart(session, job_id):  # a concurrent retry won: undo ours
+        window = (
+            expiry.window_of(job.expires_at, job.retried_at or job.created_at)
+            if job.expires_at is not None
+            else None
+        )
+        if not lifecycle.restart(session, job_id, window):  # a concurrent retry won: undo ours
             current = session.scalar(select(Job.status).where(Job.id == job_id))
             raise JobConflict(f"job {job_id} is {current} now; it cannot be retried")
-    log.info("job=%s retrying %d failed items (%s)", job_id, n, ",".join(classes or ["all"]))
+    log.info(
+        "job=%s retrying %d failed or expired items (%s)", job_id, n, ",".join(classes or ["all"])
+    )
     try:
         dispatch_next(settings, app, job_id, job.kind, job.model)
     except Exception as exc:
@@ -571,7 +608,8 @@ def _error_classes(errors: list[str] | None) -> list[failures.ErrorClass] | None
 def _nothing_to_retry(
     session: Session, job_id: str, classes: list[failures.ErrorClass] | None
 ) -> str:
-    """Why a retry found no item: none failed, or only bad inputs, or none of `classes`."""
+    """Why a retry found no item: none failed (or expired), or only bad inputs, or none of
+    `classes`."""
     never_ran = (
         session.scalar(
             select(func.count())

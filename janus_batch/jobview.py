@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from janus_batch.constants import ERRORS_NAME, RESULTS_NAME
+from janus_batch.expiry import format_window, window_of
 from janus_batch.models import Job, as_utc
 from janus_batch.states import JOB_FINAL
 from janus_batch.storage import Storage
@@ -16,7 +17,7 @@ from janus_batch.storage import Storage
 def counts(job: Job, running: int) -> dict[str, int]:
     """Items by state: final counters from the job row, running from a COUNT, the rest
     pending."""
-    done = job.succeeded + job.failed + job.cancelled
+    done = job.done
     return {
         "total": job.total,
         "pending": max(0, job.total - done - running),
@@ -24,6 +25,7 @@ def counts(job: Job, running: int) -> dict[str, int]:
         "succeeded": job.succeeded,
         "failed": job.failed,
         "cancelled": job.cancelled,
+        "expired": job.expired or 0,
     }
 
 
@@ -42,13 +44,22 @@ def rate_and_eta(job: Job, now: datetime | None = None) -> tuple[float | None, f
     if job.status in JOB_FINAL:
         return rate, 0.0
     if rate and job.expanded:
-        remaining = job.total - job.succeeded - job.failed - job.cancelled
+        remaining = job.total - job.done
         return rate, max(0, remaining) / rate
     return rate, None
 
 
 def _utc(value: datetime | None) -> datetime | None:
     return as_utc(value) if value is not None else None
+
+
+def completion_window(job: Job) -> str | None:
+    """The length of the job's window (`24h`), from its submit or last retry to its
+    deadline; None if it never expires."""
+    if job.expires_at is None:
+        return None
+    window = window_of(job.expires_at, job.retried_at or job.created_at)
+    return format_window(window.total_seconds())
 
 
 def webhook(job: Job) -> dict[str, Any] | None:
@@ -105,4 +116,6 @@ def job_object(
         "retries": job.retry_count or 0,
         "retried_at": _utc(job.retried_at),
         "webhook": webhook(job),
+        "expires_at": _utc(job.expires_at),
+        "completion_window": completion_window(job),
     }

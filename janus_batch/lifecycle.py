@@ -43,10 +43,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from janus_batch.expiry import expired_error
 from janus_batch.models import Item, Job, utcnow
 from janus_batch.states import (
     JOB_FINAL,
+    JOB_LIVE,
     JOB_RETRYABLE,
+    STOPPED_ITEMS,
     ItemStatus,
     JobStatus,
     item_sources,
@@ -153,10 +156,11 @@ def bump_counts(
     waiting = waiting or {}
     for job_id in sorted(set(counts) | set(waiting)):
         n = counts.get(job_id, Counter())
-        succeeded, failed, cancelled = (
+        succeeded, failed, cancelled, expired = (
             n[ItemStatus.SUCCEEDED],
             n[ItemStatus.FAILED],
             n[ItemStatus.CANCELLED],
+            n[ItemStatus.EXPIRED],
         )
         extra: dict[str, Any] = {}
         if job_id in waiting:
@@ -166,7 +170,7 @@ def bump_counts(
             }
         elif succeeded:
             extra = {"waiting_since": None, "waiting_reason": None}
-        if not (succeeded or failed or cancelled or extra):
+        if not (succeeded or failed or cancelled or expired or extra):
             continue
         session.execute(
             update(Job)
@@ -175,6 +179,7 @@ def bump_counts(
                 succeeded=Job.succeeded + succeeded,
                 failed=Job.failed + failed,
                 cancelled=Job.cancelled + cancelled,
+                expired=Job.expired + expired,
                 updated_at=now,
                 **extra,
             )
@@ -214,7 +219,7 @@ def start_finalizing(session: Session, job_id: str) -> bool:
             Job.id == job_id,
             Job.status.in_(_job_from(JobStatus.FINALIZING)),
             Job.expanded.is_(True),
-            Job.succeeded + Job.failed + Job.cancelled >= Job.total,
+            Job.done >= Job.total,
         )
         .values(status=JobStatus.FINALIZING, updated_at=utcnow())
         .execution_options(synchronize_session=False)
@@ -225,8 +230,8 @@ def start_finalizing(session: Session, job_id: str) -> bool:
 def finish(
     session: Session, job_id: str, status: JobStatus, error: str | None, *, replace: bool = False
 ) -> bool:
-    """finalizing -> succeeded | failed | cancelled; an error already recorded is kept, unless
-    `replace` (a finalize that failed records an error that says all)."""
+    """finalizing -> succeeded | failed | cancelled | expired; an error already recorded is
+    kept, unless `replace` (a finalize that failed records an error that says all)."""
     now = utcnow()
     moved = session.execute(
         update(Job)
@@ -288,12 +293,51 @@ def request_cancel(session: Session, job_id: str) -> tuple[bool, int]:
     return bool(moved) or status == JobStatus.CANCELLING, n
 
 
-def restart(session: Session, job_id: str) -> bool:
-    """succeeded | failed -> running, once a retry sent failed items back (`retry_failed`,
-    same transaction): finished_at cleared, started_at now with the items processed so far
-    in `processed_before` (the rate counts the new run alone), an all-failed verdict cleared
-    (an error of the job's own, such as an unreadable source, is kept), retry_count + 1.
-    False if the job was not in one of those states (the caller rolls back)."""
+def expire_job(session: Session, job_id: str, now: datetime) -> tuple[bool, int]:
+    """queued | running past its `expires_at` -> expiring, its pending items expired (counted,
+    their error naming the window): running chunks drain as for a cancel, each running item
+    ending `expired` before its next pass. Returns (whether this call moved the job, pending
+    items expired). Nothing moves for a job that is not live or not past its deadline."""
+    overdue = (
+        Job.id == job_id,
+        Job.status.in_(_job_from(JobStatus.EXPIRING)),
+        Job.expires_at <= now,
+    )
+    row = session.execute(select(Job.expires_at, Job.created_at, Job.retried_at).where(*overdue))
+    found = row.first()
+    if found is None:
+        return False, 0
+    error = expired_error(found.expires_at, found.retried_at or found.created_at)
+    n = _end_pending(session, job_id, ItemStatus.EXPIRED, error)
+    moved = session.execute(
+        update(Job)
+        .where(*overdue)
+        .values(status=JobStatus.EXPIRING, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return _rowcount(moved) == 1, n
+
+
+def overdue_jobs(session: Session, now: datetime, limit: int) -> list[str]:
+    """Live jobs past their deadline, earliest first (the `expires_at` index), at most
+    `limit`: the ones `expire_job` moves."""
+    return list(
+        session.scalars(
+            select(Job.id)
+            .where(Job.expires_at <= now, Job.status.in_(sorted(JOB_LIVE)))
+            .order_by(Job.expires_at)
+            .limit(limit)
+        )
+    )
+
+
+def restart(session: Session, job_id: str, window: timedelta | None = None) -> bool:
+    """succeeded | failed | expired -> running, once a retry sent items back
+    (`retry_failed`, same transaction): finished_at cleared, started_at now with the items
+    processed so far in `processed_before` (the rate counts the new run alone), an all-failed
+    verdict cleared (an error of the job's own, such as an unreadable source, is kept),
+    retry_count + 1, and a fresh completion `window` from now (None: the job never
+    expires). False if the job was not in one of those states (the caller rolls back)."""
     now = utcnow()
     moved = session.execute(
         update(Job)
@@ -309,6 +353,7 @@ def restart(session: Session, job_id: str) -> bool:
             processed_before=Job.succeeded + Job.failed,
             retry_count=Job.retry_count + 1,
             retried_at=now,
+            expires_at=now + window if window is not None else None,
             waiting_since=None,
             waiting_reason=None,
             updated_at=now,
@@ -517,17 +562,24 @@ def claim(
     session: Session, job_id: str, item_ids: Sequence[int], lease_seconds: int
 ) -> list[Claimed]:
     """pending (or running under an expired lease, with attempts left) -> running, with a
-    lease and attempt + 1; the job queued -> running. Returns the claimed items by idx."""
+    lease and attempt + 1; the job queued -> running. Nothing is claimed of a job past its
+    deadline (`expire_job` ends its items). Returns the claimed items by idx."""
     if not item_ids:
         return []
     now = utcnow()
-    claimable = or_(
-        Item.status.in_(_item_from({ItemStatus.PENDING}, ItemStatus.RUNNING)),
-        and_(
-            Item.status == ItemStatus.RUNNING,
-            Item.lease_until < now,
-            _poison_left(),
+    in_time = select(Job.id).where(
+        Job.id == job_id, or_(Job.expires_at.is_(None), Job.expires_at > now)
+    )
+    claimable = and_(
+        or_(
+            Item.status.in_(_item_from({ItemStatus.PENDING}, ItemStatus.RUNNING)),
+            and_(
+                Item.status == ItemStatus.RUNNING,
+                Item.lease_until < now,
+                _poison_left(),
+            ),
         ),
+        Item.job_id.in_(in_time),
     )
     # Lock in id order, skipping rows another claimer holds (PostgreSQL; SQLite has one
     # writer at a time): duplicate deliveries never deadlock, the later one claims nothing.
@@ -629,8 +681,8 @@ def _defer_items(
     """Deferrals (item rows only; the caller updates the jobs): running (this attempt) ->
     pending, undispatched until `now + delay`, `retries` + 1 (so the attempt is not poison),
     the error kept as what it waits on, the job noted in `waiting`; an item of a job being
-    cancelled is cancelled instead (counted in `counts`). Returns {item id: new status}."""
-    stopping = select(Job.id).where(Job.status.in_((JobStatus.CANCELLING, JobStatus.CANCELLED)))
+    stopped ends as the stop says instead (cancelled or expired, counted in `counts`).
+    Returns {item id: new status}."""
     v = (
         values(
             column("id", BigInteger),
@@ -648,17 +700,18 @@ def _defer_items(
         .cte("d")
     )
     mine = and_(Item.id == v.c.id, Item.attempts == v.c.attempts)
-    cancelled = session.execute(
-        update(Item)
-        .where(
-            mine,
-            Item.status.in_(_item_from({ItemStatus.RUNNING}, ItemStatus.CANCELLED)),
-            Item.job_id.in_(stopping),
-        )
-        .values(status=ItemStatus.CANCELLED, error=CANCEL_ERROR, lease_until=None, finished_at=now)
-        .returning(Item.id, Item.job_id)
-        .execution_options(synchronize_session=False)
-    ).all()
+    stopped: dict[int, str] = {}
+    for target, of_job, reason in _stops(session, {o.item.job_id for o in outcomes}):
+        rows = session.execute(
+            update(Item)
+            .where(mine, Item.status.in_(_item_from({ItemStatus.RUNNING}, target)), of_job)
+            .values(status=target, error=reason, lease_until=None, finished_at=now)
+            .returning(Item.id, Item.job_id)
+            .execution_options(synchronize_session=False)
+        ).all()
+        for item_id, job_id in rows:
+            stopped[item_id] = target.value
+            counts[job_id][target] += 1
     moved = session.execute(
         update(Item)
         .where(mine, Item.status.in_(_item_from({ItemStatus.RUNNING}, ItemStatus.PENDING)))
@@ -673,14 +726,33 @@ def _defer_items(
         .returning(Item.id, Item.job_id, Item.error)
         .execution_options(synchronize_session=False)
     ).all()
-    for _, job_id in cancelled:
-        counts[job_id][ItemStatus.CANCELLED] += 1
     for _, job_id, error in moved:
         waiting[job_id] = error
-    return {
-        **{item_id: ItemStatus.CANCELLED.value for item_id, _ in cancelled},
-        **{item_id: ItemStatus.PENDING.value for item_id, _, _ in moved},
-    }
+    return {**stopped, **{item_id: ItemStatus.PENDING.value for item_id, _, _ in moved}}
+
+
+def _stops(
+    session: Session, job_ids: Collection[str]
+) -> list[tuple[ItemStatus, ColumnElement[bool], str]]:
+    """For those of `job_ids` being stopped: what their running items end as (`STOPPED_ITEMS`),
+    a condition on `Item.job_id`, and the error: one entry for every cancelled job, one per
+    expired job (its error names its window)."""
+    rows = session.execute(
+        select(Job.id, Job.status, Job.expires_at, Job.created_at, Job.retried_at)
+        .where(Job.id.in_(sorted(job_ids)), Job.status.in_(sorted(STOPPED_ITEMS)))
+        .order_by(Job.id)
+    ).all()
+    cancelled = [r.id for r in rows if STOPPED_ITEMS[r.status] == ItemStatus.CANCELLED]
+    stops = [(ItemStatus.CANCELLED, Item.job_id.in_(cancelled), CANCEL_ERROR)] if cancelled else []
+    return stops + [
+        (
+            ItemStatus.EXPIRED,
+            Item.job_id == r.id,
+            expired_error(r.expires_at, r.retried_at or r.created_at),
+        )
+        for r in rows
+        if STOPPED_ITEMS[r.status] == ItemStatus.EXPIRED
+    ]
 
 
 def extend_leases(session: Session, owned: Mapping[int, int], lease_seconds: int) -> set[int]:
@@ -712,9 +784,29 @@ def extend_leases(session: Session, owned: Mapping[int, int], lease_seconds: int
 def cancel_pending(session: Session, job_id: str, item_ids: Sequence[int] | None = None) -> int:
     """pending -> cancelled for the job's items (all of them, or those among `item_ids`),
     counted in the job's `cancelled`. Returns how many moved."""
+    return _end_pending(session, job_id, ItemStatus.CANCELLED, CANCEL_ERROR, item_ids)
+
+
+def stop_pending(session: Session, job_id: str, item_ids: Sequence[int] | None = None) -> int:
+    """The pending items of a stopping job (all, or those among `item_ids`) end as its stop
+    says (`STOPPED_ITEMS`): cancelled for a cancel, expired for a window that is over.
+    Returns how many moved (0 for a job that is not stopping)."""
+    for target, _, error in _stops(session, {job_id}):
+        return _end_pending(session, job_id, target, error, item_ids)
+    return 0
+
+
+def _end_pending(
+    session: Session,
+    job_id: str,
+    target: ItemStatus,
+    error: str,
+    item_ids: Sequence[int] | None = None,
+) -> int:
+    """pending -> `target` (cancelled | expired) with `error`, counted."""
     condition = [
         Item.job_id == job_id,
-        Item.status.in_(_item_from({ItemStatus.PENDING}, ItemStatus.CANCELLED)),
+        Item.status.in_(_item_from({ItemStatus.PENDING}, target)),
     ]
     if item_ids is not None:
         if not item_ids:
@@ -724,74 +816,87 @@ def cancel_pending(session: Session, job_id: str, item_ids: Sequence[int] | None
         session.execute(
             update(Item)
             .where(*condition)
-            .values(status=ItemStatus.CANCELLED, error=CANCEL_ERROR, finished_at=utcnow())
+            .values(status=target, error=error, finished_at=utcnow())
             .execution_options(synchronize_session=False)
         )
     )
-    bump_counts(session, {job_id: Counter({ItemStatus.CANCELLED: n})})
+    bump_counts(session, {job_id: Counter({target: n})})
     return n
 
 
 def retry_failed(
     session: Session, job_id: str, condition: ColumnElement[bool] | None = None
 ) -> int:
-    """failed -> pending for the job's items that ran at least once (and match `condition`),
-    undispatched, with their full MAX_ATTEMPTS again (`attempt_base` = attempts, `retries` 0;
-    `attempts` itself only grows, so an old attempt's late outcome still matches nothing), in
-    one statement; the job's `failed` counter goes down by the rows that moved. Returns how
-    many moved. The job itself moves with `restart`."""
-    where = [
-        Item.job_id == job_id,
-        Item.status.in_(_item_from({ItemStatus.FAILED}, ItemStatus.PENDING)),
-        Item.attempts > 0,  # failed before it ever ran (a bad input): would fail again
-    ]
-    if condition is not None:
-        where.append(condition)
-    n = _rowcount(
-        session.execute(
-            update(Item)
-            .where(*where)
-            .values(
-                status=ItemStatus.PENDING,
-                attempt_base=Item.attempts,
-                retries=0,
-                error=None,
-                result=None,
-                lease_until=None,
-                enqueued_at=None,
-                not_before=None,
-                started_at=None,
-                finished_at=None,
+    """failed -> pending for the job's items that ran at least once, and expired -> pending
+    for its expired items (run or not: their inputs were never at fault), those matching
+    `condition`: undispatched, with their full MAX_ATTEMPTS again (`attempt_base` = attempts,
+    `retries` 0; `attempts` itself only grows, so an old attempt's late outcome still matches
+    nothing), one statement per source state; the job's `failed` and `expired` counters go
+    down by the rows that moved. Returns how many moved. The job itself moves with
+    `restart`."""
+    sources = {
+        # failed before it ever ran (a bad input): would fail again
+        ItemStatus.FAILED: Item.attempts > 0,
+        ItemStatus.EXPIRED: None,
+    }
+    moved: Counter[str] = Counter()
+    for source, own in sources.items():
+        where = [
+            Item.job_id == job_id,
+            Item.status.in_(_item_from({source}, ItemStatus.PENDING)),
+            *(c for c in (own, condition) if c is not None),
+        ]
+        moved[source] = _rowcount(
+            session.execute(
+                update(Item)
+                .where(*where)
+                .values(
+                    status=ItemStatus.PENDING,
+                    attempt_base=Item.attempts,
+                    retries=0,
+                    error=None,
+                    result=None,
+                    lease_until=None,
+                    enqueued_at=None,
+                    not_before=None,
+                    started_at=None,
+                    finished_at=None,
+                )
+                .execution_options(synchronize_session=False)
             )
-            .execution_options(synchronize_session=False)
         )
-    )
+    n = moved.total()
     if n:
         session.execute(
             update(Job)
             .where(Job.id == job_id)
-            .values(failed=Job.failed - n, updated_at=utcnow())
+            .values(
+                failed=Job.failed - moved[ItemStatus.FAILED],
+                expired=Job.expired - moved[ItemStatus.EXPIRED],
+                updated_at=utcnow(),
+            )
             .execution_options(synchronize_session=False)
         )
     return n
 
 
 def requeue_expired(session: Session, now: datetime, limit: int) -> list[Expired]:
-    """running past its lease -> cancelled (the job is stopping), failed (the item used its
-    MAX_ATTEMPTS: a poison pill) or pending (handed out again). One statement per verdict;
-    counters bumped; returns every item that moved, with its new status."""
+    """running past its lease -> cancelled or expired (the job is being stopped: as the stop
+    says), failed (the item used its MAX_ATTEMPTS: a poison pill) or pending (handed out
+    again). One statement per verdict; counters bumped; returns every item that moved, with
+    its new status."""
     expired = and_(Item.status == ItemStatus.RUNNING, Item.lease_until < now)
-    stopping = Job.status.in_((JobStatus.CANCELLING, JobStatus.CANCELLED))
-    ids = session.scalars(select(Item.id).where(expired).order_by(Item.id).limit(limit)).all()
-    if not ids:
+    found = session.execute(
+        select(Item.id, Item.job_id).where(expired).order_by(Item.id).limit(limit)
+    ).all()
+    if not found:
         return []
-    of_job = select(Job.id).where(stopping)
+    ids = [item_id for item_id, _ in found]
     verdicts: list[tuple[ItemStatus, ColumnElement[bool], dict[str, Any]]] = [
-        (
-            ItemStatus.CANCELLED,
-            Item.job_id.in_(of_job),
-            {"error": CANCEL_ERROR, "finished_at": now},
-        ),
+        (target, of_job, {"error": error, "finished_at": now})
+        for target, of_job, error in _stops(session, {job_id for _, job_id in found})
+    ]
+    verdicts += [
         (
             ItemStatus.FAILED,
             ~_poison_left(),

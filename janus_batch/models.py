@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from janus_batch.states import ItemStatus, JobStatus
@@ -111,10 +112,10 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
-    @property
+    @hybrid_property
     def done(self) -> int:
-        """Items in a final state."""
-        return self.succeeded + self.failed + self.cancelled
+        """Items in a final state (also a SQL expression: `Job.done >= Job.total`)."""
+        return self.succeeded + self.failed + self.cancelled + self.expired
 
 
 class Item(Base):

@@ -65,7 +65,7 @@ def limits_for(session: Session, settings: Settings, owner: str, *, lock: bool =
 
 def outstanding_items(session: Session, owner: str) -> int:
     """Items not yet final in the owner's unfinished jobs."""
-    left = Job.total - Job.succeeded - Job.failed - Job.cancelled
+    left = Job.total - Job.done
     query = select(func.coalesce(func.sum(left), 0)).where(
         Job.owner == owner, Job.status.not_in(list(JOB_FINAL))
     )

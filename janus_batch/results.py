@@ -12,7 +12,7 @@ job's model:
 With a `presign` function (S3 storage) each image entry also carries `url`, a presigned GET
 that downloads it without the API (valid JANUS_BATCH_RESULT_URL_EXPIRES seconds from when the
 line was written).
-Error line (failed and cancelled items): {"custom_id", "idx", "input", "error", "status"}
+Error line (failed, cancelled and expired items): {"custom_id", "idx", "input", "error", "status"}
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from janus_batch.states import ItemStatus
 from janus_batch.storage import Storage
 
 RESULT_STATUSES = (ItemStatus.SUCCEEDED,)
-ERROR_STATUSES = (ItemStatus.FAILED, ItemStatus.CANCELLED)
+ERROR_STATUSES = (ItemStatus.FAILED, ItemStatus.CANCELLED, ItemStatus.EXPIRED)
 PAGE = 1000
 
 
@@ -74,7 +74,7 @@ def _signed(entry: Any, presign: Presign) -> Any:
 
 
 def error_line(item: Item) -> dict[str, Any]:
-    """The errors.jsonl entry of a failed or cancelled item."""
+    """The errors.jsonl entry of a failed, cancelled or expired item."""
     return {
         "custom_id": item.custom_id,
         "idx": item.idx,

@@ -261,6 +261,17 @@ class Settings(BaseSettings):
         description="Delete finished jobs (their results, images and rows) and uploaded files "
         "older than this many days, in bounded batches each sweep; 0 keeps everything.",
     )
+    default_completion_window: str = Field(
+        default="",
+        description="Completion window of a job that names neither completion_window nor "
+        "expires_at (30m, 24h, 7d or seconds): items not finished by then expire. Empty or 0: "
+        "such jobs never expire.",
+    )
+    max_completion_window: str = Field(
+        default="30d",
+        description="Longest completion window (or expires_at from now) a job may ask for; a "
+        "longer one gets 422. Empty or 0: no maximum.",
+    )
     flower_url: str = Field(
         default="http://127.0.0.1:5555", description="Flower address linked from the dashboard."
     )
@@ -280,6 +291,23 @@ class Settings(BaseSettings):
 
         parse_allow(value)  # a malformed entry is a startup error, not a silent no-op
         return value
+
+    @field_validator("default_completion_window", "max_completion_window")
+    @classmethod
+    def _valid_window(cls, value: str) -> str:
+        from janus_batch.expiry import parse_window
+
+        if value.strip():
+            parse_window(value)  # a malformed window is a startup error
+        return value
+
+    def completion_windows(self) -> tuple[int, int]:
+        """Seconds of (default_completion_window, max_completion_window); 0 when empty."""
+        from janus_batch.expiry import parse_window
+
+        windows = (self.default_completion_window, self.max_completion_window)
+        default, longest = (parse_window(w) if w.strip() else 0 for w in windows)
+        return default, longest
 
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to a SQLite file inside data_dir."""

@@ -4,7 +4,7 @@ submitted with (or, without one, its API key's, taken when the job was created:
 
     POST <webhook_url>
     Content-Type: application/json
-    X-Janus-Event: job.succeeded              (job.failed, job.cancelled)
+    X-Janus-Event: job.succeeded              (job.failed, job.cancelled, job.expired)
     X-Janus-Delivery: job_3f9c....0           (the job id and its retry count: the same for
                                                every attempt of one delivery; dedupe on it)
     X-Janus-Timestamp: 1765360000             (unix seconds of this attempt)

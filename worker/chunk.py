@@ -6,14 +6,16 @@ outputs become (`finish`, in the outtake pool: a caption, or images encoded and 
 This module owns the order of state changes, the same for both kinds:
 
 1. claim the chunk's items (`lifecycle.claim`: already final or leased items are skipped;
-   the job moves to running); a chunk of a cancelling job cancels its pending items; a
-   chunk of a job on another model than this worker's is handed back (its queue was wrong);
+   the job moves to running); a chunk of a job on another model than this worker's is handed
+   back (its queue was wrong); a chunk of a job being stopped ends its pending items as the
+   stop says (cancelled, or expired: a live job past its deadline is expired here first);
 2. `prepare` the claimed items, then the engine's `prepare` turns each request into units
    (CPU work, here, not on the engine thread); failures become outcomes at once;
 3. each request goes to the pipeline as a ticket: the engine thread packs it into passes with
    the ready requests of every other chunk and job; its outputs are finished in the outtake
    pool and recorded by the recorder (one transaction for everything that arrived together);
-   a ticket of a job being cancelled is dropped before its pass and its item cancelled;
+   a ticket of a job being cancelled, or past its deadline, is dropped before its pass and
+   its item cancelled or expired (`JobWatch`);
 4. the task waits until every claimed item is recorded (or its lease was taken back: a
    lease heartbeat keeps the others), so Celery acknowledges the message only then. A chunk
    whose items share one output object (a `Sink`: a generate job's WebDataset shard) holds
@@ -33,14 +35,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from janus_batch import lifecycle
+from sqlalchemy.orm import Session
+
+from janus_batch import expiry, lifecycle
 from janus_batch.constants import DISPATCH_JOB_TASK, FINALIZE_JOB_TASK
 from janus_batch.db import session_scope
 from janus_batch.items import dispatch_next
 from janus_batch.lifecycle import Claimed, Outcome
-from janus_batch.models import Job
+from janus_batch.models import Job, utcnow
 from janus_batch.queue import send_control
-from janus_batch.states import ItemStatus, JobStatus
+from janus_batch.states import JOB_LIVE, JOB_STOPPING, STOPPED_ITEMS, ItemStatus, JobStatus
 from worker import metrics
 from worker.context import Context
 from worker.heartbeat import LeaseHeartbeat
@@ -49,7 +53,6 @@ from worker.scheduler import Ticket
 
 log = logging.getLogger(__name__)
 
-STOPPING = frozenset({JobStatus.CANCELLING, JobStatus.CANCELLED})
 NOT_RUNNABLE = frozenset({JobStatus.FINALIZING, JobStatus.SUCCEEDED, JobStatus.FAILED})
 WAIT_STEP = 1.0
 """Seconds between two looks at lost leases while a chunk waits for its items."""
@@ -98,6 +101,15 @@ class Handler(Protocol):
 def failed(item: Claimed, error: str) -> Outcome:
     """A failed outcome."""
     return Outcome(item, ItemStatus.FAILED, error=error)
+
+
+def stopped(ctx: Context, job: Job, item: Claimed) -> Outcome:
+    """The outcome of an item dropped because its job is being stopped: expired (with the
+    window in its error) when the job's deadline passed, else cancelled."""
+    if ctx.pipeline().watch.stopped_as(job.id) == ItemStatus.EXPIRED:
+        error = expiry.expired_error(job.expires_at, job.retried_at or job.created_at)
+        return Outcome(item, ItemStatus.EXPIRED, error=error)
+    return Outcome(item, ItemStatus.CANCELLED, error=lifecycle.CANCEL_ERROR)
 
 
 STORAGE_RETRY_DELAY = 0.0
@@ -162,8 +174,9 @@ def _storage_usable(ctx: Context, job_id: str, item_ids: Sequence[int]) -> bool:
 def _start(
     ctx: Context, kind: str, job_id: str, item_ids: Sequence[int]
 ) -> tuple[Job | None, list[Claimed]]:
-    """Claim the chunk's items, or cancel them if the job is being cancelled."""
-    cancelled = 0
+    """Claim the chunk's items, or end them as the job's stop says (cancelled, expired); a
+    live job past its deadline is expired first (`lifecycle.expire_job`)."""
+    ended = 0
     claimed: list[Claimed] = []
     with session_scope(ctx.database_url) as session:
         job = session.get(Job, job_id)
@@ -185,18 +198,30 @@ def _start(
                 served,
             )
             return None, []
-        if job.status in STOPPING:
-            cancelled = lifecycle.cancel_pending(session, job_id, item_ids)
-            log.info(
-                "job=%s chunk of a cancelled job: %d pending items cancelled", job_id, cancelled
-            )
+        if job.status in JOB_LIVE and _expire_if_overdue(session, job):
+            session.refresh(job)
+        if job.status in JOB_STOPPING:
+            ended = lifecycle.stop_pending(session, job_id, item_ids)
+            log.info("job=%s chunk of a %s job: %d pending items ended", job_id, job.status, ended)
         else:
             claimed = lifecycle.claim(session, job_id, item_ids, ctx.settings.lease_seconds)
-    if cancelled:
-        metrics.ITEMS_PROCESSED.labels(kind, ItemStatus.CANCELLED).inc(cancelled)
-    if not claimed and job.status not in STOPPING:
+    if ended:
+        metrics.ITEMS_PROCESSED.labels(kind, STOPPED_ITEMS[JobStatus(job.status)]).inc(ended)
+    if not claimed and job.status not in JOB_STOPPING:
         log.info("job=%s chunk skipped: its items are done or running elsewhere", job_id)
     return job, claimed
+
+
+def _expire_if_overdue(session: Session, job: Job) -> bool:
+    """A job past its deadline moves to expiring here (its pending items expired), without
+    waiting for the sweeper; True if it moved."""
+    now = utcnow()
+    if not expiry.overdue(job.expires_at, now):
+        return False
+    moved, n = lifecycle.expire_job(session, job.id, now)
+    if moved:
+        log.info("job=%s past its deadline: expiring, %d pending items expired", job.id, n)
+    return moved
 
 
 def _run_claimed(
@@ -333,7 +358,7 @@ def _finish(
             if item.id in heartbeat.taken_back():
                 tracker.settle([item.id], {})  # taken back by the sweeper: not ours to record
                 return
-            outcome = Outcome(item, ItemStatus.CANCELLED, error=lifecycle.CANCEL_ERROR)
+            outcome = stopped(ctx, job, item)
         elif ticket.error is not None:
             outcome = failed(item, ticket.error)
         else:
@@ -351,6 +376,7 @@ def _after(ctx: Context, job: Job, later: float = 0.0) -> None:
     it deferred items for `later` seconds, a dispatch of the job then (so they go again even
     when no other chunk of the job ends meanwhile, without waiting for a sweep)."""
     with session_scope(ctx.database_url) as session:
+        _expire_if_overdue(session, job)
         won = lifecycle.start_finalizing(session, job.id)
     if won:
         log.info("job=%s all items final: finalize enqueued", job.id)

@@ -21,8 +21,9 @@ or one that cannot be read, fails the job with a readable error; a transient
 error (after retries) raises, and the sweeper sends expand again later; any other error (one
 that a resume would meet again) ends the expansion with it as the job's error. Redelivery resumes:
 after the last listed key (S3) or the lines already turned into items (manifest). A job
-cancelled before (or while) its source is expanded is closed here: marked expanded, its
-pending items cancelled, and handed to finalization.
+cancelled (or expired: its completion window ended) before or while its source is expanded
+is closed here: marked expanded, its pending items cancelled (or expired), and handed to
+finalization.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from janus_batch.inputs import (
 from janus_batch.items import INSERT_PAGE, NewItem, add_items, window_for
 from janus_batch.models import Item, Job
 from janus_batch.queue import send_control
-from janus_batch.states import JobKind, JobStatus
+from janus_batch.states import JOB_STOPPING, JobKind, JobStatus
 from janus_batch.storage import StorageError, TransientStorageError
 from worker import sources
 from worker.context import Context
@@ -68,7 +69,7 @@ RESOLVE_PAGE = 1000
 
 
 class Cancelled(Exception):
-    """The job was cancelled while its source was being expanded."""
+    """The job was cancelled (or expired) while its source was being expanded."""
 
 
 def expand_source(ctx: Context, job_id: str) -> int:
@@ -79,8 +80,8 @@ def expand_source(ctx: Context, job_id: str) -> int:
         last_input = session.scalar(
             select(Item.input).where(Item.job_id == job_id).order_by(Item.idx.desc()).limit(1)
         )
-    if job is not None and job.status == JobStatus.CANCELLING and not job.expanded:
-        log.info("job=%s cancelled before its expansion: handed to finalization", job_id)
+    if job is not None and job.status in JOB_STOPPING and not job.expanded:
+        log.info("job=%s %s before its expansion: handed to finalization", job_id, job.status)
         _finish(ctx, job_id, None)
         return 0
     if job is None or (reason := _skip_reason(job)):
@@ -103,7 +104,7 @@ def expand_source(ctx: Context, job_id: str) -> int:
             page_size=INSERT_PAGE,
         )
     except Cancelled:
-        log.info("job=%s expansion stopped: the job is being cancelled", job_id)
+        log.info("job=%s expansion stopped: the job is being cancelled or expired", job_id)
         _finish(ctx, job_id, None)
         return 0
     except (TransientStorageError, sources.TransientSourceError, OperationalError, InterfaceError):
@@ -291,7 +292,7 @@ def _manifest_item(
 
 
 def _guard(ctx: Context, job_id: str) -> Callable[[], None]:
-    """A check run between pages: stop if the job is being cancelled, else touch updated_at
+    """A check run between pages: stop if the job is being stopped, else touch updated_at
     (so the sweeper sees the expansion is alive)."""
 
     def check() -> None:
@@ -307,7 +308,8 @@ def _guard(ctx: Context, job_id: str) -> Callable[[], None]:
 def _finish(ctx: Context, job_id: str, error: str | None, empty_error: str | None = None) -> None:
     """Mark the job expanded (recording an error, if any) and try the move to finalizing.
 
-    Items of a cancelling job still pending (inserted after the cancel) are cancelled first.
+    Items of a stopping job still pending (inserted after the cancel or the deadline) end
+    as the stop says first (cancelled or expired).
     """
     with session_scope(ctx.database_url) as session:
         job = session.get(Job, job_id)
@@ -316,8 +318,7 @@ def _finish(ctx: Context, job_id: str, error: str | None, empty_error: str | Non
         if error is None and empty_error and job.total == 0:
             error = empty_error
         lifecycle.end_expansion(session, job_id, error)
-        if job.status == JobStatus.CANCELLING:
-            lifecycle.cancel_pending(session, job_id)
+        lifecycle.stop_pending(session, job_id)
         won = lifecycle.start_finalizing(session, job_id)
     if won:
         log.info("job=%s nothing left to do: finalize enqueued", job_id)

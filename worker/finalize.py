@@ -3,21 +3,21 @@ if any, to the send task). Safe to run twice; a retried job is finalized again a
 end, its manifests rewritten from the rows.
 
 `results.jsonl` has one self-contained line per succeeded item (custom_id, idx, input, the
-caption or images, model, params, status); `errors.jsonl` one line per failed or cancelled
-item (custom_id, idx, input, error, status); `results.parquet` one row per item, whatever its
-status, in row groups (`worker.results_table`: key, custom_id, the caption columns or image
-keys and seeds, model, params, status, error), for a trainer to read. All three are written
-(even when empty) to temporary files, streamed from the items in idx order a page at a time
-(flat memory), in one pass, then uploaded under `<output_prefix>/`. Their content depends
-only on the rows, so a second run writes the same bytes (on S3 but for the signatures of the
-images' presigned `url`s, valid JANUS_BATCH_RESULT_URL_EXPIRES seconds). A WebDataset job
-also gets one captions sidecar per input shard (`worker.sidecars`); a job writing WebDataset
-output shards has the shards no result points to deleted (`worker.shards.delete_orphans`:
-left by a chunk that died after its upload). The lines come from
-`janus_batch.results`, the same functions the API uses to stream a running job's partial
-results, so both always agree. An error that a later run would meet again (anything but a
-transient storage or database error, which the task retries) ends the job `failed` with the
-error, never left in `finalizing` for the sweeper to re-send forever.
+caption or images, model, params, status); `errors.jsonl` one line per failed, cancelled or
+expired item (custom_id, idx, input, error, status); `results.parquet` one row per item,
+whatever its status, in row groups (`worker.results_table`: key, custom_id, the caption
+columns or image keys and seeds, model, params, status, error), for a trainer to read. All
+three are written (even when empty) to temporary files, streamed from the items in idx order
+a page at a time (flat memory), in one pass, then uploaded under `<output_prefix>/`. Their
+content depends only on the rows, so a second run writes the same bytes (on S3 but for the
+signatures of the images' presigned `url`s, valid JANUS_BATCH_RESULT_URL_EXPIRES seconds). A
+WebDataset job also gets one captions sidecar per input shard (`worker.sidecars`); a job
+writing WebDataset output shards has the shards no result points to deleted
+(`worker.shards.delete_orphans`: left by a chunk that died after its upload). The lines come
+from `janus_batch.results`, the same functions the API uses to stream a running job's
+partial results, so both always agree. An error that a later run would meet again (anything
+but a transient storage or database error, which the task retries) ends the job `failed`
+with the error, never left in `finalizing` for the sweeper to re-send forever.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ def final_status(job: Job) -> tuple[JobStatus, str | None]:
     """The status a finalizing job ends in, and an error to record if it has none yet.
 
     - `cancelled` if any item was cancelled (a cancel was requested while items were left);
+    - `expired` if any item expired (the completion window ended while items were left);
     - `failed` if the job already carries an error (its source could not be read or listed,
       or held nothing);
     - `cancelled` if the job has no items and no error: it was cancelled before its source
@@ -74,6 +75,8 @@ def final_status(job: Job) -> tuple[JobStatus, str | None]:
     """
     if job.cancelled > 0:
         return JobStatus.CANCELLED, None
+    if job.expired > 0:
+        return JobStatus.EXPIRED, None
     if job.error:
         return JobStatus.FAILED, None
     if job.succeeded == 0:
@@ -118,12 +121,13 @@ def finalize_job(ctx: Context, job_id: str) -> str | None:
         webhook = lifecycle.queue_webhook(session, job_id) if changed else None
     if changed:
         log.info(
-            "job=%s %s: %d succeeded, %d failed, %d cancelled of %d",
+            "job=%s %s: %d succeeded, %d failed, %d cancelled, %d expired of %d",
             job_id,
             status,
             job.succeeded,
             job.failed,
             job.cancelled,
+            job.expired,
             job.total,
         )
         if webhook is not None:

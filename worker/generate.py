@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from janus_batch import shards
-from janus_batch.lifecycle import CANCEL_ERROR, Claimed, Outcome
+from janus_batch.lifecycle import Claimed, Outcome
 from janus_batch.models import Job
 from janus_batch.states import ItemStatus, JobKind
 from worker import metrics
 from worker.breaker import StorageBreaker
-from worker.chunk import Handler, Work, deferred, failed
+from worker.chunk import Handler, Work, deferred, failed, stopped
 from worker.context import Context
 from worker.encode import EncodeSpec, encode_image, image_format
 from worker.fetch import is_transient, retry_transient
@@ -84,8 +84,8 @@ class GenerateHandler(Handler):
                     entry = _store(ctx, job, fmt, work, unit.k, unit.seed, image, ticket.keep)
             except StorageDown as exc:
                 return deferred(ctx, self.kind, work.item, str(exc), storage=True)
-            except Unwanted:  # cancelled (or its lease lost) while storage was down
-                return Outcome(work.item, ItemStatus.CANCELLED, error=CANCEL_ERROR)
+            except Unwanted:  # stopped (or its lease lost) while storage was down
+                return stopped(ctx, job, work.item)
             if isinstance(entry, str):
                 return failed(work.item, entry)
             entries.append(entry)
@@ -147,7 +147,7 @@ class StorageDown(Exception):
 
 
 class Unwanted(Exception):
-    """The item's job is being cancelled (or its lease was taken back) while it waited."""
+    """The item's job is being stopped (or its lease was taken back) while it waited."""
 
 
 PROBE_KEY = "_janus/probe"
@@ -260,7 +260,7 @@ class ShardSink:
         except StorageDown as exc:
             return [deferred(ctx, JobKind.GENERATE, o.item, str(exc), storage=True) for o in held]
         except Unwanted:
-            return [Outcome(o.item, ItemStatus.CANCELLED, error=CANCEL_ERROR) for o in held]
+            return [stopped(ctx, self.job, o.item) for o in held]
         except Exception as exc:  # a permanent error fails the shard's items, not the worker
             log.warning("job=%s cannot store shard %s: %s", self.job.id, key, exc)
             return [failed(o.item, f"cannot store shard {key}: {exc}") for o in held]

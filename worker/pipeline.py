@@ -30,21 +30,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from janus_batch import lifecycle
 from janus_batch.db import session_scope
 from janus_batch.lifecycle import Outcome
-from janus_batch.models import Job
-from janus_batch.states import ItemStatus, JobStatus
+from janus_batch.models import Job, utcnow
+from janus_batch.states import JOB_LIVE, JOB_STOPPING, STOPPED_ITEMS, ItemStatus, JobStatus
 from worker import metrics
 from worker.breaker import StorageBreaker
 from worker.scheduler import Pass, PassScheduler, Ticket
 
 log = logging.getLogger(__name__)
 
-STOPPING = frozenset({JobStatus.CANCELLING, JobStatus.CANCELLED})
 FLUSH_SECONDS = 0.02
 """How long the recorder gathers outcomes before writing them (one transaction)."""
 RETRY_SECONDS = (0.5, 1, 2, 5)
@@ -57,9 +56,11 @@ def _describe(exc: BaseException) -> str:
 
 
 class JobWatch:
-    """Which jobs with work in flight are being cancelled: re-read from SQL at most once per
-    pass (the engine loop marks it stale after each), so a cancel stops the next pass, and
-    at least every REFRESH_SECONDS while no pass runs (outputs waiting for storage)."""
+    """Which jobs with work in flight are being stopped, and what their items become:
+    cancelled (a cancel) or expired (the job is `expiring`, or still live past its
+    deadline). Re-read from SQL at most once per pass (the engine loop marks it stale after
+    each), so a cancel or a deadline stops the next pass, and at least every REFRESH_SECONDS
+    while no pass runs (outputs waiting for storage)."""
 
     REFRESH_SECONDS = 1.0
 
@@ -67,7 +68,7 @@ class JobWatch:
         self.database_url = database_url
         self._lock = threading.Lock()
         self._active: Counter[str] = Counter()
-        self._stopping: set[str] = set()
+        self._stopping: dict[str, ItemStatus] = {}
         self._stale = True
         self._read_at = 0.0
 
@@ -81,30 +82,41 @@ class JobWatch:
             self._active[job_id] -= 1
             if self._active[job_id] <= 0:
                 del self._active[job_id]
-                self._stopping.discard(job_id)
+                self._stopping.pop(job_id, None)
 
     def mark_stale(self) -> None:
         self._stale = True
 
     def stopping(self, job_id: str) -> bool:
+        return self.stopped_as(job_id) is not None
+
+    def stopped_as(self, job_id: str) -> ItemStatus | None:
+        """What the job's unfinished items become (cancelled | expired), None if it goes on."""
         with self._lock:
             old = time.monotonic() - self._read_at > self.REFRESH_SECONDS
             if (self._stale or old) and self._active:
                 self._refresh()
-            return job_id in self._stopping
+            return self._stopping.get(job_id)
 
     def _refresh(self) -> None:
+        overdue = and_(Job.status.in_(sorted(JOB_LIVE)), Job.expires_at <= utcnow())
         try:
             with session_scope(self.database_url) as session:
                 rows = session.execute(
-                    select(Job.id).where(Job.id.in_(list(self._active)), Job.status.in_(STOPPING))
+                    select(Job.id, Job.status).where(
+                        Job.id.in_(list(self._active)),
+                        or_(Job.status.in_(sorted(JOB_STOPPING)), overdue),
+                    )
                 ).all()
         except SQLAlchemyError as exc:  # keep the last answer; the next pass asks again
             log.warning("job status not re-read: %s", exc)
             self._stale = False
             self._read_at = time.monotonic()
             return
-        self._stopping = {row[0] for row in rows}
+        self._stopping = {
+            job_id: STOPPED_ITEMS.get(JobStatus(status), ItemStatus.EXPIRED)
+            for job_id, status in rows
+        }
         self._stale = False
         self._read_at = time.monotonic()
 

@@ -34,19 +34,21 @@ BATCH = 5000
 """Most items (or jobs) one step handles per run; the next run takes the rest."""
 STUCK_FINALIZING = timedelta(minutes=2)
 LIVE_JOBS = (JobStatus.QUEUED, JobStatus.RUNNING)
+STOPPING_JOBS = (JobStatus.CANCELLING, JobStatus.EXPIRING)
 
 
 def sweep(ctx: Context, now: datetime | None = None) -> dict[str, int]:
     """One sweeper run; returns what it did, by step."""
     now = now or utcnow()
     counts = {
+        "expired_jobs": expire_overdue(ctx, now),
         **requeue_expired(ctx, now),
         "requeued_pending": requeue_lost(ctx, now),
         "windows_reopened": reopen_windows(ctx),
         "refinalized": resend_finalize(ctx, now),
         "reexpanded": resend_expand(ctx, now),
         "finalizing_started": start_finalizing(ctx),
-        "cancel_finished": finish_cancelled(ctx, now),
+        "stop_finished": finish_stopped(ctx, now),
         "webhooks_resent": resend_webhooks(ctx, now),
         **purge_retained(ctx, now),
     }
@@ -106,8 +108,26 @@ def _enqueue(ctx: Context, pending: Pending, why: str, size: int) -> None:
         log.info("job=%s re-enqueued %d items (%s)", job_id, len(ids), why)
 
 
+def expire_overdue(ctx: Context, now: datetime) -> int:
+    """Step 0: live jobs past their deadline (`expires_at`, indexed; at most BATCH per run,
+    earliest first) move to expiring, their pending items expired (`lifecycle.expire_job`);
+    a job with nothing running is handed to finalization at once, the others when their
+    running items end (before their next pass: the workers' `JobWatch`)."""
+    with session_scope(ctx.database_url) as session:
+        overdue = lifecycle.overdue_jobs(session, now, BATCH)
+    moved: set[str] = set()
+    for job_id in overdue:
+        with session_scope(ctx.database_url) as session:
+            expiring, n = lifecycle.expire_job(session, job_id, now)
+        if expiring:
+            log.info("job=%s past its deadline: expiring, %d pending items expired", job_id, n)
+            moved.add(job_id)
+    _finalize_if_done(ctx, moved)
+    return len(moved)
+
+
 def requeue_expired(ctx: Context, now: datetime) -> dict[str, int]:
-    """Step 1: expired leases back to pending (or failed / cancelled), re-enqueued.
+    """Step 1: expired leases back to pending (or failed / cancelled / expired), re-enqueued.
 
     An item lost more than once goes back in a chunk of its own: if it is the one that kills
     workers, it stops taking its chunk-mates down with it before it is retired.
@@ -124,6 +144,7 @@ def requeue_expired(ctx: Context, now: datetime) -> dict[str, int]:
         ItemStatus.PENDING: "requeued_leases",
         ItemStatus.FAILED: "poisoned",
         ItemStatus.CANCELLED: "lease_cancelled",
+        ItemStatus.EXPIRED: "lease_expired",
     }
     counts = dict.fromkeys(steps.values(), 0)
     pending: Pending = defaultdict(list)
@@ -297,9 +318,9 @@ def start_finalizing(ctx: Context) -> int:
         ids = session.scalars(
             select(Job.id)
             .where(
-                Job.status.in_((*LIVE_JOBS, JobStatus.CANCELLING)),
+                Job.status.in_((*LIVE_JOBS, *STOPPING_JOBS)),
                 Job.expanded.is_(True),
-                Job.succeeded + Job.failed + Job.cancelled >= Job.total,
+                Job.done >= Job.total,
             )
             .limit(BATCH)
         ).all()
@@ -318,25 +339,24 @@ def _has_items(status: ItemStatus) -> Any:
     return select(Item.id).where(Item.job_id == Job.id, Item.status == status).exists()
 
 
-def finish_cancelled(ctx: Context, now: datetime) -> int:
-    """Step 6: idle cancelling jobs with nothing running but something left open (never
-    expanded, or pending items) are closed: pending items cancelled, expanded, finalized."""
+def finish_stopped(ctx: Context, now: datetime) -> int:
+    """Step 6: idle cancelling or expiring jobs with nothing running but something left open
+    (never expanded, or pending items) are closed: pending items cancelled or expired,
+    expanded, finalized."""
     cutoff = now - timedelta(seconds=ctx.settings.stale_pending_seconds)
     condition = and_(
-        Job.status == JobStatus.CANCELLING,
+        Job.status.in_(STOPPING_JOBS),
         ~_has_items(ItemStatus.RUNNING),
         or_(Job.expanded.is_(False), _has_items(ItemStatus.PENDING)),
     )
     finished = 0
     for job_id in _stale_jobs(ctx, condition, cutoff, now):
         with session_scope(ctx.database_url) as session:
-            n = lifecycle.cancel_pending(session, job_id)
+            n = lifecycle.stop_pending(session, job_id)
             lifecycle.end_expansion(session, job_id)
             won = lifecycle.start_finalizing(session, job_id)
         finished += 1
-        log.info(
-            "job=%s cancelled and idle: %d pending items cancelled, expansion closed", job_id, n
-        )
+        log.info("job=%s stopped and idle: %d pending items ended, expansion closed", job_id, n)
         if won:
             send_control(ctx.app, FINALIZE_JOB_TASK, job_id)
     return finished

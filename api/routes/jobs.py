@@ -73,6 +73,8 @@ def create_job(
         metadata=body.metadata,
         webhook_url=body.webhook_url,
         model=body.model,
+        completion_window=body.completion_window,
+        expires_at=body.expires_at,
     )
     if not created:
         response.status_code = 200
@@ -150,10 +152,11 @@ def retry_job(
     storage: StorageDep,
     body: JobRetry | None = None,
 ) -> JobPublic:
-    """Retry a succeeded or failed job's failed items in place (all, or those of the error
-    classes in `errors`): they go back to pending with full attempts, the job back to
-    running, and its manifests are written again when it ends. 409 if the job is still
-    going or cancelled, or has no such item."""
+    """Retry a succeeded, failed or expired job's failed and expired items in place (all, or
+    those of the error classes in `errors`): they go back to pending with full attempts, the
+    job back to running (with a fresh completion window of the same length, if it had one),
+    and its manifests are written again when it ends. 409 if the job is still going or
+    cancelled, or has no such item."""
     job, _ = jobs.retry_job(settings, app, owner, job_id, body.errors if body else None)
     return _view(job, settings.resolved_database_url(), storage, request)
 

@@ -308,7 +308,7 @@ def unfinished(settings: Settings) -> tuple[int, int]:
     from janus_batch.models import Job
     from janus_batch.states import JOB_FINAL
 
-    left = Job.total - Job.succeeded - Job.failed - Job.cancelled
+    left = Job.total - Job.done
     with session_scope(settings.resolved_database_url()) as session:
         jobs, items = session.execute(
             select(func.count(), func.coalesce(func.sum(left), 0)).where(

@@ -27,7 +27,8 @@ def test_cancel_keeps_finished_items_and_waits_for_running(client, database_url,
     cancelled = response.json()
     assert cancelled["status"] == "cancelling"
     assert cancelled["counts"] == {
-        "total": 5, "pending": 0, "running": 1, "succeeded": 2, "failed": 0, "cancelled": 2
+        "total": 5, "pending": 0, "running": 1, "succeeded": 2, "failed": 0, "cancelled": 2,
+        "expired": 0,
     }  # fmt: skip
     assert _statuses(database_url, job["id"]) == [
         "succeeded", "succeeded", "running", "cancelled", "cancelled"

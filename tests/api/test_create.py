@@ -56,7 +56,8 @@ def test_caption_job_inserts_items_and_enqueues_chunks(
     assert job["params"]["max_new_tokens"] == 40
     assert job["expanded"] is True
     assert job["counts"] == {
-        "total": 5, "pending": 5, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0
+        "total": 5, "pending": 5, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0,
+        "expired": 0,
     }  # fmt: skip
     assert job["output"]["prefix"].endswith(f"jobs/{job['id']}")
     assert job["output"]["results_url"].endswith(f"/v1/jobs/{job['id']}/results")

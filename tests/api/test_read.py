@@ -19,7 +19,8 @@ def test_get_job_live_counts_rate_and_eta(client, database_url):
     got = client.get(f"/v1/jobs/{job['id']}").json()
     assert got["status"] == "running"
     assert got["counts"] == {
-        "total": 10, "pending": 3, "running": 2, "succeeded": 4, "failed": 1, "cancelled": 0
+        "total": 10, "pending": 3, "running": 2, "succeeded": 4, "failed": 1, "cancelled": 0,
+        "expired": 0,
     }  # fmt: skip
     assert got["started_at"] is not None and got["started_at"].endswith("Z")
     # 5 processed in ~10 s -> ~0.5/s; 5 left -> ~10 s

@@ -76,6 +76,7 @@ def test_retry_by_class_moves_those_items_and_counts(client, database_url, queue
         "succeeded": 1,
         "failed": 2,
         "cancelled": 0,
+        "expired": 0,
     }
     assert statuses(database_url, job["id"]) == [
         "succeeded",

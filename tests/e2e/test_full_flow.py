@@ -114,6 +114,7 @@ def check_caption_job(
     assert job["status"] == "succeeded", job  # partly failed: the counts tell
     assert job["counts"] == {
         "total": 8, "pending": 0, "running": 0, "succeeded": 6, "failed": 2, "cancelled": 0,
+        "expired": 0,
     }  # fmt: skip
     assert job["error"] is None and job["expanded"] and job["eta_seconds"] == 0
     assert datetime.fromisoformat(job["started_at"]) <= datetime.fromisoformat(job["finished_at"])
@@ -174,6 +175,7 @@ def check_generate_job(
     assert job["status"] == "succeeded", job
     assert job["counts"] == {
         "total": 3, "pending": 0, "running": 0, "succeeded": 3, "failed": 0, "cancelled": 0,
+        "expired": 0,
     }  # fmt: skip
     stored = s3_get(s3, job["output"]["results"])
     assert http.get(f"/v1/jobs/{job_id}/results").content == stored

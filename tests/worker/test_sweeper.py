@@ -162,10 +162,10 @@ def test_cancelled_job_whose_expand_was_lost_is_finished(make_ctx: Any, s3_env: 
     cancel_job(ctx.database_url, ctx.app, constants.LOCAL_OWNER, job_id)  # expand message then lost
     later = utcnow() + timedelta(seconds=61)
 
-    assert sweep(ctx)["cancel_finished"] == 0  # not idle long enough
+    assert sweep(ctx)["stop_finished"] == 0  # not idle long enough
     counts = sweep(ctx, now=later)
-    assert (counts["cancel_finished"], counts["reexpanded"]) == (1, 0)
-    assert sweep(ctx, now=later)["cancel_finished"] == 0
+    assert (counts["stop_finished"], counts["reexpanded"]) == (1, 0)
+    assert sweep(ctx, now=later)["stop_finished"] == 0
     job = get_job(ctx, job_id)
     assert (job.status, job.expanded) == (JobStatus.FINALIZING, True)
     assert peek_messages(ctx, "janus.control") == [(constants.FINALIZE_JOB_TASK, [job_id])]
@@ -184,7 +184,7 @@ def test_cancelling_job_with_lost_pending_items_is_finished(make_ctx: Any) -> No
         session.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.CANCELLING))
     later = utcnow() + timedelta(seconds=120)  # stale by 60 s whatever the load
 
-    assert sweep(ctx, now=later)["cancel_finished"] == 0  # an item is still running
+    assert sweep(ctx, now=later)["stop_finished"] == 0  # an item is still running
     assert [r.status for r in get_items(ctx, job_id)] == ["running", "pending", "pending"]
     with session_scope(ctx.database_url) as session:  # the worker finishes its item
         session.execute(
@@ -193,7 +193,7 @@ def test_cancelling_job_with_lost_pending_items_is_finished(make_ctx: Any) -> No
             .values(status=ItemStatus.SUCCEEDED, lease_until=None, result={"images": []})
         )
         session.execute(update(Job).where(Job.id == job_id).values(succeeded=1))
-    assert sweep(ctx, now=later)["cancel_finished"] == 1
+    assert sweep(ctx, now=later)["stop_finished"] == 1
     drain(ctx)
     job = get_job(ctx, job_id)
     assert (job.status, job.succeeded, job.cancelled) == (JobStatus.CANCELLED, 1, 2)
