@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field
 
 from janus_batch.states import JobKind
 
@@ -124,8 +124,9 @@ class JobCreate(BaseModel):
         description="POSTed the job object, signed, each time the job reaches a terminal "
         "status (README: Webhooks). Subject to the egress policy.",
     )
-    completion_window: str | StrictInt | None = Field(
+    completion_window: Any = Field(  # checked by the service: 422 naming the field
         default=None,
+        json_schema_extra={"anyOf": [{"type": "string"}, {"type": "integer"}, {"type": "null"}]},
         description="How long the job may take from now: 30m, 24h, 7d, or seconds. Items not "
         "finished by then expire and the job ends expired with what it finished. Default: "
         "the server's JANUS_BATCH_DEFAULT_COMPLETION_WINDOW (none: never expires).",
