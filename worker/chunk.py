@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
-from janus_batch import expiry, lifecycle
+from janus_batch import lifecycle
 from janus_batch.constants import DISPATCH_JOB_TASK, FINALIZE_JOB_TASK
 from janus_batch.db import session_scope
 from janus_batch.items import dispatch_next
@@ -104,12 +104,12 @@ def failed(item: Claimed, error: str) -> Outcome:
 
 
 def stopped(ctx: Context, job: Job, item: Claimed) -> Outcome:
-    """The outcome of an item dropped because its job is being stopped: expired (with the
-    window in its error) when the job's deadline passed, else cancelled."""
-    if ctx.pipeline().watch.stopped_as(job.id) == ItemStatus.EXPIRED:
-        error = expiry.expired_error(job.expires_at, job.retried_at or job.created_at)
-        return Outcome(item, ItemStatus.EXPIRED, error=error)
-    return Outcome(item, ItemStatus.CANCELLED, error=lifecycle.CANCEL_ERROR)
+    """The outcome of an item dropped because its job is being stopped: expired (its error
+    names the window) when the job's deadline passed, else cancelled."""
+    stop = ctx.pipeline().watch.stopped_as(job.id)
+    if stop is None:  # its lease was taken back meanwhile: whatever it says is not counted
+        return Outcome(item, ItemStatus.CANCELLED, error=lifecycle.CANCEL_ERROR)
+    return Outcome(item, stop.status, error=stop.error)
 
 
 STORAGE_RETRY_DELAY = 0.0
@@ -214,11 +214,11 @@ def _start(
 
 def _expire_if_overdue(session: Session, job: Job) -> bool:
     """A job past its deadline moves to expiring here (its pending items expired), without
-    waiting for the sweeper; True if it moved."""
-    now = utcnow()
-    if not expiry.overdue(job.expires_at, now):
+    waiting for the sweeper; True if it moved. The deadline is read again with the job's
+    status (`lifecycle.expire_job`): a retry may have set a new one."""
+    if job.expires_at is None:
         return False
-    moved, n = lifecycle.expire_job(session, job.id, now)
+    moved, n = lifecycle.expire_job(session, job.id, utcnow())
     if moved:
         log.info("job=%s past its deadline: expiring, %d pending items expired", job.id, n)
     return moved

@@ -35,6 +35,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from janus_batch import lifecycle
 from janus_batch.db import session_scope
+from janus_batch.expiry import expired_error
 from janus_batch.lifecycle import Outcome
 from janus_batch.models import Job, utcnow
 from janus_batch.states import JOB_LIVE, JOB_STOPPING, STOPPED_ITEMS, ItemStatus, JobStatus
@@ -55,6 +56,23 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+@dataclass(frozen=True)
+class Stop:
+    """How the unfinished items of a job being stopped end."""
+
+    status: ItemStatus
+    error: str
+
+    @classmethod
+    def of(cls, job: Any) -> Stop:
+        """From a job row (status, expires_at, created_at, retried_at): cancelled for a
+        cancel, else expired (the job is expiring, or live past its deadline)."""
+        status = STOPPED_ITEMS.get(JobStatus(job.status), ItemStatus.EXPIRED)
+        if status == ItemStatus.CANCELLED:
+            return cls(status, lifecycle.CANCEL_ERROR)
+        return cls(status, expired_error(job.expires_at, job.retried_at or job.created_at))
+
+
 class JobWatch:
     """Which jobs with work in flight are being stopped, and what their items become:
     cancelled (a cancel) or expired (the job is `expiring`, or still live past its
@@ -68,7 +86,7 @@ class JobWatch:
         self.database_url = database_url
         self._lock = threading.Lock()
         self._active: Counter[str] = Counter()
-        self._stopping: dict[str, ItemStatus] = {}
+        self._stopping: dict[str, Stop] = {}
         self._stale = True
         self._read_at = 0.0
 
@@ -90,8 +108,9 @@ class JobWatch:
     def stopping(self, job_id: str) -> bool:
         return self.stopped_as(job_id) is not None
 
-    def stopped_as(self, job_id: str) -> ItemStatus | None:
-        """What the job's unfinished items become (cancelled | expired), None if it goes on."""
+    def stopped_as(self, job_id: str) -> Stop | None:
+        """What the job's unfinished items become (cancelled | expired, with the error to
+        record), None if it goes on."""
         with self._lock:
             old = time.monotonic() - self._read_at > self.REFRESH_SECONDS
             if (self._stale or old) and self._active:
@@ -103,7 +122,9 @@ class JobWatch:
         try:
             with session_scope(self.database_url) as session:
                 rows = session.execute(
-                    select(Job.id, Job.status).where(
+                    select(
+                        Job.id, Job.status, Job.expires_at, Job.created_at, Job.retried_at
+                    ).where(
                         Job.id.in_(list(self._active)),
                         or_(Job.status.in_(sorted(JOB_STOPPING)), overdue),
                     )
@@ -113,10 +134,7 @@ class JobWatch:
             self._stale = False
             self._read_at = time.monotonic()
             return
-        self._stopping = {
-            job_id: STOPPED_ITEMS.get(JobStatus(status), ItemStatus.EXPIRED)
-            for job_id, status in rows
-        }
+        self._stopping = {row.id: Stop.of(row) for row in rows}
         self._stale = False
         self._read_at = time.monotonic()
 
