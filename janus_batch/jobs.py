@@ -448,14 +448,17 @@ def list_items(
     *,
     after: int | None = None,
     limit: int = 100,
-    status: str | None = None,
+    status: str | tuple[str, ...] | None = None,
 ) -> tuple[list[Item], bool]:
-    """A job's items in index order after index `after`; returns (page, has_more)."""
+    """A job's items (of a status, or of any of several) in index order after index `after`;
+    returns (page, has_more)."""
     get_job(database_url, owner, job_id)
     query = select(Item).where(Item.job_id == job_id)
     if after is not None:
         query = query.where(Item.idx > after)
-    if status is not None:
+    if isinstance(status, tuple):
+        query = query.where(Item.status.in_(status))
+    elif status is not None:
         query = query.where(Item.status == status)
     query = query.order_by(Item.idx).limit(limit + 1)
     with session_scope(database_url) as session:

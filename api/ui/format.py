@@ -9,7 +9,7 @@ from typing import Any
 from api.schemas import JobPublic
 from janus_batch.states import JOB_FINAL, JobStatus
 
-SEGMENTS = ("succeeded", "failed", "cancelled", "running")
+SEGMENTS = ("succeeded", "failed", "cancelled", "expired", "running")
 """Progress-bar segments, left to right; the rest of the bar is pending."""
 
 
@@ -79,7 +79,7 @@ def segments(job: JobPublic) -> list[tuple[str, int, int]]:
 
 def done_percent(job: JobPublic) -> int:
     """Items done (succeeded or failed) over total, as a whole percent (0 while the total is
-    unknown); cancelled items are not done."""
+    unknown); cancelled and expired items are not done."""
     c = job.counts
     return int(100 * (c.succeeded + c.failed) / c.total) if c.total else 0
 
@@ -95,6 +95,10 @@ def no_results(job: JobPublic) -> str:
         return f"No more {what}."
     if c.total == 0:
         return f"No {what}: the job had no items."
+    if c.expired and not c.failed:
+        return f"No {what}: the job's completion window ended before any item succeeded."
+    if c.expired:
+        return f"No {what}: no item succeeded (the failed ones are below, the rest expired)."
     if c.cancelled and not c.failed:
         return f"No {what}: the job was cancelled before any item succeeded."
     if c.cancelled:
@@ -130,7 +134,7 @@ FILTERS = {
 
 
 def is_final(job: JobPublic) -> bool:
-    """The job is succeeded, failed or cancelled."""
+    """The job is succeeded, failed, cancelled or expired."""
     return job.status in JOB_FINAL
 
 

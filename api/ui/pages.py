@@ -135,7 +135,7 @@ def caption_rows(base: str, job: Job, items: list[Item], size: int = 128) -> lis
 
 
 def error_rows(job: Job, items: list[Item]) -> list[ErrorRow]:
-    """A row per failed item."""
+    """A row per failed or expired item."""
     return [
         ErrorRow(
             idx=item.idx,

@@ -158,7 +158,12 @@ def job_page(
         db, owner, job_id, after=after, limit=limit, status=ItemStatus.SUCCEEDED
     )
     failed, more_failed = jobs.list_items(
-        db, owner, job_id, after=errors_after, limit=ERROR_ITEMS, status=ItemStatus.FAILED
+        db,
+        owner,
+        job_id,
+        after=errors_after,
+        limit=ERROR_ITEMS,
+        status=(ItemStatus.FAILED, ItemStatus.EXPIRED),
     )
     context = {
         "job": live_view(job, db, storage, request),

@@ -22,7 +22,7 @@ from typing import Any, Self
 
 import httpx
 
-FINAL_STATUSES = {"succeeded", "failed", "cancelled"}
+FINAL_STATUSES = {"succeeded", "failed", "cancelled", "expired"}
 MAX_MESSAGE = 300
 
 REASONS = {

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from janus_batch.client.cli import jobs as jobs_cli
 from janus_batch.client.cli.jobs import progress_text
-from janus_batch.client.cli.watch import watch_jobs
+from janus_batch.client.cli.watch import describe, exit_code, summary, watch_jobs
 from tests.cli.conftest import invoke
 
 
@@ -126,3 +126,68 @@ def test_list_has_a_model_column_when_its_jobs_are_of_several_models(
     rows = {line.split()[0]: line.split() for line in two.stdout.splitlines() if "job_" in line}
     assert "model" in two.stdout.splitlines()[0]
     assert rows["job_1"][2] == "Janus-Pro-1B" and rows["job_2"][2] == "janus-pro-7b"
+
+
+def expired_job() -> dict[str, Any]:
+    found = job("expired", succeeded=280, failed=4, expired=16)
+    found.update(
+        expires_at="2026-11-04T14:05:09+00:00",
+        completion_window="24h",
+        started_at="2026-11-03T14:05:10+00:00",
+        finished_at="2026-11-04T14:05:20+00:00",
+        model="tiny",
+        params={},
+    )
+    return found
+
+
+def test_expired_items_are_told_apart_everywhere(answer: dict[str, Any]) -> None:
+    """An expired job is `284 done, 16 expired of 300` in list and watch, its window in
+    status, and `--wait` / `watch` exit with 6."""
+    assert progress_text(expired_job()["counts"]) == "284 done, 16 expired of 300"
+    both = job("cancelled", succeeded=10, cancelled=2, expired=3)["counts"]
+    assert progress_text(both) == "10 done, 2 cancelled, 3 expired of 15"
+    answer.update(expired_job())
+    listed = invoke({"COLUMNS": "200"}, "list", "--status", "expired")
+    assert listed.exit_code == 0, listed.stderr
+    assert "284 done, 16 expired of 300" in listed.stdout and "expired" in listed.stdout
+
+    panel = " ".join(_render(jobs_cli.status_panel(expired_job(), [_expired_item()])).split())
+    assert "16 expired" in panel
+    assert f"expires {jobs_cli.when('2026-11-04T14:05:09+00:00')} (window 24h)" in panel
+    assert "#7 (expired): expired: not finished within" in panel
+    assert "... 19 more" in panel  # 4 failed + 16 expired, 1 shown
+
+    class Jobs:
+        def get_job(self, job_id: str) -> dict[str, Any]:
+            return expired_job()
+
+    log = StringIO()
+    watch_jobs(Jobs(), ["job_1"], Console(file=log, width=200), interval=0)  # type: ignore[arg-type]
+    line = " ".join(log.getvalue().split())
+    assert line.startswith("job_1 284/300 expired 280 ok 4 failed 16 expired"), line
+    assert exit_code(expired_job()) == 6
+    assert "16 expired (not finished within its completion window)" in summary(expired_job())
+
+
+def test_watch_shows_when_a_running_job_expires() -> None:
+    running = job("running", succeeded=1, pending=3)
+    running["expires_at"] = "2030-01-02T03:04:05+00:00"
+    assert "expires " in describe(running)
+    del running["expires_at"]
+    assert "expires" not in describe(running)
+
+
+def _expired_item() -> dict[str, Any]:
+    return {
+        "idx": 7,
+        "custom_id": None,
+        "error_class": "expired",
+        "error": "expired: not finished within the job's completion window (24h, ended ...)",
+    }
+
+
+def _render(renderable: Any) -> str:
+    console = Console(file=StringIO(), width=300)
+    console.print(renderable)
+    return console.file.getvalue()  # type: ignore[attr-defined]

@@ -1,6 +1,7 @@
 """Jobs a user manages, from the command line against a running API and Celery workers:
-`--label` / `--meta` / `--webhook-url` on a submit, `list --label`, `status`, `retry --only`,
-and `webhook-secret`; the webhook received (and retried once) by a loopback receiver."""
+`--label` / `--meta` / `--webhook-url` / `--completion-window` on a submit, `list --label`,
+`status`, `retry --only`, and `webhook-secret`; the webhook received (and retried once) by a
+loopback receiver."""
 
 from __future__ import annotations
 
@@ -67,7 +68,8 @@ def test_label_retry_and_webhook_from_the_command_line(
     )
     run = cli(
         "caption", manifest, "--label", "cli run", "--meta", "team=vision", "--meta", "n=2",
-        "--webhook-url", hooks.url, "--wait", "--interval", "0.2", "--timeout", TIMEOUT,
+        "--webhook-url", hooks.url, "--completion-window", "6h",
+        "--wait", "--interval", "0.2", "--timeout", TIMEOUT,
     )  # fmt: skip
     assert run.exit_code == 1, run.stderr  # one item failed
     job_id = run.job_id
@@ -89,6 +91,7 @@ def test_label_retry_and_webhook_from_the_command_line(
     assert "metadata team='vision', n='2'" in shown
     assert f"webhook {hooks.url}: delivered (HTTP 204, 2 attempts)" in shown
     assert "late (fetch): cannot fetch" in shown
+    assert "(window 6h)" in shown  # done well within it: not expired
 
     refused = cli("retry", job_id, "--only", "image")
     assert refused.exit_code == 4
@@ -115,6 +118,7 @@ def test_label_retry_and_webhook_from_the_command_line(
         assert again.exit_code == 0, again.stderr
         job = api.get_job(job_id)
         assert (job["status"], job["retries"], job["counts"]["succeeded"]) == ("succeeded", 2, 2)
+        assert (job["completion_window"], job["counts"]["expired"]) == ("6h", 0)  # a fresh one
     deliveries = hooks.wait_for(4)
     assert [d.headers["x-janus-delivery"] for d in deliveries] == [
         f"{job_id}.0",

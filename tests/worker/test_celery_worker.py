@@ -9,16 +9,17 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from janus_batch.db import session_scope
-from janus_batch.models import Item
+from janus_batch.models import Item, Job, utcnow
 from janus_batch.states import JOB_FINAL, ItemStatus, JobKind, JobStatus
 from tests import services
 from tests.services import free_port
@@ -27,6 +28,7 @@ from worker.sweeper import sweep
 
 ROOT = Path(__file__).resolve().parents[2]
 QUEUES = "janus.caption,janus.generate,janus.control"
+WINDOW = timedelta(minutes=30)
 
 
 class WorkerProcess:
@@ -109,11 +111,17 @@ def test_real_worker_processes_jobs(ctx: Any, s3_env: Any, start_worker: Any) ->
         params={"max_new_tokens": 4},
     )  # fmt: skip
     images = create_job(ctx, JobKind.GENERATE, [{"prompt": f"p{i}", "n": 2} for i in range(10)])
+    late = create_job(ctx, JobKind.GENERATE, ["too late", "also too late"])
+    with session_scope(ctx.database_url) as session:  # its completion window is over
+        over = utcnow() - timedelta(seconds=1)
+        session.execute(
+            update(Job).where(Job.id == late).values(expires_at=over, created_at=over - WINDOW)
+        )
     port = free_port()
     worker = start_worker(JANUS_BATCH_METRICS_PORT=str(port))
     control = start_worker("janus.control")  # a CPU-only worker for expand/finalize/sweep
 
-    for job_id in (captions, images):
+    for job_id in (captions, images, late):
         wait_for(lambda j=job_id: job_final(ctx, j), 120, f"{job_id} to finish", [worker, control])
     job = get_job(ctx, captions)
     assert (job.status, job.succeeded, job.failed) == (JobStatus.SUCCEEDED, 1, 1)
@@ -124,7 +132,15 @@ def test_real_worker_processes_jobs(ctx: Any, s3_env: Any, start_worker: Any) ->
     for line in results:
         for image in line["images"]:
             assert ctx.storage.exists(image["key"])
+    # the chunk of the job past its deadline ran nothing: its items expired, it ended expired
+    job = get_job(ctx, late)
+    assert (job.status, job.expired, job.succeeded, job.failed) == (JobStatus.EXPIRED, 2, 0, 0)
+    errors = read_jsonl(ctx.storage.get_bytes(f"jobs/{late}/errors.jsonl"))
+    assert [e["status"] for e in errors] == ["expired"] * 2
+    prefix = "expired: not finished within the job's completion window (30m, ended "
+    assert all(e["error"].startswith(prefix) for e in errors), errors
     log = worker.log()
+    assert f"job={late} past its deadline: expiring, 2 pending items expired" in log
     assert f"job={images}" in log and "model" in log and "loaded" in log
     assert "control-only worker: no model loaded" in control.log()
 
@@ -142,6 +158,7 @@ def test_real_worker_processes_jobs(ctx: Any, s3_env: Any, start_worker: Any) ->
 
     assert processed("caption", "succeeded") == 1 and processed("caption", "failed") == 1
     assert processed("generate", "succeeded") == 10
+    assert processed("generate", "expired") == 2
     assert samples[("janus_worker_chunk_seconds_count", frozenset({("kind", "generate")}))] == 2
     assert samples[("janus_worker_fetch_seconds_count", frozenset())] == 1
     assert samples[("janus_worker_upload_seconds_count", frozenset())] >= 1

@@ -109,6 +109,31 @@ def test_each_terminal_status_is_posted_signed_with_the_job_object(
     assert (data["counts"]["succeeded"], data["counts"]["failed"], data["retries"]) == (2, 0, 1)
 
 
+def test_an_expired_job_posts_job_expired(
+    hook_ctx: Context, api: TestClient, s3_env: Any, receiver: Receiver
+) -> None:
+    body = {
+        "kind": "generate",
+        "items": ["a lighthouse", "a fox"],
+        "webhook_url": receiver.url,
+        "completion_window": "1h",
+    }
+    job_id = api.post("/v1/jobs", json=body).json()["id"]
+    receiver.secret = api.get("/v1/webhooks/secret").json()["secret"]
+    with session_scope(hook_ctx.database_url) as session:  # the hour is over
+        session.execute(
+            update(Job).where(Job.id == job_id).values(expires_at=utcnow() - timedelta(seconds=1))
+        )
+    drain(hook_ctx)
+    [delivery] = receiver.deliveries
+    assert delivery.verified
+    assert delivery.headers["x-janus-event"] == "job.expired"
+    data = delivery.json["data"]
+    assert (delivery.json["type"], data["status"], data["counts"]["expired"]) == (
+        "job.expired", "expired", 2,
+    )  # fmt: skip
+
+
 def test_finalize_hands_the_post_to_its_own_task(
     hook_ctx: Context, api: TestClient, s3_env: Any, receiver: Receiver
 ) -> None:

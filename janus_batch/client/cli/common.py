@@ -35,6 +35,7 @@ CANCELLED = 2
 JOB_FAILED = 3
 ERROR = 4
 TIMED_OUT = 5
+EXPIRED = 6
 INTERRUPTED = 130
 BROKEN_PIPE = 141
 """The reader of stdout went away (`janus-batch list --json | head -1`): 128 + SIGPIPE, as a
@@ -42,7 +43,8 @@ Unix tool killed by it, and no message."""
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 every item succeeded; 1 some items failed; 2 the job was cancelled; "
-    "3 the job failed; 4 usage, connection or API error; 5 --timeout expired first."
+    "3 the job failed; 4 usage, connection or API error; 5 --timeout expired first; 6 the "
+    "job expired (its completion window ended with items left)."
 )
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"

@@ -33,6 +33,8 @@ STATUS_COLORS = {
     "failed": "red",
     "cancelled": "yellow",
     "cancelling": "yellow",
+    "expired": "magenta",
+    "expiring": "magenta",
     "running": "cyan",
     "finalizing": "cyan",
     "queued": "white",
@@ -67,11 +69,13 @@ def _params(params: dict[str, Any]) -> str:
 
 
 def progress_text(counts: dict) -> str:
-    """Items done (succeeded or failed) of the total, `284/300`; with cancelled items said
-    apart, `284 done, 16 cancelled of 300` (a cancelled job is not "300/300")."""
+    """Items done (succeeded or failed) of the total, `284/300`; with cancelled or expired
+    items said apart, `284 done, 16 cancelled of 300` (a cancelled or expired job is not
+    "300/300")."""
     done = counts["succeeded"] + counts["failed"]
-    if counts.get("cancelled"):
-        return f"{done} done, {counts['cancelled']} cancelled of {counts['total']}"
+    apart = [f"{counts[k]} {k}" for k in ("cancelled", "expired") if counts.get(k)]
+    if apart:
+        return f"{done} done, {', '.join(apart)} of {counts['total']}"
     return f"{done}/{counts['total']}"
 
 
@@ -89,23 +93,48 @@ def webhook_line(hook: dict[str, Any]) -> str:
     return f"{hook['url']}: {state}" + (f" ({', '.join(details)})" if details else "")
 
 
+def items_line(job: dict) -> str:
+    """`5 total: 2 succeeded, 1 failed, 0 cancelled, 2 expired, 0 running, 0 pending`."""
+    counts = job["counts"]
+    expired = f"[magenta]{counts['expired']} expired[/], " if counts.get("expired") else ""
+    return (
+        f"{counts['total']} total: [green]{counts['succeeded']} succeeded[/], "
+        f"[red]{counts['failed']} failed[/], {counts['cancelled']} cancelled, {expired}"
+        f"{counts['running']} running, {counts['pending']} pending"
+        + ("" if job.get("expanded", True) else " (still reading the source)")
+    )
+
+
+def expires_line(job: dict) -> str:
+    """When the job's completion window ends, and its length: `2026-11-23 06:00:00 (24h)`."""
+    window = job.get("completion_window")
+    return when(job["expires_at"]) + (f" (window {window})" if window else "")
+
+
+def add_errors(grid: Table, job: dict, errors: list[dict]) -> None:
+    """The first failed and expired items, and how many more there are."""
+    for i, item in enumerate(errors):
+        label = "errors" if i == 0 else ""
+        name = item.get("custom_id") or f"#{item['idx']}"
+        cls = f" [dim]({item['error_class']})[/]" if item.get("error_class") else ""
+        grid.add_row(label, f"[red]{escape(str(name))}[/]{cls}: {escape(item.get('error') or '')}")
+    more = job["counts"]["failed"] + job["counts"].get("expired", 0) - len(errors)
+    if more > 0:
+        grid.add_row("", f"... {more} more (janus-batch results {job['id']} --out DIR --errors)")
+
+
 def status_panel(job: dict, errors: list[dict]) -> Panel:
     """The `status` view of a job: counts, times, rate, ETA, output, first errors."""
-    counts = job["counts"]
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column(overflow="fold")
     grid.add_row("status", colored(job["status"]))
     if job.get("label"):
         grid.add_row("label", escape(job["label"]))
-    grid.add_row(
-        "items",
-        f"{counts['total']} total: [green]{counts['succeeded']} succeeded[/], "
-        f"[red]{counts['failed']} failed[/], {counts['cancelled']} cancelled, "
-        f"{counts['running']} running, {counts['pending']} pending"
-        + ("" if job.get("expanded", True) else " (still reading the source)"),
-    )
+    grid.add_row("items", items_line(job))
     grid.add_row("created", when(job["created_at"]))
+    if job.get("expires_at"):
+        grid.add_row("expires", expires_line(job))
     grid.add_row("started", when(job.get("started_at")))
     if job.get("finished_at"):
         took = datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(
@@ -135,14 +164,7 @@ def status_panel(job: dict, errors: list[dict]) -> Panel:
     grid.add_row("results", escape(output.get("results", "-")))
     if job.get("error"):
         grid.add_row("error", f"[red]{escape(job['error'])}[/]")
-    for i, item in enumerate(errors):
-        label = "errors" if i == 0 else ""
-        name = item.get("custom_id") or f"#{item['idx']}"
-        cls = f" [dim]({item['error_class']})[/]" if item.get("error_class") else ""
-        grid.add_row(label, f"[red]{escape(str(name))}[/]{cls}: {escape(item.get('error') or '')}")
-    if counts["failed"] > len(errors):
-        more = counts["failed"] - len(errors)
-        grid.add_row("", f"... {more} more (janus-batch results {job['id']} --out DIR --errors)")
+    add_errors(grid, job, errors)
     return Panel(grid, title=f"[bold]{job['kind']} job {job['id']}[/]", expand=False)
 
 
@@ -160,9 +182,10 @@ def status(
             print(json.dumps(job, indent=2))
             return
         errors = []
-        if job["counts"]["failed"]:
-            page = client.items(job_id, status="failed", limit=SHOWN_ERRORS)
-            errors = page.get("data", [])
+        for state in ("failed", "expired"):
+            if job["counts"].get(state) and len(errors) < SHOWN_ERRORS:
+                page = client.items(job_id, status=state, limit=SHOWN_ERRORS - len(errors))
+                errors += page.get("data", [])
     out.print(status_panel(job, errors))
 
 
@@ -171,8 +194,8 @@ def list_jobs(
     status: Annotated[
         str | None,
         typer.Option(
-            help="Only jobs in this state: queued, running, cancelling, finalizing, "
-            "succeeded, failed, cancelled."
+            help="Only jobs in this state: queued, running, cancelling, expiring, finalizing, "
+            "succeeded, failed, cancelled, expired."
         ),
     ] = None,
     kind: Annotated[str | None, typer.Option(help="Only caption or generate jobs.")] = None,
@@ -200,7 +223,7 @@ def list_jobs(
             name,
             overflow="fold",
             justify="right" if name in ("done", "failed") else "left",
-            no_wrap=name == "done",  # "284 done, 16 cancelled of 300" stays one line
+            no_wrap=name == "done",  # "284 done, 16 expired of 300" stays one line
         )
     for job in page["data"]:
         model = [escape(model_name(job.get("model") or ""))] if len(models) > 1 else []
@@ -275,7 +298,7 @@ def retry(
         typer.Option(
             "--only",
             help="Only items whose error is of these classes (comma-separated): fetch, image, "
-            "model, output, worker, lost, other. `status` shows each error's class.",
+            "model, output, worker, lost, expired, other. `status` shows each error's class.",
             show_default=False,
         ),
     ] = None,
@@ -285,9 +308,10 @@ def retry(
     api_url: ApiUrl = DEFAULT_API_URL,
     api_key: ApiKey = None,
 ) -> None:
-    """Retry a finished job's failed items in place: they run again with full attempts, the
-    job's counts and manifests are updated when it ends again. Items that failed before they
-    ran (invalid inputs) are not retried."""
+    """Retry a finished job's failed (and expired) items in place: they run again with full
+    attempts (an expired job in a fresh completion window of the same length), the job's
+    counts and manifests are updated when it ends again. Items that failed before they ran
+    (invalid inputs) are not retried."""
     classes = [c.strip() for c in only.split(",") if c.strip()] if only is not None else None
     with make_client(api_url, api_key) as client:
         job = client.retry_job(job_id, classes)

@@ -103,14 +103,25 @@ WebhookUrl = Annotated[
 ]
 
 
+CompletionWindow = Annotated[
+    str | None,
+    typer.Option(
+        help="How long the job may take: 30m, 24h, 7d or seconds. Items not finished by then "
+        "expire; the job ends expired with what it finished (default: the server's).",
+        show_default=False,
+    ),
+]
+
+
 def job_fields(
     label: str | None,
     meta: list[str] | None,
     webhook_url: str | None,
     model: str | None = None,
+    completion_window: str | None = None,
 ) -> dict:
-    """The model, label, metadata and webhook of a job body (only those given); UsageError
-    for a --meta without `=`."""
+    """The model, label, metadata, webhook and completion window of a job body (only those
+    given); UsageError for a --meta without `=`."""
     fields: dict[str, Any] = {}
     if model is not None:
         fields["model"] = model
@@ -126,6 +137,8 @@ def job_fields(
         fields["metadata"] = metadata
     if webhook_url is not None:
         fields["webhook_url"] = webhook_url
+    if completion_window is not None:
+        fields["completion_window"] = completion_window
     return fields
 
 
@@ -333,6 +346,7 @@ def caption(
     label: Label = None,
     meta: Meta = None,
     webhook_url: WebhookUrl = None,
+    completion_window: CompletionWindow = None,
     resume: Resume = None,
     api_url: ApiUrl = DEFAULT_API_URL,
     api_key: ApiKey = None,
@@ -355,7 +369,7 @@ def caption(
     body: dict[str, Any] = {
         "kind": "caption",
         "params": params,
-        **job_fields(label, meta, webhook_url, model),
+        **job_fields(label, meta, webhook_url, model, completion_window),
     }
     with make_client(api_url, api_key) as client:
         if where.kind in ("folder", "image"):
@@ -453,6 +467,7 @@ def generate(
     label: Label = None,
     meta: Meta = None,
     webhook_url: WebhookUrl = None,
+    completion_window: CompletionWindow = None,
     resume: Resume = None,
     skip_invalid: SkipInvalid = False,
     api_url: ApiUrl = DEFAULT_API_URL,
@@ -477,7 +492,7 @@ def generate(
     body: dict[str, Any] = {
         "kind": "generate",
         "params": {k: v for k, v in given.items() if v is not None},
-        **job_fields(label, meta, webhook_url, model),
+        **job_fields(label, meta, webhook_url, model, completion_window),
     }
     with make_client(api_url, api_key) as client:
         items = without_done(client, resume, items)

@@ -1,8 +1,8 @@
 """Live progress of jobs in the terminal (rich), shared by `watch`, `--wait` and the demo.
 
-The bar counts done items (succeeded + failed) of the total, so a cancelled job's bar stops
-short of full; the text beside it shows the split (cancelled apart), the API's rate (items/s)
-and ETA. `exit_code` maps a final job to the
+The bar counts done items (succeeded + failed) of the total, so a cancelled or expired job's
+bar stops short of full; the text beside it shows the split (cancelled and expired apart), the
+API's rate (items/s), ETA and the job's deadline. `exit_code` maps a final job to the
 CLI's exit status.
 """
 
@@ -24,6 +24,7 @@ from rich.progress import (
 
 from janus_batch.client.cli.common import (
     CANCELLED,
+    EXPIRED,
     INTERRUPTED,
     ITEMS_FAILED,
     JOB_FAILED,
@@ -54,10 +55,21 @@ def describe(job: dict) -> str:
     ]
     if counts.get("cancelled"):
         parts.append(f"[yellow]{counts['cancelled']} cancelled[/]")
+    if counts.get("expired"):
+        parts.append(f"[magenta]{counts['expired']} expired[/]")
     parts.append(f"{rate:.2f} items/s" if rate else "- items/s")
     if job["status"] not in FINAL_STATUSES:
         parts.append(f"ETA {duration(job.get('eta_seconds'))}")
+        if job.get("expires_at"):
+            parts.append(f"expires {deadline(job['expires_at'])}")
     return f"{job['status']:<10} " + "  ".join(parts)
+
+
+def deadline(value: str) -> str:
+    """An API time as a short local one: `14:05` today, else `11-23 14:05`."""
+    moment = datetime.fromisoformat(value).astimezone()
+    today = datetime.now().astimezone().date()
+    return moment.strftime("%H:%M" if moment.date() == today else "%m-%d %H:%M")
 
 
 NO_WORKER = (
@@ -149,7 +161,7 @@ class _Display:
 
     def show(self, job: dict) -> None:
         counts = job["counts"]
-        done = counts["succeeded"] + counts["failed"]  # cancelled items are not done
+        done = counts["succeeded"] + counts["failed"]  # cancelled or expired items are not
         if self.live:
             task = self.tasks[job["id"]]
             self.progress.update(
@@ -162,7 +174,10 @@ class _Display:
             if job["status"] in FINAL_STATUSES:
                 self.progress.stop_task(task)
             return
-        state = f"{job['status']} {done}/{counts['total']} {counts['failed']} {counts['cancelled']}"
+        state = (
+            f"{job['status']} {done}/{counts['total']} {counts['failed']} "
+            f"{counts['cancelled']} {counts.get('expired', 0)}"
+        )
         if self.last.get(job["id"]) != state:
             self.last[job["id"]] = state
             self.console.print(
@@ -196,9 +211,12 @@ def wait_for(
 
 def exit_code(job: dict) -> int:
     """0 when every item succeeded; 1 if some items failed; 2 if the job was cancelled;
-    3 if the job failed as a whole (its source could not be read, or no item succeeded)."""
+    3 if the job failed as a whole (its source could not be read, or no item succeeded);
+    6 if it expired (its completion window ended with items left)."""
     if job["status"] == "cancelled":
         return CANCELLED
+    if job["status"] == "expired":
+        return EXPIRED
     if job["status"] == "failed":
         return JOB_FAILED
     return ITEMS_FAILED if job["counts"]["failed"] else OK
@@ -208,15 +226,20 @@ def summary(job: dict) -> str:
     """One line about a final job (rich markup), e.g.
     `job_1 succeeded: 3/4 succeeded, 1 failed in 0:12 (0.33 items/s)`."""
     counts = job["counts"]
-    color = {"succeeded": "green", "failed": "red", "cancelled": "yellow"}.get(
-        job["status"], "white"
-    )
+    color = {
+        "succeeded": "green",
+        "failed": "red",
+        "cancelled": "yellow",
+        "expired": "magenta",
+    }.get(job["status"], "white")
     color = "yellow" if color == "green" and counts["failed"] else color
     parts = [f"{counts['succeeded']}/{counts['total']} succeeded"]
     if counts["failed"]:
         parts.append(f"{counts['failed']} failed")
     if counts["cancelled"]:
         parts.append(f"{counts['cancelled']} cancelled")
+    if counts.get("expired"):
+        parts.append(f"{counts['expired']} expired (not finished within its completion window)")
     text = f"[{color}]{job['id']} {job['status']}[/]: " + ", ".join(parts)
     elapsed = _elapsed(job)
     if elapsed is not None:
