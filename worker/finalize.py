@@ -75,7 +75,7 @@ def final_status(job: Job) -> tuple[JobStatus, str | None]:
     """
     if job.cancelled > 0:
         return JobStatus.CANCELLED, None
-    if job.expired > 0:
+    if job.expired:
         return JobStatus.EXPIRED, None
     if job.error:
         return JobStatus.FAILED, None

@@ -182,6 +182,7 @@ def test_classes_read_in_sql_and_in_python_agree(database_url, client):
         "invalid request: n must be >= 1",
         "cannot store image 0 at jobs/j/images/00000000_0.png: disk full",
         "worker error: RuntimeError: boom",
+        "expired: not finished within the job's completion window (24h, ended 2026-12-04)",
         "something nobody foresaw",
         "100% wrong_ly",
     ]

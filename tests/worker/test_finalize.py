@@ -27,11 +27,21 @@ from worker.finalize import final_status, finalize_job, write_manifests
         ((0, 0, 0, 0), None, (JobStatus.CANCELLED, None)),  # cancelled before any item
         ((0, 0, 0, 0), "no images found under s3://b/p/", (JobStatus.FAILED, None)),
         ((5, 5, 0, 0), "cannot list s3://b/p/", (JobStatus.FAILED, None)),
+        ((4, 1, 1, 0, 2), None, (JobStatus.EXPIRED, None)),  # the window ended
+        ((2, 0, 0, 0, 2), None, (JobStatus.EXPIRED, None)),  # before anything ran
+        ((2, 0, 0, 0, 2), "cannot list s3://b/p/", (JobStatus.EXPIRED, None)),
     ],
 )
 def test_final_status(counts: tuple[int, ...], error: str | None, expected: Any) -> None:
-    total, succeeded, failed, cancelled = counts
-    job = Job(total=total, succeeded=succeeded, failed=failed, cancelled=cancelled, error=error)
+    total, succeeded, failed, cancelled, *expired = counts
+    job = Job(
+        total=total,
+        succeeded=succeeded,
+        failed=failed,
+        cancelled=cancelled,
+        expired=expired[0] if expired else None,
+        error=error,
+    )
     assert final_status(job) == expected
 
 
