@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 from unittest.mock import patch
@@ -222,15 +223,22 @@ class EngineDouble:
         return self.engine.run_pass(units)
 
 
-class CancellingEngine(EngineDouble):
-    """The tiny engine, with the job cancelled (as the API does) during the first pass."""
+class FirstPassEngine(EngineDouble):
+    """The tiny engine, with `during()` called while the first pass runs."""
 
-    def __init__(self, engine: Any, ctx: Context, job_id: str) -> None:
+    def __init__(self, engine: Any, during: Callable[[], None]) -> None:
         super().__init__(engine)
-        self.ctx, self.job_id, self.calls = ctx, job_id, 0
+        self.during, self.calls = during, 0
 
     def run_pass(self, units: list[Any]) -> list[Any]:
         self.calls += 1
         if self.calls == 1:
-            cancel_like_the_api(self.ctx, self.job_id)
+            self.during()
         return self.engine.run_pass(units)
+
+
+class CancellingEngine(FirstPassEngine):
+    """The tiny engine, with the job cancelled (as the API does) during the first pass."""
+
+    def __init__(self, engine: Any, ctx: Context, job_id: str) -> None:
+        super().__init__(engine, lambda: cancel_like_the_api(ctx, job_id))

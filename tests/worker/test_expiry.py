@@ -16,7 +16,7 @@ from janus_batch.lifecycle import Outcome
 from janus_batch.models import Job, as_utc, utcnow
 from janus_batch.states import ItemStatus, JobKind, JobStatus
 from tests.worker.helpers import (
-    EngineDouble,
+    FirstPassEngine,
     create_job,
     die_holding,
     drain,
@@ -50,20 +50,6 @@ def overdue_job(ctx: Context, prompts: int = 3) -> str:
     return job_id
 
 
-class DeadlineEngine(EngineDouble):
-    """The tiny engine; the job's deadline passes during the first pass."""
-
-    def __init__(self, engine: Any, ctx: Context, job_id: str) -> None:
-        super().__init__(engine)
-        self.ctx, self.job_id, self.calls = ctx, job_id, 0
-
-    def run_pass(self, units: list[Any]) -> list[Any]:
-        self.calls += 1
-        if self.calls == 1:
-            set_deadline(self.ctx, self.job_id, utcnow() - timedelta(milliseconds=1))
-        return self.engine.run_pass(units)
-
-
 def test_expire_job_ends_pending_items_and_counts_them(ctx: Context) -> None:
     job_id = overdue_job(ctx)
     ids = [item.id for item in get_items(ctx, job_id)]
@@ -91,7 +77,10 @@ def test_a_running_chunk_expires_before_its_next_pass(make_ctx: Any, tiny_engine
     job_id = create_job(ctx, JobKind.GENERATE, [f"prompt {i}" for i in range(10)])  # 8 + 2
     set_deadline(ctx, job_id, utcnow() + timedelta(hours=1))
     _, first_chunk = pop_message(ctx, "janus.generate")
-    engine = DeadlineEngine(tiny_engine, ctx, job_id)
+    # the job's deadline passes during the first pass
+    engine = FirstPassEngine(
+        tiny_engine, lambda: set_deadline(ctx, job_id, utcnow() - timedelta(milliseconds=1))
+    )
     late = Context(ctx.settings, ctx.storage, ctx.app, engine=lambda: engine)
 
     counts = run_chunk(late, GenerateHandler(), *first_chunk)
