@@ -221,6 +221,7 @@ def _expire_if_overdue(session: Session, job: Job) -> bool:
     moved, n = lifecycle.expire_job(session, job.id, utcnow())
     if moved:
         log.info("job=%s past its deadline: expiring, %d pending items expired", job.id, n)
+        metrics.ITEMS_PROCESSED.labels(job.kind, ItemStatus.EXPIRED).inc(n)
     return moved
 
 

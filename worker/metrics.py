@@ -35,8 +35,9 @@ _RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 ITEMS_PROCESSED = Counter(
     "janus_worker_items_processed",
-    "Items a chunk task moved to a final state (succeeded, failed, cancelled); only rows "
-    "the conditional UPDATE actually changed are counted, so a redelivery never counts twice.",
+    "Items a chunk task moved to a final state (succeeded, failed, cancelled, expired); only "
+    "rows the conditional UPDATE actually changed are counted, so a redelivery never counts "
+    "twice.",
     ["kind", "outcome"],
 )
 CHUNK_SECONDS = Histogram(
