@@ -181,7 +181,7 @@ def status(
         if as_json:
             print(json.dumps(job, indent=2))
             return
-        errors = []
+        errors: list[dict] = []
         for state in ("failed", "expired"):
             if job["counts"].get(state) and len(errors) < SHOWN_ERRORS:
                 page = client.items(job_id, status=state, limit=SHOWN_ERRORS - len(errors))
