@@ -53,7 +53,9 @@ from worker.scheduler import Ticket
 
 log = logging.getLogger(__name__)
 
-NOT_RUNNABLE = frozenset({JobStatus.FINALIZING, JobStatus.SUCCEEDED, JobStatus.FAILED})
+NOT_RUNNABLE = frozenset(
+    {JobStatus.FINALIZING, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.DELETING}
+)
 WAIT_STEP = 1.0
 """Seconds between two looks at lost leases while a chunk waits for its items."""
 
