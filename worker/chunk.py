@@ -188,17 +188,7 @@ def _start(
         if job.status in NOT_RUNNABLE:
             log.info("job=%s chunk skipped: job is %s", job_id, job.status)
             return job, []
-        served = ctx.settings.resolved_model_name()
-        if job.model != served:  # never run a job on another model: hand its chunk back
-            n = lifecycle.release_dispatch(session, list(item_ids))
-            log.error(
-                "job=%s chunk of model %s handed back undispatched (%d items): this worker "
-                "serves %s (is JANUS_BATCH_DEFAULT_MODEL the same in the API and every worker?)",
-                job_id,
-                job.model,
-                n,
-                served,
-            )
+        if not _serves(ctx, session, job, item_ids):
             return None, []
         if job.status in JOB_LIVE and _expire_if_overdue(session, job):
             session.refresh(job)
@@ -212,6 +202,45 @@ def _start(
     if not claimed and job.status not in JOB_STOPPING:
         log.info("job=%s chunk skipped: its items are done or running elsewhere", job_id)
     return job, claimed
+
+
+_told_models: set[str] = set()
+"""Jobs of another model this (one-model) worker ran, told once per job in the log."""
+
+
+def _serves(ctx: Context, session: Session, job: Job, item_ids: Sequence[int]) -> bool:
+    """Whether this worker runs a chunk of `job`: one of its model, always. One of another
+    model reached it through a queue it consumes, so the processes' settings differ:
+    - a worker of a several-model fleet (JANUS_BATCH_DEFAULT_MODEL or MODEL_NAME set) never
+      runs another model's job: it hands the items back undispatched and marks the job
+      waiting with the reason (status, dashboard, /v1/jobs), so a fleet whose settings
+      disagree shows why its jobs do not move instead of looping silently;
+    - a one-model worker (neither set: the deployments from before several models) runs it,
+      as it always did, and logs once per job which model ran it."""
+    settings = ctx.settings
+    served = settings.resolved_model_name()
+    if job.model == served:
+        return True
+    if not (settings.default_model or settings.model_name):
+        if job.id not in _told_models:
+            _told_models.add(job.id)
+            log.warning(
+                "job=%s names model %s; this one-model worker serves %s and runs it (set "
+                "JANUS_BATCH_DEFAULT_MODEL alike in the API and every worker to name models)",
+                job.id,
+                job.model,
+                served,
+            )
+        return True
+    n = lifecycle.release_dispatch(session, list(item_ids))
+    reason = (
+        f"a worker serving {served} received its chunk and handed it back: set "
+        "JANUS_BATCH_DEFAULT_MODEL alike in the API and every worker"
+    )
+    lifecycle.bump_counts(session, {}, {job.id: reason})
+    log.error("job=%s chunk of model %s handed back undispatched (%d items): %s", job.id,
+              job.model, n, reason)  # fmt: skip
+    return False
 
 
 def _expire_if_overdue(session: Session, job: Job) -> bool:

@@ -71,7 +71,28 @@ def test_a_chunk_of_another_models_job_is_handed_back_not_run(b_ctx: Any) -> Non
     assert not run_chunk(b_ctx, CaptionHandler(), *args)
     [item] = get_items(b_ctx, job_id)
     assert (item.status, item.attempts, item.enqueued_at) == (ItemStatus.PENDING, 0, None)
-    assert get_job(b_ctx, job_id).status == JobStatus.QUEUED
+    job = get_job(b_ctx, job_id)
+    assert job.status == JobStatus.QUEUED
+    assert job.waiting_since is not None  # the job says why it does not move
+    assert "a worker serving tiny-b received its chunk and handed it back" in job.waiting_reason
+
+
+def test_a_one_model_worker_runs_the_job_its_default_queue_brings(
+    make_ctx: Any, worker_env: dict[str, str]
+) -> None:
+    """A deployment from before several models: the API records its own default name (here
+    `hub/default`), the only worker serves a folder under another name and sets neither
+    DEFAULT_MODEL nor MODEL_NAME. The job's chunk comes through the plain queue, and the
+    worker runs it (handing it back would send it to the same queue forever)."""
+    api = make_ctx(model="hub/default")
+    job_id = _submit(api, JobKind.GENERATE, [{"prompt": "a fox", "seed": 3}])
+    assert get_job(api, job_id).model == "hub/default"
+    _, args = pop_message(api, "janus.generate")
+    worker = make_ctx(model=worker_env["JANUS_BATCH_MODEL"])  # the tiny checkpoint's folder
+    assert not (worker.settings.default_model or worker.settings.model_name)
+    run_chunk(worker, GenerateHandler(), *args)
+    [item] = get_items(worker, job_id)
+    assert item.status == ItemStatus.SUCCEEDED
 
 
 def test_the_sweeper_resends_a_lost_chunk_to_its_models_queue(make_ctx: Any) -> None:
