@@ -188,8 +188,11 @@ def write_manifests(ctx: Context, job: Job) -> tuple[int, int]:
         ctx.storage.put_file(
             f"{prefix}/{results_table.NAME}", table_path, results_table.CONTENT_TYPE
         )
-    if sharded:
-        delete_orphans(ctx.storage, job, referenced)
+    if sharded:  # best effort: an orphan costs storage, never a result (the job is done)
+        try:
+            delete_orphans(ctx.storage, job, referenced)
+        except Exception as exc:
+            log.warning("job=%s orphan shards not deleted (left in place): %s", job.id, exc)
     log.info(
         "job=%s wrote %s (%d lines) and %s (%d lines)",
         job.id,

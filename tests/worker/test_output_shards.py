@@ -115,6 +115,28 @@ def test_a_worker_lost_mid_shard_loses_nothing(make_ctx: Any, s3_env: Any) -> No
     assert sorted(ctx.storage.iter_keys(f"{prefix}/shards/")) == sorted(keys)
 
 
+def test_orphan_shards_that_cannot_be_deleted_leave_the_job_succeeded(
+    make_ctx: Any, monkeypatch: Any
+) -> None:
+    """Deleting orphans is cleanup: a bucket that forbids DeleteObject costs the orphan's
+    storage, never the finished job (it ended failed, with nothing for a retry to redo)."""
+    ctx = make_ctx()
+    with TestClient(create_app()) as client:
+        body = {"kind": "generate", "params": {"output": OUTPUT}, "items": PROMPTS[:2]}
+        job_id = client.post("/v1/jobs", json=body).json()["id"]
+        orphan = f"jobs/{job_id}/shards/00000099-1.tar"
+        ctx.storage.put_bytes(orphan, b"orphan")
+
+        def forbidden(self: Any, key: str) -> None:
+            raise PermissionError(f"AccessDenied: DeleteObject {key}")
+
+        monkeypatch.setattr(type(ctx.storage), "delete", forbidden)
+        drain(ctx)
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        assert (job["status"], job["counts"]["succeeded"]) == ("succeeded", 2), job
+    assert ctx.storage.exists(orphan)  # left in place, and said in the log
+
+
 def test_the_output_option_is_checked_naming_the_field(make_ctx: Any) -> None:
     make_ctx()
     cases = [
