@@ -9,9 +9,14 @@ none: then it gets JANUS_BATCH_DEFAULT_MODEL. Any other name is refused, naming 
 
 from __future__ import annotations
 
+from sqlalchemy import select
+
 from janus_batch import fleet
+from janus_batch.db import session_scope
 from janus_batch.inputs import InvalidInput
+from janus_batch.models import Job
 from janus_batch.settings import MAX_MODEL_NAME, Settings
+from janus_batch.states import JOB_LIVE
 
 
 def served_models(settings: Settings) -> list[str]:
@@ -19,6 +24,14 @@ def served_models(settings: Settings) -> list[str]:
     models of live workers (their heartbeats), once each."""
     live = fleet.live_models(settings.redis_url, settings.queue_prefix)
     return list(dict.fromkeys([*settings.served_model_names(), *live]))
+
+
+def models_of_live_jobs(database_url: str) -> list[str]:
+    """The models named by queued or running jobs (those waiting on a model's queue), so a
+    model renamed or retired while its jobs wait is still reported (/readyz)."""
+    with session_scope(database_url) as session:
+        query = select(Job.model).where(Job.status.in_(list(JOB_LIVE))).distinct()
+        return sorted(session.scalars(query))
 
 
 def resolve_model(settings: Settings, model: object) -> str:

@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from api.deps import SettingsDep, get_storage
-from janus_batch import fleet
+from janus_batch import fleet, served
 from janus_batch.constants import CONTROL_QUEUE
 from janus_batch.db import get_engine
 from janus_batch.queue import chunk_queue
@@ -64,9 +64,12 @@ STALE_SWEEPS = 3
 """Sweep intervals without a run before the sweeper is reported stale."""
 
 
-def _models(settings: Settings, found: dict[str, dict]) -> dict[str, dict[str, object]]:
+def _models(
+    settings: Settings, found: dict[str, dict], waited: list[str]
+) -> dict[str, dict[str, object]]:
     """Every model a job may name (`janus_batch.served`: the default, SERVED_MODELS, live
-    workers' models): whether it is the default, its live workers and its queues by kind."""
+    workers' models) and every model a queued or running job waits for (`waited`): whether
+    it is the default, its live workers and its queues by kind."""
     default = settings.resolved_default_model()
     live = fleet.models(found)
     return {
@@ -75,7 +78,7 @@ def _models(settings: Settings, found: dict[str, dict]) -> dict[str, dict[str, o
             "workers": live.get(name, 0),
             "queues": {kind.value: chunk_queue(kind, name, default) for kind in JobKind},
         }
-        for name in dict.fromkeys([*settings.served_model_names(), *sorted(live)])
+        for name in dict.fromkeys([*settings.served_model_names(), *sorted(live), *waited])
     }
 
 
@@ -96,7 +99,11 @@ def _workers(settings: Settings) -> dict[str, object]:
     finally:
         client.close()
     workers = {name: list(body["queues"]) for name, body in found.items()}
-    models = _models(settings, found)
+    try:
+        waited = served.models_of_live_jobs(settings.resolved_database_url())
+    except SQLAlchemyError:  # the database check reports it
+        waited = []
+    models = _models(settings, found, waited)
     default = settings.resolved_default_model()
     per_queue: dict[str, int] = {}
     warnings = []

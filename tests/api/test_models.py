@@ -71,6 +71,18 @@ def test_a_model_known_from_the_setting_is_accepted_and_waits_for_its_worker(
     assert ready["models"]["janus-pro-7b"]["workers"] == 1 and ready["workers"][own] == 1
 
 
+def test_readyz_warns_of_a_model_only_waiting_jobs_still_name(client, set_env):
+    """A model retired from SERVED_MODELS (or renamed) while its jobs wait: /readyz still
+    lists it, with no worker, and warns that nobody consumes its queue."""
+    set_env(model="/ckpt/a", served_models="janus-pro-7b")
+    job = caption_job(client, n=1, model="janus-pro-7b")
+    set_env(model="/ckpt/a", served_models="")  # retired; the job is still queued
+    own = "janus.caption." + model_slug("janus-pro-7b")
+    ready = client.get("/readyz").json()
+    assert ready["models"]["janus-pro-7b"]["workers"] == 0, job
+    assert f"no live worker consumes {own} (model janus-pro-7b)" in ready["warnings"]
+
+
 def test_a_live_workers_model_is_accepted_and_counts_in_an_idempotent_replay(
     client, set_env, queue_len
 ):
