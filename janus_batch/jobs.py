@@ -106,12 +106,12 @@ def create_job(
     request = _validate(settings, owner, kind, params, items, source)
     user = {"label": label, "metadata": metadata, "webhook_url": webhook_url, "model": model}
     user.update(window.requested or {})  # a replay names the same window (as sent)
-    model = served.resolve_model(settings, model)
     fingerprint = request_fingerprint(kind, params, items, source, priority, **user)
     if idempotency_key is not None and (
         existing := _find_idempotent(database_url, owner, idempotency_key, fingerprint)
     ):
-        return existing, False
+        return existing, False  # even if its model is no longer served: it was accepted
+    model = served.resolve_model(settings, model)
     job_id = new_id("job")
     try:
         with session_scope(database_url) as session:

@@ -101,3 +101,17 @@ def test_a_live_workers_model_is_accepted_and_counts_in_an_idempotent_replay(
         "/v1/jobs", json={**body, "model": "/ckpt/a"}, headers={"Idempotency-Key": "k"}
     )
     assert (again.status_code, again.json()["error"]["field"]) == (422, "Idempotency-Key")
+
+
+def test_a_replay_is_answered_after_its_model_is_retired(client, set_env):
+    """An Idempotency-Key replay returns the job it created, even once its model is no
+    longer served (the job was accepted; only new jobs are refused)."""
+    set_env(model="/ckpt/a", served_models="janus-pro-7b")
+    body = {"kind": "caption", "items": ITEMS, "model": "janus-pro-7b"}
+    first = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "r"})
+    assert first.status_code == 202, first.text
+    set_env(model="/ckpt/a", served_models="")
+    again = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "r"})
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"], again.text
+    fresh = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "s"})
+    assert (fresh.status_code, fresh.json()["error"]["field"]) == (422, "model")
