@@ -88,10 +88,11 @@ def _while_running(api_url: str, flower_url: str, job_id: str) -> tuple[dict, li
 
 
 def _served(api_url: str) -> dict[str, int]:
-    """The live workers per queue /readyz reports once both workers have announced."""
+    """The live workers per queue /readyz reports once both workers have announced (every
+    queue consumed; its other warnings, such as the sweeper's without beat, do not matter)."""
     deadline = time.monotonic() + 60
     while True:
-        body = httpx.get(f"{api_url}/readyz", timeout=10).json()
-        if not body.get("warnings") or time.monotonic() > deadline:
-            return dict(body.get("workers") or {})
+        workers = dict(httpx.get(f"{api_url}/readyz", timeout=10).json().get("workers") or {})
+        if (workers and all(workers.values())) or time.monotonic() > deadline:
+            return workers
         time.sleep(0.5)
