@@ -15,7 +15,7 @@ completion cannot deadlock on PostgreSQL.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -202,6 +202,18 @@ def start_running(session: Session, job_ids: Iterable[str]) -> list[str]:
             .execution_options(synchronize_session=False)
         )
     )
+
+
+IN_BATCH = 5000
+"""Most ids one statement names in an `IN (...)` list: PostgreSQL (libpq) takes at most
+65,535 bind parameters per statement, and a dispatch of WebDataset shards can take more ids
+than that (10,000 items per chunk times the window)."""
+
+
+def _id_batches(ids: Sequence[int]) -> Iterator[list[int]]:
+    """`ids` in runs of at most IN_BATCH (one statement each)."""
+    for start in range(0, len(ids), IN_BATCH):
+        yield list(ids[start : start + IN_BATCH])
 
 
 def _rowcount(result: Result[Any]) -> int:
@@ -530,11 +542,14 @@ def take_dispatch(
     ).all()
     if not ids:
         return []
+    stamp = now or utcnow()
     taken = sorted(
-        session.execute(
+        row
+        for batch in _id_batches(ids)
+        for row in session.execute(
             update(Item)
-            .where(Item.id.in_(ids), undispatched)
-            .values(enqueued_at=now or utcnow())
+            .where(Item.id.in_(batch), undispatched)
+            .values(enqueued_at=stamp)
             .returning(Item.idx, Item.id)
             .execution_options(synchronize_session=False)
         ).all()
@@ -546,15 +561,16 @@ def take_dispatch(
 def release_dispatch(session: Session, item_ids: Sequence[int]) -> int:
     """Pending items whose chunk message could not be sent become undispatched again (the
     next dispatch, or the sweeper's, sends them). Returns how many."""
-    if not item_ids:
-        return 0
-    return _rowcount(
-        session.execute(
-            update(Item)
-            .where(Item.id.in_(list(item_ids)), Item.status == ItemStatus.PENDING)
-            .values(enqueued_at=None)
-            .execution_options(synchronize_session=False)
+    return sum(
+        _rowcount(
+            session.execute(
+                update(Item)
+                .where(Item.id.in_(batch), Item.status == ItemStatus.PENDING)
+                .values(enqueued_at=None)
+                .execution_options(synchronize_session=False)
+            )
         )
+        for batch in _id_batches(item_ids)
     )
 
 

@@ -5,6 +5,7 @@ import json
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -40,23 +41,37 @@ STOPPING_JOBS = (JobStatus.CANCELLING, JobStatus.EXPIRING)
 def sweep(ctx: Context, now: datetime | None = None) -> dict[str, int]:
     """One sweeper run; returns what it did, by step."""
     now = now or utcnow()
-    counts = {
-        "expired_jobs": expire_overdue(ctx, now),
-        **requeue_expired(ctx, now),
-        "requeued_pending": requeue_lost(ctx, now),
-        "windows_reopened": reopen_windows(ctx),
-        "refinalized": resend_finalize(ctx, now),
-        "reexpanded": resend_expand(ctx, now),
-        "finalizing_started": start_finalizing(ctx),
-        "stop_finished": finish_stopped(ctx, now),
-        "webhooks_resent": resend_webhooks(ctx, now),
-        **purge_retained(ctx, now),
-    }
+    counts: dict[str, int] = {}
+    for name, step in (
+        ("expired_jobs", lambda: expire_overdue(ctx, now)),
+        ("requeued_leases", lambda: requeue_expired(ctx, now)),
+        ("requeued_pending", lambda: requeue_lost(ctx, now)),
+        ("windows_reopened", lambda: reopen_windows(ctx)),
+        ("refinalized", lambda: resend_finalize(ctx, now)),
+        ("reexpanded", lambda: resend_expand(ctx, now)),
+        ("finalizing_started", lambda: start_finalizing(ctx)),
+        ("stop_finished", lambda: finish_stopped(ctx, now)),
+        ("webhooks_resent", lambda: resend_webhooks(ctx, now)),
+        ("retention", lambda: purge_retained(ctx, now)),
+    ):
+        counts.update(_run_step(name, step))
     if any(counts.values()):
         log.info("sweep: %s", counts)
     record_queue_depths(ctx)
     record_run(ctx)
     return counts
+
+
+def _run_step(name: str, step: Callable[[], int | dict[str, int]]) -> dict[str, int]:
+    """One step of a sweep: its counts ({name: n}, or the step's own dict). A step that
+    raises is logged with its traceback and counts nothing: the other steps still run, and
+    the next sweep tries it again."""
+    try:
+        done = step()
+    except Exception:
+        log.exception("sweep: step %s failed (the other steps run; the next sweep retries)", name)
+        return {}
+    return done if isinstance(done, dict) else {name: done}
 
 
 def record_run(ctx: Context) -> None:
@@ -279,7 +294,11 @@ def reopen_windows(ctx: Context) -> int:
         ).all()
     sent = 0
     for job_id, kind, model in stalled:
-        n = dispatch_next(ctx.settings, ctx.app, job_id, kind, model)
+        try:
+            n = dispatch_next(ctx.settings, ctx.app, job_id, kind, model)
+        except Exception:  # this job's dispatch fails: the other stalled jobs still get theirs
+            log.exception("job=%s window not dispatched again (the next sweep retries)", job_id)
+            continue
         if n:
             log.info("job=%s no chunk open: its window of %d items dispatched again", job_id, n)
             sent += 1

@@ -71,3 +71,56 @@ def test_a_job_keeps_a_window_of_chunks_in_the_broker_and_each_end_releases_one(
 
 def _body(message: bytes) -> str:
     return base64.b64decode(json.loads(message)["body"]).decode()
+
+
+def test_a_dispatch_larger_than_one_statement_is_written_in_batches_on_postgresql(
+    pg_url: str, monkeypatch
+) -> None:
+    """A WebDataset shard job can take more ids in one dispatch than PostgreSQL's 65,535 bind
+    parameters: each UPDATE names at most IN_BATCH ids (patched small here), and the dispatch
+    still takes and releases all of them."""
+    from sqlalchemy import event
+
+    from janus_batch.db import get_engine
+    from janus_batch.migrate import upgrade
+
+    upgrade(pg_url)
+    monkeypatch.setattr(lifecycle, "IN_BATCH", 7)
+    with session_scope(pg_url) as session:
+        lifecycle.create_job(
+            session,
+            id="job_big",
+            owner="local",
+            kind="generate",
+            model="m",
+            params={},
+            source=None,
+            idempotency_key=None,
+            output_prefix="jobs/job_big",
+        )
+        rows = [{"idx": i, "input": {"prompt": f"p{i}"}} for i in range(40)]
+        lifecycle.insert_items(session, "job_big", rows)
+    in_lists: list[int] = []
+
+    def count_ids(conn, cursor, statement, parameters, context, executemany) -> None:
+        if statement.startswith("UPDATE items"):
+            in_lists.append(sum(1 for key in parameters if key.startswith("id_")))
+
+    engine = get_engine(pg_url)
+    event.listen(engine, "before_cursor_execute", count_ids)
+    try:
+        with session_scope(pg_url) as session:
+            chunks = lifecycle.take_dispatch(session, "job_big", chunk_size=10, window=3)
+        taken = [item_id for chunk in chunks for item_id in chunk]
+        with session_scope(pg_url) as session:
+            assert lifecycle.release_dispatch(session, taken) == 30
+    finally:
+        event.remove(engine, "before_cursor_execute", count_ids)
+
+    assert [len(c) for c in chunks] == [10, 10, 10]
+    with session_scope(pg_url) as session:
+        idx_of = dict(session.execute(select(Item.id, Item.idx)).all())
+        assert session.scalar(select(func.count()).where(Item.enqueued_at.is_not(None))) == 0
+    assert [idx_of[i] for i in taken] == list(range(30))  # idx order across the batches
+    assert in_lists and max(in_lists) <= 7
+    assert sum(in_lists) == 60  # 30 ids stamped, 30 released

@@ -220,6 +220,46 @@ def test_a_job_whose_window_was_lost_gets_it_back(make_ctx: Any) -> None:
     assert sweep(ctx)["windows_reopened"] == 0  # that chunk is open now
 
 
+def test_a_failing_step_is_logged_and_the_other_steps_still_run(
+    make_ctx: Any, monkeypatch: Any, caplog: Any
+) -> None:
+    """One step raising (here the expiry step and one job's dispatch) does not stop the
+    sweep: the next steps still reopen the other job's window."""
+    import worker.sweeper as sweeper
+
+    ctx = make_ctx(dispatch_window="1")
+    job_ids = [create_job(ctx, JobKind.GENERATE, [f"p{i}" for i in range(12)]) for _ in "ab"]
+    for job_id in job_ids:  # each job's chunk ran, then its worker died: both windows lost
+        _, (_, first) = pop_message(ctx, "janus.generate")
+        with session_scope(ctx.database_url) as session:
+            owner = session.get(Item, first[0]).job_id
+            claimed = lifecycle.claim(session, owner, first, lease_seconds=60)
+            outcomes = [lifecycle.Outcome(c, ItemStatus.SUCCEEDED, result={}) for c in claimed]
+            lifecycle.complete(session, outcomes)
+    broken, healthy = job_ids
+
+    def expiry_fails(*args: Any) -> int:
+        raise RuntimeError("expiry step broken")
+
+    dispatch_next = sweeper.dispatch_next
+
+    def dispatch_fails_for_one(settings: Any, app: Any, job_id: str, *rest: Any) -> int:
+        if job_id == broken:
+            raise RuntimeError("too many bind parameters")
+        return dispatch_next(settings, app, job_id, *rest)
+
+    monkeypatch.setattr(sweeper, "expire_overdue", expiry_fails)
+    monkeypatch.setattr(sweeper, "dispatch_next", dispatch_fails_for_one)
+    counts = sweep(ctx)
+
+    assert "expired_jobs" not in counts
+    assert counts["windows_reopened"] == 1
+    _, (job_id, _) = pop_message(ctx, "janus.generate")
+    assert job_id == healthy
+    assert "step expired_jobs failed" in caplog.text
+    assert f"job={broken} window not dispatched again" in caplog.text
+
+
 def test_a_lost_message_is_found_while_other_jobs_messages_wait(make_ctx: Any) -> None:
     """The queue is not empty (another job's chunk waits in it), yet the message naming this
     job's items is gone: it is re-sent; the waiting one is not."""
