@@ -49,7 +49,7 @@ from janus_batch.states import JobStatus
 from janus_batch.storage import TransientStorageError
 from worker import results_table
 from worker.context import Context
-from worker.shards import delete_orphans, referenced_shards
+from worker.shards import delete_orphans, list_shards, referenced_shards
 from worker.sidecars import write_sidecars
 
 log = logging.getLogger(__name__)
@@ -161,6 +161,13 @@ def write_manifests(ctx: Context, job: Job) -> tuple[int, int]:
     presign = presigner(ctx.storage, ctx.settings.result_url_expires)
     sharded = shards.images_per_shard(job.params) is not None
     referenced: set[str] = set()  # one key per shard: a thousandth of the images
+    # listed before the items are read: a shard uploaded meanwhile is never deleted
+    listed: set[str] = set()
+    if sharded:
+        try:
+            listed = list_shards(ctx.storage, job)
+        except Exception as exc:  # cleanup only: the manifests do not depend on it
+            log.warning("job=%s shards not listed, orphans left in place: %s", job.id, exc)
     with tempfile.TemporaryDirectory(prefix="janus-finalize-") as tmp:
         results_path, errors_path = Path(tmp) / RESULTS_NAME, Path(tmp) / ERRORS_NAME
         table_path = Path(tmp) / results_table.NAME
@@ -190,7 +197,7 @@ def write_manifests(ctx: Context, job: Job) -> tuple[int, int]:
         )
     if sharded:  # best effort: an orphan costs storage, never a result (the job is done)
         try:
-            delete_orphans(ctx.storage, job, referenced)
+            delete_orphans(ctx.storage, job, listed, referenced)
         except Exception as exc:
             log.warning("job=%s orphan shards not deleted (left in place): %s", job.id, exc)
     log.info(

@@ -94,12 +94,20 @@ def referenced_shards(result: dict[str, Any] | None) -> set[str]:
     }
 
 
-def delete_orphans(storage: Storage, job: Job, referenced: set[str]) -> int:
-    """Delete the job's shards that no result points to; returns how many."""
+def list_shards(storage: Storage, job: Job) -> set[str]:
+    """The job's shard keys now (one per shard: a thousandth of the images). Finalize lists
+    them before it reads the items, so a shard uploaded later (a retried item's, while a
+    stale finalize still runs) is never among those it may delete."""
     prefix = f"{job.output_prefix.rstrip('/')}/{SHARDS_DIR}/"
+    return {key for key in storage.iter_keys(prefix) if key.endswith(".tar")}
+
+
+def delete_orphans(storage: Storage, job: Job, listed: set[str], referenced: set[str]) -> int:
+    """Delete the job's shards of `listed` (`list_shards`, taken before the items were read)
+    that no result points to; returns how many."""
     removed = 0
-    for key in storage.iter_keys(prefix):
-        if key.endswith(".tar") and key not in referenced:
+    for key in sorted(listed):
+        if key not in referenced:
             storage.delete(key)
             removed += 1
     if removed:

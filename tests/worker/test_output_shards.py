@@ -14,6 +14,8 @@ from PIL import Image
 
 from api.main import create_app
 from janus_batch.constants import GENERATE_QUEUE
+from janus_batch.db import session_scope
+from janus_batch.models import Job
 from janus_batch.states import JobStatus
 from tests.worker.helpers import die_holding, drain, get_items, pop_message, read_jsonl
 from worker.sweeper import sweep
@@ -164,3 +166,34 @@ def test_the_output_option_is_checked_naming_the_field(make_ctx: Any) -> None:
             "(WebDataset shards or objects)",
             "field": "params.output",
         }
+
+
+def test_a_stale_finalize_keeps_a_shard_uploaded_after_it_read_the_items(
+    make_ctx: Any, monkeypatch: Any
+) -> None:
+    """A second (stale) finalize reads the items; meanwhile the job ended, a retried item's
+    chunk uploaded its new shard and recorded it. Only shards listed before the items were
+    read can be orphans: the new shard stays, an older orphan goes."""
+    import worker.finalize as finalize
+
+    ctx = make_ctx()
+    with TestClient(create_app()) as client:
+        body = {"kind": "generate", "params": {"output": OUTPUT}, "items": PROMPTS[:2]}
+        job_id = client.post("/v1/jobs", json=body).json()["id"]
+        drain(ctx)
+        assert client.get(f"/v1/jobs/{job_id}").json()["status"] == JobStatus.SUCCEEDED
+    prefix = f"jobs/{job_id}/shards"
+    ctx.storage.put_bytes(f"{prefix}/00000099-1.tar", b"orphan")
+    retried = f"{prefix}/00000000-2.tar"
+    read_items = finalize.iter_items
+
+    def items_then_a_retried_upload(*args: Any, **kwargs: Any) -> Any:
+        yield from read_items(*args, **kwargs)
+        ctx.storage.put_bytes(retried, b"a retried item's shard")
+
+    monkeypatch.setattr(finalize, "iter_items", items_then_a_retried_upload)
+    with session_scope(ctx.database_url) as session:
+        job = session.get(Job, job_id)
+    finalize.write_manifests(ctx, job)
+
+    assert sorted(ctx.storage.iter_keys(f"{prefix}/")) == [f"{prefix}/00000000-1.tar", retried]
