@@ -33,7 +33,7 @@ from worker.context import Context
 from worker.encode import EncodeSpec, encode_image, image_format
 from worker.fetch import is_transient, retry_transient
 from worker.scheduler import Ticket
-from worker.shards import ShardWriter
+from worker.shards import ShardBroken, ShardWriter
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +222,8 @@ class ShardSink:
                     data,
                     {**metadata, "custom_id": w.item.custom_id, "params": self.job.params},
                 )
+        except ShardBroken as exc:  # the spool disk, not the item: it goes again
+            raise StorageDown(str(exc)) from exc
         except Exception as exc:  # one image fails its item, not the chunk
             log.warning(
                 "job=%s idx=%d cannot add image %d to its shard: %s",
@@ -249,6 +251,9 @@ class ShardSink:
         if not held:
             return []
         key, ctx = self.writer.key, self.ctx
+        if self.writer.broken is not None:  # a corrupt archive is never uploaded
+            why = f"shard {key} not stored, its spool file is broken: {self.writer.broken}"
+            return [deferred(ctx, JobKind.GENERATE, o.item, why, storage=True) for o in held]
         watch = ctx.pipeline().watch
         try:
             _upload(

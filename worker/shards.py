@@ -14,10 +14,15 @@ its upload, or whose items were taken back) are deleted at finalize (`delete_orp
 Result entry of an image in a shard: `{"key": <shard key>, "member": "<key>.<ext>",
 "range": [offset, size], "uri", "seed", "index"}`: `range` is where the member's bytes lie
 in the shard, for a ranged GET.
+
+A failed write (a full spool disk) leaves the archive with a partial member: the writer is
+then broken (`ShardWriter.broken`), takes nothing more, and the chunk uploads nothing; its
+items are deferred and go again into a new shard.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -36,6 +41,10 @@ from janus_batch.storage import Storage
 log = logging.getLogger(__name__)
 
 
+class ShardBroken(OSError):
+    """The shard's spool file could not be written: nothing more goes into it."""
+
+
 class ShardWriter:
     """The shard of one chunk, spooled to a temporary file until it is uploaded."""
 
@@ -48,6 +57,8 @@ class ShardWriter:
         self._closed = False
         self._lock = threading.Lock()
         self.members = 0
+        self.broken: str | None = None
+        """Why the spool file is no longer a valid archive (its first write error), or None."""
 
     def add_image(
         self, idx: int, k: int, ext: str, data: bytes, meta: dict[str, Any]
@@ -57,8 +68,15 @@ class ShardWriter:
         key = sample_key(idx, k)
         sidecar = json.dumps(meta, ensure_ascii=False, sort_keys=True).encode()
         with self._lock:
-            where = self._append(f"{key}.{ext}", data)
-            self._append(f"{key}.json", sidecar)
+            if self.broken is not None:
+                raise ShardBroken(f"shard {self.key} is broken: {self.broken}")
+            try:
+                where = self._append(f"{key}.{ext}", data)
+                self._append(f"{key}.json", sidecar)
+            except Exception as exc:  # a partial member: appending more would corrupt it
+                self.broken = f"{type(exc).__name__}: {exc}"
+                log.warning("job=%s shard %s broken: %s", self.job_id, self.key, self.broken)
+                raise ShardBroken(f"shard {self.key} is broken: {self.broken}") from exc
         return f"{key}.{ext}", where
 
     def _append(self, name: str, data: bytes) -> list[int]:
@@ -74,9 +92,18 @@ class ShardWriter:
     def close(self) -> None:
         """Write the archive's end: the file at `path` is then the whole shard."""
         with self._lock:
-            if not self._closed:
+            if self._closed:
+                return
+            self._closed = True
+            if self.broken is not None:  # no end blocks after garbage: just let the file go
+                with contextlib.suppress(OSError):
+                    self._tar.fileobj.close()  # type: ignore[union-attr]
+                return
+            try:
                 self._tar.close()
-                self._closed = True
+            except OSError as exc:  # the archive's end could not be written
+                self.broken = f"{type(exc).__name__}: {exc}"
+                log.warning("job=%s shard %s broken: %s", self.job_id, self.key, self.broken)
 
     def discard(self) -> None:
         """Remove the local file (once uploaded, or when the chunk is abandoned)."""

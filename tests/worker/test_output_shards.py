@@ -197,3 +197,40 @@ def test_a_stale_finalize_keeps_a_shard_uploaded_after_it_read_the_items(
     finalize.write_manifests(ctx, job)
 
     assert sorted(ctx.storage.iter_keys(f"{prefix}/")) == [f"{prefix}/00000000-1.tar", retried]
+
+
+def test_a_failed_shard_write_uploads_nothing_and_the_items_go_again(
+    make_ctx: Any, monkeypatch: Any
+) -> None:
+    """The spool disk fills up in the middle of a member (OSError ENOSPC): the writer is
+    broken, takes nothing more, the corrupt shard is never uploaded and the chunk's items
+    are deferred, not failed; they run again into a new, valid shard."""
+    import errno
+
+    ctx = make_ctx()
+    addfile = tarfile.TarFile.addfile
+    calls: list[str] = []
+
+    def disk_full_once(self: tarfile.TarFile, info: tarfile.TarInfo, fileobj: Any = None) -> None:
+        calls.append(info.name)
+        if len(calls) == 3:  # the second image's member: a header, part of the data, then full
+            self.fileobj.write(b"\0" * 700)  # type: ignore[union-attr]
+            raise OSError(errno.ENOSPC, "No space left on device")
+        addfile(self, info, fileobj)
+
+    monkeypatch.setattr(tarfile.TarFile, "addfile", disk_full_once)
+    with TestClient(create_app()) as client:
+        body = {"kind": "generate", "params": {"output": OUTPUT}, "items": PROMPTS[:3]}
+        job_id = client.post("/v1/jobs", json=body).json()["id"]
+        drain(ctx)
+        job = client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == JobStatus.SUCCEEDED and job["counts"]["failed"] == 0, job
+    prefix = f"jobs/{job_id}/shards"
+    assert sorted(ctx.storage.iter_keys(f"{prefix}/")) == [f"{prefix}/00000000-2.tar"]
+    items = get_items(ctx, job_id)
+    assert {img["key"] for item in items for img in item.result["images"]} == {
+        f"{prefix}/00000000-2.tar"
+    }
+    assert [item.retries for item in items] == [1, 1, 1]  # deferred once, no attempt spent
+    with ctx.storage.open_read(f"{prefix}/00000000-2.tar") as shard:
+        assert len(_members(shard.read())) == 6
