@@ -141,3 +141,31 @@ def test_a_job_writing_shards_downloads_each_shard_once_and_unpacks_it(tmp_path:
         "shards/00000000-1.tar#00000000_0.png", "shards/00000000-1.tar#00000001_0.png"]  # fmt: skip
     assert (tmp_path / "images" / "00000003_0.png").read_bytes() == b"png 3"
     assert (tmp_path / "images" / "00000003_0.txt").read_text() == "p3"
+
+
+def test_a_shard_that_does_not_unpack_is_reported_and_fetched_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A shard that is not a tar: counted as failed (named on stderr), and deleted so that
+    the next run downloads it again instead of taking it for done."""
+    from janus_batch.client.cli.results import generate_outputs
+
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        return httpx.Response(200, content=b"not a tar archive" * 64)
+
+    key = "jobs/j/shards/00000000-1.tar"
+    image = {"key": key, "member": "00000000_0.png", "range": [512, 5], "seed": 0, "index": 0,
+             "url": f"http://s3.test/b/{key}?X-Amz-Signature=x"}  # fmt: skip
+    lines = [{"idx": 0, "custom_id": "c0", "input": {"prompt": "p0"}, "images": [image]}]
+    for run in (1, 2):
+        with Client("http://api.test", transport=httpx.MockTransport(handler)) as client:
+            failed = generate_outputs(
+                client, {"id": "j"}, lines, tmp_path, sidecars=True, workers=1
+            )
+        assert failed == 1  # the command then exits non-zero ("files could not be fetched")
+        assert "00000000-1.tar: cannot use it: ReadError" in capsys.readouterr().err
+        assert len(calls) == run  # fetched again on the rerun
+        assert not (tmp_path / "shards" / "00000000-1.tar").exists()

@@ -133,8 +133,9 @@ def fetch_one(client: Client, s3: S3Reader | None, task: Fetch) -> bool:
 class Downloads:
     """Fetches run on `workers` threads as they are added, with a progress line on stderr;
     `add` blocks while `4 * workers` wait (memory flat at any count). A file that cannot be
-    had is counted in `tally`; an unreachable API stops everything (raised by the next `add`
-    or by `close`)."""
+    had is counted in `tally`, and so is one its `then` cannot use (it is deleted, so the
+    next run fetches it again); an unreachable API stops everything (raised by the next
+    `add` or by `close`)."""
 
     def __init__(self, client: Client, *, workers: int = 8, label: str = "downloading") -> None:
         self.client = client
@@ -184,6 +185,10 @@ class Downloads:
                 return
             with self._lock:
                 self.tally.fail(task, str(exc))
+        except Exception as exc:  # `then` cannot use the file (a shard that does not unpack)
+            task.dest.unlink(missing_ok=True)  # fetched again by the next run, not kept as done
+            with self._lock:
+                self.tally.fail(task, f"cannot use it: {type(exc).__name__}: {exc}")
         else:
             with self._lock:
                 if fetched:
