@@ -229,7 +229,7 @@ def test_a_failing_step_is_logged_and_the_other_steps_still_run(
 
     ctx = make_ctx(dispatch_window="1")
     job_ids = [create_job(ctx, JobKind.GENERATE, [f"p{i}" for i in range(12)]) for _ in "ab"]
-    for job_id in job_ids:  # each job's chunk ran, then its worker died: both windows lost
+    for _ in job_ids:  # each job's chunk ran, then its worker died: both windows lost
         _, (_, first) = pop_message(ctx, "janus.generate")
         with session_scope(ctx.database_url) as session:
             owner = session.get(Item, first[0]).job_id
