@@ -293,3 +293,27 @@ def test_a_csv_line_over_the_limit_is_never_held_and_fails_alone() -> None:
     assert rows[1][1].message.startswith("is a line of 3,000,001 characters")
     with pytest.raises(SourceError, match="cannot read its header row: is a line of"):
         list(tables.csv_rows(io.BytesIO(b"k" * 2_000_000), "h.csv", max_row_bytes=1 << 20))
+
+
+def test_the_fast_check_and_the_walk_agree_on_every_value() -> None:
+    """`storable` checks the usual row in one json.dumps; anything that looks wrong there is
+    walked, so the verdict is the walk's: a literal backslash-u0000 text is stored as it is."""
+    from janus_batch.items import NewItem
+
+    fine = {"image": "https://h/a.jpg", "meta": {"alt": "a sign", "n": [1, 2.5]}}
+    cases = {  # name: (input, what the fast check says, the walk's problem)
+        "fine": (fine, True, None),
+        "literal": ({**fine, "meta": {"alt": "a \\u0000 sign"}}, False, None),
+        "nul": ({**fine, "meta": {"alt": "a\x00b"}}, False, "meta.alt: must not contain NUL"),
+        "surrogate": ({**fine, "key": "k\ud800"}, False, "key: is not valid Unicode"),
+        "nan": ({**fine, "meta": {"w": float("nan")}}, False, "meta.w: nan is not a JSON"),
+        "field": ({**fine, "meta": {"a\x00": 1}}, False, "a field name must not contain NUL"),
+    }
+    for name, (value, fast, problem) in cases.items():
+        item = NewItem(value, custom_id="c")
+        assert dataset_items._fast_storable(item) is fast, name
+        kept = dataset_items.storable(item)
+        if problem is None:
+            assert kept is item, name
+        else:
+            assert kept.error is not None and problem in kept.error, (name, kept.error)
