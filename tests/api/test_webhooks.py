@@ -47,9 +47,9 @@ def test_an_accepted_webhook_is_on_the_job_object(client, set_env):
         "last_error": None,
     }
     assert caption_job(client)["webhook"] is None
-    set_env(egress_allow_http="true", egress_allow="10.20.0.0/16")  # an internal receiver
-    internal = caption_job(client, webhook_url="http://10.20.1.2:8080/hook")
-    assert internal["webhook"]["url"] == "http://10.20.1.2:8080/hook"
+    set_env(egress_allow_http="true", egress_allow="127.20.0.0/16")  # allow-listed range
+    internal = caption_job(client, webhook_url="http://127.20.1.2:8080/hook")
+    assert internal["webhook"]["url"] == "http://127.20.1.2:8080/hook"
 
 
 def test_the_open_mode_secret_is_made_once_in_the_data_dir(client, settings_env, set_env):

@@ -197,7 +197,7 @@ def test_csv_of_urls_over_loopback_http(make_ctx: Any, s3_env: Any) -> None:
         rows.append({"key": "k4", "url": f"{base}/img/missing.jpg", "caption": "", "width": ""})
         rows.append({"key": "k5", "url": f"s3://{s3_env.bucket}/pics/s3.jpg", "caption": "s3",
                      "width": "1"})  # fmt: skip
-        rows.append({"key": "k6", "url": "http://10.1.2.3/x.jpg", "caption": "", "width": ""})
+        rows.append({"key": "k6", "url": "http://127.0.0.2/x.jpg", "caption": "", "width": ""})
         body = csv_text(rows) + b'k7,"only two",fields\n'
         client.put_object(Bucket=s3_env.bucket, Key="lists/a.csv", Body=body)
         client.put_object(Bucket=s3_env.bucket, Key="lists/b.csv",
