@@ -24,21 +24,27 @@ def _chunks(redis_url: str, queue_prefix: str) -> list[list[int]]:
     return [json.loads(_body(m))[0][1] for m in reversed(raw)]  # oldest first
 
 
+def _generate_job(session, job_id: str, model: str) -> None:
+    """A bare generate job row (no items yet) for the dispatch tests."""
+    lifecycle.create_job(
+        session,
+        id=job_id,
+        owner="local",
+        kind="generate",
+        model=model,
+        params={},
+        source=None,
+        idempotency_key=None,
+        output_prefix=f"jobs/{job_id}",
+    )
+
+
 def test_a_job_keeps_a_window_of_chunks_in_the_broker_and_each_end_releases_one(
     settings_env, database_url: str, redis_url: str, queue_prefix: str
 ) -> None:
     with session_scope(database_url) as session:
-        lifecycle.create_job(
-            session,
-            id="job_x",
-            owner="local",
-            kind="generate",
-            model=settings_env.model,  # the default model: its chunks use the plain queues
-            params={},
-            source=None,
-            idempotency_key=None,
-            output_prefix="jobs/job_x",
-        )
+        # the default model: its chunks use the plain queues
+        _generate_job(session, "job_x", settings_env.model)
     app = make_celery(settings_env)
     items = (NewItem({"prompt": f"p{i}", "n": 1, "seed": i}) for i in range(250))
     added = add_items(
@@ -87,17 +93,7 @@ def test_a_dispatch_larger_than_one_statement_is_written_in_batches_on_postgresq
     upgrade(pg_url)
     monkeypatch.setattr(lifecycle, "IN_BATCH", 7)
     with session_scope(pg_url) as session:
-        lifecycle.create_job(
-            session,
-            id="job_big",
-            owner="local",
-            kind="generate",
-            model="m",
-            params={},
-            source=None,
-            idempotency_key=None,
-            output_prefix="jobs/job_big",
-        )
+        _generate_job(session, "job_big", "m")
         rows = [{"idx": i, "input": {"prompt": f"p{i}"}} for i in range(40)]
         lifecycle.insert_items(session, "job_big", rows)
     in_lists: list[int] = []
