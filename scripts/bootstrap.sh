@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv (if missing) and install torch + janus-batch with its dev extras into it.
 # Idempotent: a second run only checks. Torch is installed first and on its own, so the
-# project's `torch>=2.4` range is satisfied by it and nothing more is downloaded.
+# project's `torch>=2.6` range is satisfied by it and nothing more is downloaded.
 # JANUS_BATCH_TORCH overrides the torch requirement, flags included, e.g.
 #   JANUS_BATCH_TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 # (PyPI's Linux wheel of torch is the CUDA build, several GB).
