@@ -29,6 +29,7 @@ from sqlalchemy import (
     Integer,
     Result,
     String,
+    Table,
     Text,
     and_,
     case,
@@ -469,7 +470,7 @@ def insert_items(session: Session, job_id: str, rows: Sequence[Mapping[str, Any]
     """Add a page of items to a job (each row: idx, custom_id, input, error); rows with an
     error are born `failed` and counted. Pending items are not yet dispatched (no message
     names them: `take_dispatch` hands them out a window at a time). Bumps the job's total;
-    returns the new pending ids in row order."""
+    returns the new pending ids in idx order."""
     if not rows:
         return []
     now = utcnow()
@@ -487,9 +488,19 @@ def insert_items(session: Session, job_id: str, rows: Sequence[Mapping[str, Any]
         }
         for row in rows
     ]
-    result = session.execute(insert(Item).returning(Item.id, sort_by_parameter_order=True), records)
-    ids = [item_id for (item_id,), row in zip(result, rows, strict=True) if not row.get("error")]
-    failed = len(rows) - len(ids)
+    # one executemany, no RETURNING: an INSERT ... RETURNING in row order runs one row per
+    # statement on SQLite; the page's ids are read back by its idx range instead
+    session.execute(insert(cast(Table, Item.__table__)), records)
+    wanted = {row["idx"] for row in rows if not row.get("error")}
+    ids = []
+    if wanted:
+        found = session.execute(
+            select(Item.idx, Item.id)
+            .where(Item.job_id == job_id, Item.idx.between(min(wanted), max(wanted)))
+            .order_by(Item.idx)
+        )
+        ids = [item_id for idx, item_id in found if idx in wanted]
+    failed = len(rows) - len(wanted)
     session.execute(
         update(Job)
         .where(Job.id == job_id)
@@ -518,18 +529,14 @@ def take_dispatch(
     """Undispatched pending items of the job, in idx order, stamped dispatched (enqueued_at),
     so that at most `window` chunks of the job are open (dispatched pending, or running);
     returns them as chunks to send. A concurrent call gets other items (or none)."""
-    open_items = session.scalar(
-        select(func.count())
-        .select_from(Item)
-        .where(
-            Item.job_id == job_id,
-            or_(
-                Item.status == ItemStatus.RUNNING,
-                and_(Item.status == ItemStatus.PENDING, Item.enqueued_at.is_not(None)),
-            ),
-        )
+    # two counts, each a range of ix_items_job_dispatch: bounded by the window, never a scan
+    # of the job's pending items (an OR of the two would read them all)
+    running = select(func.count()).where(Item.job_id == job_id, Item.status == ItemStatus.RUNNING)
+    sent = select(func.count()).where(
+        Item.job_id == job_id, Item.status == ItemStatus.PENDING, Item.enqueued_at.is_not(None)
     )
-    room = window - -(-(open_items or 0) // chunk_size)
+    open_items = session.execute(select(running.scalar_subquery(), sent.scalar_subquery())).one()
+    room = window - -(-sum(open_items) // chunk_size)
     if room <= 0:
         return []
     undispatched = and_(Item.job_id == job_id, dispatchable(now or utcnow()))

@@ -124,7 +124,8 @@ class Item(Base):
     __tablename__ = "items"
     __table_args__ = (
         UniqueConstraint("job_id", "idx", name="uq_items_job_idx"),
-        Index("ix_items_job_status", "job_id", "status"),
+        # a job's running items and its dispatched / undispatched pending ones, in idx order
+        Index("ix_items_job_dispatch", "job_id", "status", "enqueued_at", "idx"),
         Index("ix_items_job_status_idx", "job_id", "status", "idx"),
         Index("ix_items_status_lease", "status", "lease_until"),
     )

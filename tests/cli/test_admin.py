@@ -16,8 +16,8 @@ def test_db_upgrade_creates_the_schema(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'fresh.db'}"
     run = invoke({"JANUS_BATCH_DATABASE_URL": url}, "db", "upgrade")
     assert run.exit_code == 0, run.stderr
-    assert "database at revision 0006" in run.stdout
-    assert current_revision(url) == "0006"
+    assert "database at revision 0007" in run.stdout
+    assert current_revision(url) == "0007"
     assert {"jobs", "items", "api_keys", "files"} <= set(inspect(get_engine(url)).get_table_names())
     dispose_engines()
 

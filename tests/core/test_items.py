@@ -120,3 +120,49 @@ def test_a_dispatch_larger_than_one_statement_is_written_in_batches_on_postgresq
     assert [idx_of[i] for i in taken] == list(range(30))  # idx order across the batches
     assert in_lists and max(in_lists) <= 7
     assert sum(in_lists) == 60  # 30 ids stamped, 30 released
+
+
+def test_a_dispatch_reads_only_the_open_items_and_the_next_ones_by_index(sqlite_url: str) -> None:
+    """take_dispatch counts a job's open items and takes its next undispatched ones; each of
+    its SELECTs is a search of ix_items_job_dispatch, never a scan of the job's pending items
+    nor a sort of them (each dispatch of a million-item job used to read all of them), and
+    the ids a page's insert returns are its pending items in idx order."""
+    from sqlalchemy import event
+
+    from janus_batch.db import get_engine
+    from janus_batch.migrate import upgrade
+
+    upgrade(sqlite_url)
+    with session_scope(sqlite_url) as session:
+        _generate_job(session, "job_q", "m")
+        rows = [
+            {"idx": i, "input": {"prompt": f"p{i}"}, "error": "bad" if i == 3 else None}
+            for i in range(300)
+        ]
+        ids = lifecycle.insert_items(session, "job_q", rows)
+        pending = session.scalars(
+            select(Item.id).where(Item.status == ItemStatus.PENDING).order_by(Item.idx)
+        ).all()
+        assert ids == pending and len(ids) == 299
+        lifecycle.take_dispatch(session, "job_q", chunk_size=10, window=3)  # some are open
+    selects: list[tuple[str, object]] = []
+
+    def keep(conn, cursor, statement, parameters, context, executemany) -> None:
+        if statement.lstrip().startswith("SELECT"):
+            selects.append((statement, parameters))
+
+    engine = get_engine(sqlite_url)
+    event.listen(engine, "before_cursor_execute", keep)
+    try:
+        with session_scope(sqlite_url) as session:
+            chunks = lifecycle.take_dispatch(session, "job_q", chunk_size=10, window=5)
+    finally:
+        event.remove(engine, "before_cursor_execute", keep)
+    assert [len(c) for c in chunks] == [10, 10]  # 3 of 5 chunks were open
+    assert len(selects) == 2
+    with engine.connect() as conn:
+        for statement, parameters in selects:
+            found = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
+            plan = " | ".join(row[3] for row in found)
+            assert "SCAN items" not in plan and "TEMP B-TREE" not in plan, plan
+            assert plan.count("ix_items_job_dispatch") == plan.count("items USING"), plan

@@ -12,7 +12,7 @@ from janus_batch.models import Base
 
 
 def test_upgrade_creates_tables_and_is_idempotent(database_url: str) -> None:
-    assert current_revision(database_url) == "0006"
+    assert current_revision(database_url) == "0007"
     upgrade(database_url)  # a second run is a no-op
     names = set(inspect(get_engine(database_url)).get_table_names())
     assert {"jobs", "items", "api_keys", "files", "alembic_version"} <= names
