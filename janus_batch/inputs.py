@@ -21,7 +21,7 @@ import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator
 from typing import Annotated, Any, Literal
-from urllib.parse import urlparse
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -339,7 +339,7 @@ def check_image_ref(
     if ref.startswith(FILE_ID_PREFIX):
         return ref
     try:
-        parsed = urlparse(ref)
+        parsed = urlsplit(ref)
     except ValueError as err:  # e.g. an unbalanced IPv6 bracket
         raise InvalidInput(field, f"invalid URI '{ref}' ({err})") from None
     if parsed.scheme not in IMAGE_SCHEMES:
@@ -353,7 +353,7 @@ def check_image_ref(
         raise InvalidInput(field, f"incomplete URI '{ref}'")
     if parsed.scheme != "s3":
         try:
-            (egress or EgressPolicy.from_settings(get_settings())).check_url(ref)
+            (egress or EgressPolicy.from_settings(get_settings())).check_url(ref, parsed)
         except EgressRefused as exc:  # told from the URL alone: no DNS, nothing internal
             raise InvalidInput(field, f"'{ref}' is {exc}: {exc.reason}") from None
     return ref

@@ -129,19 +129,23 @@ def dataset_items(
                 yield storable(item, settings.max_manifest_line_bytes)
 
 
-def _fast_storable(item: NewItem) -> bool:
-    """True when the item surely passes `storable_problem` (the usual row), told at C speed:
-    its JSON has no non-finite number (allow_nan), encodes as UTF-8 (no lone surrogate) and
-    holds no escaped NUL. False means "walk it" (the walk names the problem, or finds none:
-    a user's literal backslash-u0000 text looks like a NUL here)."""
+def _fast_text(item: NewItem) -> str | None:
+    """The item's input as compact JSON when the item surely passes `storable_problem` (the
+    usual row), told at C speed: the JSON has no non-finite number (allow_nan), encodes as
+    UTF-8 (no lone surrogate) and holds no escaped NUL, nor do custom_id and error. None
+    means "walk it" (the walk names the problem, or finds none: a user's literal
+    backslash-u0000 text looks like a NUL here)."""
     try:
-        text = json.dumps(
-            [item.input, item.custom_id, item.error], ensure_ascii=False, allow_nan=False
-        )
+        text = json.dumps(item.input, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
         text.encode("utf-8")
+        for extra in (item.custom_id, item.error):
+            if extra is not None:
+                extra.encode("utf-8")
+                if "\x00" in extra:
+                    return None
     except (ValueError, TypeError):  # UnicodeEncodeError is a ValueError
-        return False
-    return "\\u0000" not in text
+        return None
+    return None if "\\u0000" in text else text
 
 
 def storable(item: NewItem, max_bytes: int | None = None) -> NewItem:
@@ -153,17 +157,19 @@ def storable(item: NewItem, max_bytes: int | None = None) -> NewItem:
     An input over `max_bytes` as JSON (a row of huge columns, a sample of many metadata
     members) fails too, as a CSV row over the limit does: an item row stays bounded."""
     value = item.input
-    problem = None if _fast_storable(item) else (
+    text = _fast_text(item)
+    problem = None if text is not None else (
         storable_problem(value.get("key"), "key")
         or storable_problem(value)
         or storable_problem(item.custom_id, "custom_id")
         or storable_problem(item.error, "error")
     )  # fmt: skip
     if problem is None and max_bytes is not None:
-        size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
-        if size > max_bytes:
+        if text is None:
+            text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        if len(text) > max_bytes:
             problem = (
-                f"its input is {size:,} characters as JSON; the limit is {max_bytes:,} "
+                f"its input is {len(text):,} characters as JSON; the limit is {max_bytes:,} "
                 "(JANUS_BATCH_MAX_MANIFEST_LINE_BYTES)"
             )
     if problem is None:

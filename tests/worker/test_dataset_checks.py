@@ -311,9 +311,20 @@ def test_the_fast_check_and_the_walk_agree_on_every_value() -> None:
     }
     for name, (value, fast, problem) in cases.items():
         item = NewItem(value, custom_id="c")
-        assert dataset_items._fast_storable(item) is fast, name
+        text = dataset_items._fast_text(item)
+        assert (text is not None) is fast, name
+        if fast:  # the compact JSON the size limit is measured on
+            assert json.loads(text) == value, name
         kept = dataset_items.storable(item)
         if problem is None:
             assert kept is item, name
         else:
             assert kept.error is not None and problem in kept.error, (name, kept.error)
+    for custom_id, problem in (
+        ("c\x00", "custom_id: must not contain NUL"),
+        ("c\udc80", "custom_id"),
+    ):
+        item = NewItem(fine, custom_id=custom_id)  # custom_id is checked outside the JSON
+        assert dataset_items._fast_text(item) is None
+        kept = dataset_items.storable(item)
+        assert kept.error is not None and problem in kept.error, kept.error
