@@ -20,7 +20,7 @@ prefix (chunk messages are really enqueued; counted, then deleted), and moto's S
       img2dataset writes them), with a prompt template over the json's caption.
 
 Streaming is the worker's path: keys listed / lines read a page at a time, each page of
-2,000 items inserted with one Core INSERT ... RETURNING and its chunks enqueued at once.
+2,000 items inserted with one executemany INSERT and its chunks enqueued at once.
 The baseline is the naive path: read the whole manifest (or list the whole prefix with the
 boto3 paginator, or read every CSV / parquet file or shard whole and parse it in memory) into
 memory,
@@ -545,6 +545,29 @@ def dataset_sources(setup: Setup, args: Any, cases: list[str]) -> dict[str, Any]
 # --- report ----------------------------------------------------------------------------------
 
 
+def against_manifest(runs: list[Run]) -> None:
+    """Each dataset run's rate against the streaming manifest's on the same database."""
+    print(
+        "\nmanifest / dataset rate, streaming (same db; the manifest run of the same size, "
+        "else the largest; the issue's target is 2x or less):"
+    )
+    manifests = {
+        (r.db, r.items): r for r in runs if r.case == "manifest" and r.method == "streaming"
+    }
+    for r in runs:
+        if r.case in ("manifest", "s3-prefix") or r.method != "streaming":
+            continue
+        sizes_run = [n for db, n in manifests if db == r.db]
+        if not sizes_run:
+            continue
+        n = r.items if r.items in sizes_run else max(sizes_run)
+        m = manifests[(r.db, n)]
+        print(
+            f"  {r.case:<10} {r.db:<10} {r.items:>9,}: {r.rate:,.0f}/s against the {n:,}-line "
+            f"manifest's {m.rate:,.0f}/s: {m.rate / r.rate:4.2f}x"
+        )
+
+
 def table(runs: list[Run]) -> None:
     header = (
         f"{'case':<11}{'db':<11}{'method':<10}{'items':>9}{'seconds':>9}{'items/s':>10}"
@@ -573,6 +596,7 @@ def table(runs: list[Run]) -> None:
             if s.traced_mib and b.traced_mib:
                 line += f"  py peak {b.traced_mib / s.traced_mib:5.1f}x"
             print(line)
+    against_manifest(runs)
     print("\nmemory by manifest size (streaming should stay flat, naive grows):")
     sizes: dict[tuple[str, str], dict[int, Run]] = {}
     for r in runs:
